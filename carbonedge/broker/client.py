@@ -1,0 +1,248 @@
+"""The producer API: ``Client`` (blocking) and ``AsyncClient`` (asyncio).
+
+``submit`` adds a request to the ``ce:requests`` stream and returns a handle; the
+dispatcher routes it, an agent runs it, and the handle reads the result from Celery's
+result backend under the request's id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import redis
+import redis.asyncio as aioredis
+from celery.exceptions import TimeoutError as CeleryTimeout
+from PIL import Image
+
+from carbonedge.broker.celery_app import make_celery_app
+from carbonedge.broker.images import preprocess_image
+from carbonedge.broker.publish import TaskPublisher
+from carbonedge.broker.results import InferenceResult, celery_failure, parse_result
+from carbonedge.errors import InvalidMessage, ResultTimeout
+from carbonedge.protocol import keys
+from carbonedge.protocol.codec import TensorLimits, encode_tensor, tensor_header
+from carbonedge.protocol.messages import PROTOCOL_VERSION, pack, validate_request
+from carbonedge.settings import Settings
+
+__all__ = ["AsyncClient", "Client", "InferenceHandle", "InferenceResult"]
+
+RESULT_KEY_PREFIX = "celery-task-meta-"
+INPUT_SHAPES = ((1, 3, 224, 224), (3, 224, 224))
+
+
+def to_tensor_map(x: Any, limits: TensorLimits) -> dict[str, Any]:
+    """An image (path, bytes, PIL) is preprocessed; an array or tensor is validated as is."""
+    if isinstance(x, (str, Path, bytes, bytearray, Image.Image)):
+        x = preprocess_image(x)
+    tensor = encode_tensor(x)
+    tensor_header(tensor, limits)
+    return tensor
+
+
+def build_request(
+    *,
+    kind: str = "infer",
+    model: str | None = None,
+    tensor: dict[str, Any] | None = None,
+    mode: str | None = None,
+    weights: Sequence[float] | None = None,
+    normalisation: str | None = None,
+    node: str | None = None,
+) -> dict[str, Any]:
+    """A validated request map with a fresh id."""
+    request: dict[str, Any] = {
+        "v": PROTOCOL_VERSION,
+        "id": uuid.uuid4().hex,
+        "kind": kind,
+        "submitted_at": time.time(),
+    }
+    for name, value in (("model", model), ("input", tensor), ("mode", mode),
+                        ("normalisation", normalisation), ("node", node)):
+        if value is not None:
+            request[name] = value
+    if weights is not None:
+        request["weights"] = [float(w) for w in weights]
+    validate_request(request)
+    return request
+
+
+def diagnose(client: redis.Redis, request_id: str, timeout: float, ttl_s: float) -> str:
+    """Why a result did not arrive: no agent alive, no dispatcher, or still queued."""
+    now = time.time()
+    nodes = [m.decode() for m in client.smembers(keys.NODES)]
+    alive = [n for n in nodes if client.exists(keys.node_key(n))]
+    beats = client.hgetall(keys.DISPATCHER_ALIVE)
+    dispatchers = [k for k, v in beats.items() if now - float(v) < max(3 * ttl_s, 5.0)]
+    head = f"no result for request {request_id} within {timeout:.1f} s: "
+    if not dispatchers:
+        return head + "no dispatcher is running (start `carbonedge up` or `carbonedge dispatcher`)"
+    if not alive:
+        return head + "no node agent is alive (every heartbeat under ce:node:* has expired)"
+    return head + f"it is still queued or running (live nodes: {', '.join(sorted(alive))})"
+
+
+class InferenceHandle:
+    """A submitted request; :meth:`result` waits for its outcome."""
+
+    def __init__(self, client: Client, request_id: str) -> None:
+        self.id = request_id
+        self._client = client
+
+    def result(self, timeout: float | None = None) -> InferenceResult:
+        """The result, or the error it names; :class:`ResultTimeout` after ``timeout``."""
+        return self._client._wait(self.id, timeout)
+
+
+class Client:
+    """Blocking producer."""
+
+    def __init__(self, settings: Settings | None = None, *, redis_url: str | None = None) -> None:
+        settings = settings or Settings.load()
+        if redis_url:
+            settings = settings.replace(redis_url=redis_url)
+        self.settings = settings
+        self._limits = TensorLimits(max_elements=settings.max_tensor_elements)
+        self._redis = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+        self._app = make_celery_app(settings)
+        self._publisher = TaskPublisher(self._app)
+
+    def submit(
+        self,
+        model: str,
+        image_or_tensor: Any,
+        *,
+        mode: str | None = None,
+        weights: Sequence[float] | None = None,
+        normalisation: str | None = None,
+        node: str | None = None,
+    ) -> InferenceHandle:
+        """Queue one inference of ``model`` on an image (path/bytes/PIL) or a tensor."""
+        tensor = to_tensor_map(image_or_tensor, self._limits)
+        return self._send(build_request(model=model, tensor=tensor, mode=mode, weights=weights,
+                                        normalisation=normalisation, node=node))
+
+    def ping(self, *, mode: str | None = None, node: str | None = None) -> InferenceHandle:
+        """A request that runs no model: measures the routing path itself."""
+        return self._send(build_request(kind="ping", mode=mode, node=node))
+
+    def map(
+        self, model: str, inputs: Iterable[Any], *, timeout: float | None = None, **options: Any
+    ) -> list[InferenceResult]:
+        """Submit every input, then collect results in order (errors raise)."""
+        handles = [self.submit(model, x, **options) for x in inputs]
+        return [h.result(timeout) for h in handles]
+
+    def submit_direct(self, node: str, model: str, image_or_tensor: Any) -> InferenceHandle:
+        """Send straight to one node's queue, bypassing dispatcher and scheduler (baselines)."""
+        tensor = to_tensor_map(image_or_tensor, self._limits)
+        request = build_request(model=model, tensor=tensor, mode="direct", node=node)
+        self._publisher.publish(keys.TASK_INFER, request, queue=keys.node_queue(node),
+                                task_id=request["id"])
+        return InferenceHandle(self, request["id"])
+
+    def submit_raw(self, payload: bytes) -> None:
+        """Add raw bytes to the request stream (for tests of malformed requests)."""
+        self._redis.xadd(keys.REQUEST_STREAM, {keys.REQUEST_FIELD: payload})
+
+    def _send(self, request: dict[str, Any]) -> InferenceHandle:
+        self._redis.xadd(keys.REQUEST_STREAM, {keys.REQUEST_FIELD: pack(request)})
+        return InferenceHandle(self, request["id"])
+
+    def _wait(self, request_id: str, timeout: float | None) -> InferenceResult:
+        timeout = self.settings.result_timeout_s if timeout is None else timeout
+        async_result = self._app.AsyncResult(request_id)
+        try:
+            value = async_result.get(timeout=timeout, propagate=False, interval=0.05)
+        except CeleryTimeout:
+            raise ResultTimeout(diagnose(self._redis, request_id, timeout,
+                                         self.settings.heartbeat_ttl_s)) from None
+        succeeded = async_result.state == "SUCCESS"
+        async_result.forget()  # results are read once; do not leave them in Redis
+        if not succeeded:
+            raise celery_failure(value)
+        return parse_result(value, received_at=time.time())
+
+    def close(self) -> None:
+        self._redis.close()
+        self._app.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """asyncio producer: the same requests, results read through Redis pub/sub."""
+
+    def __init__(self, settings: Settings | None = None, *, redis_url: str | None = None) -> None:
+        settings = settings or Settings.load()
+        if redis_url:
+            settings = settings.replace(redis_url=redis_url)
+        self.settings = settings
+        self._limits = TensorLimits(max_elements=settings.max_tensor_elements)
+        self._redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=10)
+
+    async def infer(self, model: str, image_or_tensor: Any, *, timeout: float | None = None,
+                    **options: Any) -> InferenceResult:
+        """Submit one request and wait for its result."""
+        tensor = to_tensor_map(image_or_tensor, self._limits)
+        request = build_request(model=model, tensor=tensor, **options)
+        return await self._roundtrip(request, timeout)
+
+    async def ping(self, *, timeout: float | None = None, **options: Any) -> InferenceResult:
+        return await self._roundtrip(build_request(kind="ping", **options), timeout)
+
+    async def map(self, model: str, inputs: Iterable[Any], *, timeout: float | None = None,
+                  **options: Any) -> list[InferenceResult]:
+        return list(await asyncio.gather(*(self.infer(model, x, timeout=timeout, **options)
+                                           for x in inputs)))
+
+    async def _roundtrip(self, request: dict[str, Any], timeout: float | None) -> InferenceResult:
+        timeout = self.settings.result_timeout_s if timeout is None else timeout
+        key = RESULT_KEY_PREFIX + request["id"]
+        async with self._redis.pubsub() as pubsub:
+            await pubsub.subscribe(key)  # before sending, so the publish cannot be missed
+            await self._redis.xadd(keys.REQUEST_STREAM, {keys.REQUEST_FIELD: pack(request)})
+            try:
+                raw = await asyncio.wait_for(self._await_meta(pubsub, key), timeout)
+            except asyncio.TimeoutError:
+                sync = redis.Redis.from_url(self.settings.redis_url)
+                try:
+                    reason = diagnose(sync, request["id"], timeout, self.settings.heartbeat_ttl_s)
+                finally:
+                    sync.close()
+                raise ResultTimeout(reason) from None
+        await self._redis.delete(key)
+        meta = msgpack.unpackb(raw, raw=False)
+        if not isinstance(meta, dict):
+            raise InvalidMessage("malformed result metadata")
+        if meta.get("status") != "SUCCESS":
+            raise celery_failure(meta.get("result"))
+        return parse_result(meta.get("result"), received_at=time.time())
+
+    async def _await_meta(self, pubsub: Any, key: str) -> bytes:
+        stored = await self._redis.get(key)
+        if stored is not None:
+            return stored
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is not None and message["type"] == "message":
+                return message["data"]
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,261 @@
+"""The dispatcher: reads requests from the stream, asks the scheduler, publishes to a node.
+
+A stream entry is acknowledged (and deleted) only after its task was published or its
+error result stored, so a dispatcher killed mid-batch leaves its entries pending for the
+next one to reclaim. Node telemetry is re-read every ``view_refresh_s``; between refreshes
+each dispatch bumps the chosen node's in-flight count locally so bursts spread out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from celery import Celery
+
+from carbonedge.broker.celery_app import make_celery_app
+from carbonedge.broker.publish import TaskPublisher
+from carbonedge.errors import (
+    CarbonEdgeError,
+    InvalidMessage,
+    NoNodeAvailable,
+    UnknownModel,
+    UnknownNode,
+)
+from carbonedge.partitioner.catalog import MODEL_NAMES
+from carbonedge.protocol import keys
+from carbonedge.protocol.messages import error_result, unpack, validate_request
+from carbonedge.protocol.telemetry import Heartbeat
+from carbonedge.scheduler import ClusterView, Decision, NodeSnapshot, select, weights_for
+from carbonedge.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CLAIM_IDLE_MS = 30_000
+"""Entries pending this long on another consumer are taken over (that consumer died)."""
+
+
+class Dispatcher:
+    """One dispatcher process (several may share the consumer group)."""
+
+    def __init__(self, settings: Settings, *, app: Celery | None = None,
+                 name: str | None = None) -> None:
+        self.settings = settings
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.app = app or make_celery_app(settings)
+        self._publisher = TaskPublisher(self.app)
+        self._view: ClusterView | None = None
+        self._view_at = 0.0
+        self._known_nodes: set[str] = set()
+        self._snapshots: dict[str, NodeSnapshot] = {}
+        self._bad_heartbeats: set[str] = set()
+        self.dispatched = 0
+        self.rejected = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set."""
+        r = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=10)
+        try:
+            await self._ensure_group(r)
+            await self._reclaim(r)
+            beat = asyncio.create_task(self._beat(r, stop))
+            try:
+                while not stop.is_set():
+                    await self.step(r, block_ms=500)
+            finally:
+                beat.cancel()
+                await r.hdel(keys.DISPATCHER_ALIVE, self.name)
+        finally:
+            await r.aclose()
+
+    async def step(self, r: aioredis.Redis, *, block_ms: int = 0) -> int:
+        """Read one batch of new requests and dispatch it; returns how many were handled."""
+        try:
+            reply = await r.xreadgroup(keys.DISPATCH_GROUP, self.name, {keys.REQUEST_STREAM: ">"},
+                                       count=self.settings.dispatch_batch, block=block_ms or None)
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            await self._ensure_group(r)
+            return 0
+        entries = reply[0][1] if reply else []
+        if entries:
+            await self.handle(r, entries)
+        return len(entries)
+
+    # -- dispatching -------------------------------------------------------------------
+
+    async def handle(self, r: aioredis.Redis, entries: Iterable[tuple[bytes, dict]]) -> None:
+        """Dispatch entries, then count and acknowledge them in one round trip."""
+        await self._refresh_view(r)
+        await self._sync_in_flight(r)
+        pipe = r.pipeline(transaction=False)
+        ids = []
+        for entry_id, fields in entries:
+            ids.append(entry_id)
+            node, mode = self._dispatch_one(entry_id, fields)
+            if node is not None:
+                pipe.hincrby(keys.IN_FLIGHT, node, 1)
+                pipe.hincrby(keys.DECISIONS, f"{node}|{mode}", 1)
+        pipe.xack(keys.REQUEST_STREAM, keys.DISPATCH_GROUP, *ids)
+        pipe.xdel(keys.REQUEST_STREAM, *ids)
+        await pipe.execute()
+
+    def _dispatch_one(self, entry_id: bytes, fields: dict) -> tuple[str | None, str]:
+        req_id = None
+        try:
+            request = unpack(fields.get(keys.REQUEST_FIELD.encode(), b""),
+                             max_bytes=self.settings.max_payload_bytes)
+            req_id = request.get("id") if isinstance(request.get("id"), str) else None
+            validate_request(request)
+            decision = self._decide(request)
+            mode = str(request.get("mode") or self.settings.default_mode).lower()
+            request.update(node=decision.node_id, dispatched_at=time.time(),
+                           decision=decision.to_wire(), counted=True, mode=mode)
+            self._publisher.publish(keys.TASK_BY_KIND[request.get("kind", "infer")], request,
+                                    queue=keys.node_queue(decision.node_id), task_id=request["id"])
+        except CarbonEdgeError as e:
+            self._reject(entry_id, req_id, e)
+            return None, ""
+        self._view.add_in_flight(decision.node_id, 1)  # type: ignore[union-attr]
+        self.dispatched += 1
+        return decision.node_id, mode
+
+    def _decide(self, request: dict[str, Any]) -> Decision:
+        if request.get("kind", "infer") == "infer" and request["model"] not in MODEL_NAMES:
+            raise UnknownModel(f"unknown model {request['model']!r}; known: {sorted(MODEL_NAMES)}",
+                               field="model")
+        weights = weights_for(request.get("mode"), request.get("weights"),
+                              default_mode=self.settings.default_mode)
+        view = self._view
+        if view is None or len(view) == 0:
+            raise NoNodeAvailable("no live node agent: every heartbeat has expired or none "
+                                  "was ever received (is `carbonedge up` running?)")
+        pinned = request.get("node")
+        if pinned is not None:
+            if pinned not in view.node_ids:
+                if pinned in self._known_nodes:
+                    raise NoNodeAvailable(f"node {pinned!r} is not alive (heartbeat expired)",
+                                          field="node")
+                raise UnknownNode(f"unknown node {pinned!r}; live nodes: {view.node_ids}",
+                                  field="node")
+            view = ClusterView.build([self._snapshots[pinned]], now=self._view_at,
+                                     ttl_s=self.settings.heartbeat_ttl_s)
+        normalisation = request.get("normalisation") or self.settings.normalisation
+        return select(view, request.get("model") or "", weights, normalisation)
+
+    def _reject(self, entry_id: bytes, req_id: str | None, error: CarbonEdgeError) -> None:
+        self.rejected += 1
+        log.warning("request %s rejected: %s", req_id or entry_id, error)
+        if req_id is None:
+            self._dead_letter(entry_id, error)
+            return
+        self.app.backend.store_result(req_id, error_result(req_id, error), "SUCCESS")
+
+    def _dead_letter(self, entry_id: bytes, error: CarbonEdgeError) -> None:
+        client = self.app.backend.client
+        client.xadd(keys.DEAD_LETTER_STREAM, {"ts": repr(time.time()), "entry": entry_id,
+                                              "error": error.message}, maxlen=10_000)
+
+    # -- telemetry ---------------------------------------------------------------------
+
+    async def _refresh_view(self, r: aioredis.Redis, *, force: bool = False) -> None:
+        now = time.time()
+        if not force and self._view is not None and now - self._view_at < self.settings.view_refresh_s:
+            return
+        node_ids = sorted(m.decode() for m in await r.smembers(keys.NODES))
+        pipe = r.pipeline(transaction=False)
+        for node_id in node_ids:
+            pipe.hgetall(keys.node_key(node_id))
+        pipe.hgetall(keys.IN_FLIGHT)
+        *beats, in_flight = await pipe.execute()
+        counts = {k.decode(): int(v) for k, v in in_flight.items()}
+        snapshots = []
+        for node_id, raw in zip(node_ids, beats):
+            if not raw:
+                continue
+            fields = {k.decode(): v.decode() for k, v in raw.items()}
+            try:
+                beat = Heartbeat.from_fields(fields, now=now)
+                if beat.node_id != node_id:
+                    raise InvalidMessage(f"heartbeat under {node_id} names {beat.node_id}")
+            except CarbonEdgeError as e:
+                if node_id not in self._bad_heartbeats:
+                    log.error("ignoring invalid heartbeat of %s: %s", node_id, e)
+                    self._bad_heartbeats.add(node_id)
+                continue
+            self._bad_heartbeats.discard(node_id)
+            snapshots.append(beat.to_snapshot(counts.get(node_id, 0)))
+        self._known_nodes.update(node_ids)
+        self._snapshots = {s.node_id: s for s in snapshots}
+        self._view = ClusterView.build(snapshots, now=now, ttl_s=self.settings.heartbeat_ttl_s)
+        self._view_at = now
+
+    async def _sync_in_flight(self, r: aioredis.Redis) -> None:
+        """Re-read in-flight counts every batch: agents finish work between view refreshes."""
+        view = self._view
+        if view is None:
+            return
+        counts = await r.hgetall(keys.IN_FLIGHT)
+        for raw_id, raw_count in counts.items():
+            node_id = raw_id.decode()
+            if node_id in view:
+                view.add_in_flight(node_id, max(int(raw_count), 0) - view.in_flight(node_id))
+
+    # -- housekeeping ------------------------------------------------------------------
+
+    async def _ensure_group(self, r: aioredis.Redis) -> None:
+        try:
+            await r.xgroup_create(keys.REQUEST_STREAM, keys.DISPATCH_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    async def _reclaim(self, r: aioredis.Redis) -> None:
+        """Dispatch entries left pending by this name or by a consumer idle too long."""
+        own = await r.xreadgroup(keys.DISPATCH_GROUP, self.name, {keys.REQUEST_STREAM: "0"},
+                                 count=10_000)
+        entries = [e for e in (own[0][1] if own else []) if e[1]]
+        start = "0-0"
+        while True:
+            start, claimed, *_ = await r.xautoclaim(keys.REQUEST_STREAM, keys.DISPATCH_GROUP,
+                                                    self.name, CLAIM_IDLE_MS, start, count=1000)
+            entries.extend(e for e in claimed if e[1])
+            if start in (b"0-0", "0-0"):
+                break
+        if entries:
+            log.info("reclaiming %d pending request(s)", len(entries))
+            await self.handle(r, entries)
+
+    async def _beat(self, r: aioredis.Redis, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await r.hset(keys.DISPATCHER_ALIVE, self.name, repr(time.time()))
+            except redis.RedisError as e:
+                log.warning("dispatcher heartbeat failed: %s", e)
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+
+
+def run_dispatcher(settings: Settings) -> None:
+    """Run one dispatcher until SIGINT/SIGTERM."""
+    import signal
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        dispatcher = Dispatcher(settings)
+        log.info("dispatcher %s reading %s", dispatcher.name, keys.REQUEST_STREAM)
+        await dispatcher.run(stop)
+
+    asyncio.run(main())

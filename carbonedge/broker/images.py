@@ -1,0 +1,96 @@
+"""Client-side image preprocessing with Pillow and numpy only (no torch).
+
+Produces the same tensor as torchvision's ImageNet evaluation transform
+``Resize(256) -> CenterCrop(224) -> ToTensor() -> Normalize(mean, std)`` on a PIL
+image, so that producers can send ready tensors without importing torch.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from carbonedge.errors import InvalidRequest
+
+__all__ = ["CROP_SIZE", "IMAGENET_MEAN", "IMAGENET_STD", "RESIZE_SIZE", "preprocess_image"]
+
+RESIZE_SIZE = 256
+CROP_SIZE = 224
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+ImageSource = str | Path | bytes | bytearray | memoryview | Image.Image
+
+
+def preprocess_image(src: ImageSource) -> np.ndarray:
+    """Turn an image (path, encoded bytes or PIL image) into a float32 (1,3,224,224) array.
+
+    RGB conversion, shorter side resized to 256 (bilinear), centre crop 224x224, scaled
+    to [0,1] and normalised with the ImageNet mean and std; the result is C-contiguous.
+    An unreadable, corrupt or missing image raises :class:`InvalidRequest` (field ``image``).
+    """
+    img = _open_rgb(src)
+    try:
+        img = _resize_shorter(img, RESIZE_SIZE)
+        img = _center_crop(img, CROP_SIZE)
+        arr = np.asarray(img, dtype=np.float32)
+    except (OSError, ValueError) as e:
+        raise InvalidRequest(f"cannot preprocess image: {e}", field="image") from e
+    arr /= 255.0
+    arr -= IMAGENET_MEAN
+    arr /= IMAGENET_STD
+    return np.ascontiguousarray(arr.transpose(2, 0, 1)[np.newaxis])
+
+
+def _open_rgb(src: ImageSource) -> Image.Image:
+    """Open, decode and convert ``src`` to RGB, mapping every read failure to InvalidRequest."""
+    if isinstance(src, Image.Image):
+        try:
+            return src.convert("RGB")
+        except (OSError, ValueError) as e:
+            raise InvalidRequest(f"cannot convert image to RGB: {e}", field="image") from e
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        what = f"image bytes ({len(src)} bytes)"
+        stream: io.BytesIO | Path = io.BytesIO(bytes(src))
+    elif isinstance(src, (str, Path)):
+        what = f"image file {str(src)!r}"
+        stream = Path(src)
+        if not stream.is_file():
+            raise InvalidRequest(f"{what} does not exist or is not a file", field="image")
+    else:
+        raise InvalidRequest(
+            f"image must be a path, bytes or PIL image, got {type(src).__name__}", field="image"
+        )
+    try:
+        with Image.open(stream) as img:
+            return img.convert("RGB")  # decodes fully; a new image independent of the file
+    except UnidentifiedImageError as e:
+        raise InvalidRequest(f"{what} is not a recognised image format", field="image") from e
+    except Image.DecompressionBombError as e:
+        raise InvalidRequest(f"{what} is too large: {e}", field="image") from e
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InvalidRequest(f"{what} cannot be decoded: {e}", field="image") from e
+
+
+def _resize_shorter(img: Image.Image, size: int) -> Image.Image:
+    """Resize so the shorter side is ``size`` (torchvision's rounding of the longer side)."""
+    w, h = img.size
+    if w == 0 or h == 0:
+        raise ValueError(f"image has an empty side ({w}x{h})")
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) == (w, h):
+        return img
+    return img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+
+
+def _center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Crop the central ``size`` x ``size`` square (torchvision's rounding of the offsets)."""
+    w, h = img.size
+    top = round((h - size) / 2.0)
+    left = round((w - size) / 2.0)
+    return img.crop((left, top, left + size, top + size))

@@ -1,0 +1,76 @@
+"""What a producer gets back: :class:`InferenceResult`, or the error a result names."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from carbonedge.errors import CarbonEdgeError, InferenceFailed, InvalidMessage, from_wire
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceResult:
+    """One finished request: output, where it ran and why, how long, and its carbon."""
+
+    id: str
+    node: str
+    model: str | None
+    mode: str | None
+    top5: list[tuple[int, float]]
+    queue_ms: float
+    exec_ms: float
+    e2e_ms: float
+    cpu_s: float
+    energy_kwh: float
+    carbon_g: float
+    intensity_g_per_kwh: float
+    intensity_source: str
+    apportioning: str
+    random_init: bool
+    decision: dict[str, Any] | None
+    raw: dict[str, Any] = field(repr=False)
+
+    @property
+    def top1(self) -> int | None:
+        return self.top5[0][0] if self.top5 else None
+
+
+def parse_result(result: Any, *, received_at: float) -> InferenceResult:
+    """Turn a result map into an :class:`InferenceResult`, raising the error it names."""
+    if not isinstance(result, dict) or "status" not in result:
+        raise InvalidMessage(f"malformed result: {result!r:.200}")
+    if result["status"] != "ok":
+        error = result.get("error")
+        raise from_wire(error) if isinstance(error, dict) else InferenceFailed(str(error))
+    timings = result.get("timings") or {}
+    output = result.get("output") or {}
+    submitted = timings.get("submitted_at", math.nan)
+    return InferenceResult(
+        id=result["id"],
+        node=result.get("node") or "",
+        model=result.get("model"),
+        mode=result.get("mode"),
+        top5=list(zip(output.get("top5_ids", []), output.get("top5_scores", []))),
+        queue_ms=float(timings.get("queue_ms", math.nan)),
+        exec_ms=float(timings.get("exec_ms", math.nan)),
+        e2e_ms=(received_at - submitted) * 1e3,
+        cpu_s=float(timings.get("cpu_s", math.nan)),
+        energy_kwh=float(result.get("energy_kwh", math.nan)),
+        carbon_g=float(result.get("carbon_g", math.nan)),
+        intensity_g_per_kwh=float(result.get("intensity_g_per_kwh", math.nan)),
+        intensity_source=str(result.get("intensity_source", "unknown")),
+        apportioning=str(result.get("apportioning", "unknown")),
+        random_init=bool(result.get("random_init", False)),
+        decision=result.get("decision"),
+        raw=result,
+    )
+
+
+def celery_failure(meta_result: Any) -> CarbonEdgeError:
+    """An error for a task Celery itself marked as failed (not one of our error maps)."""
+    if isinstance(meta_result, dict):
+        kind = meta_result.get("exc_type", "error")
+        msg = meta_result.get("exc_message", meta_result)
+        return InferenceFailed(f"task failed in Celery: {kind}: {msg}")
+    return InferenceFailed(f"task failed in Celery: {meta_result!r}")

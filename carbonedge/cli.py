@@ -1,0 +1,127 @@
+"""The ``carbonedge`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from carbonedge.errors import CarbonEdgeError
+from carbonedge.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="carbonedge", description=__doc__)
+    p.add_argument("--config", help="settings file (TOML); CARBONEDGE_* variables override it")
+    p.add_argument("--redis-url", help="Redis URL (default redis://127.0.0.1:6379/0)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_compose(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--compose", help="compose file (default compose/docker-compose.yml)")
+        return sp
+
+    up = with_compose(sub.add_parser("up", help="start Redis (if needed), dispatcher and agents"))
+    up.add_argument("--scale", action="append", default=[], metavar="NODE=N",
+                    help="run N agents of a node class")
+    up.add_argument("--preload", action="append", default=[], metavar="MODEL",
+                    help="load a model in every agent before it takes work")
+    up.add_argument("--wait", type=float, default=180.0, help="seconds to wait for readiness")
+    sub.add_parser("down", help="stop what `carbonedge up` started")
+
+    agent = with_compose(sub.add_parser("agent", help="run one node agent (a Celery worker)"))
+    agent.add_argument("--node", required=True, help="node id (a node class, or class-N)")
+    agent.add_argument("--preload", action="append", default=[], metavar="MODEL")
+    agent.add_argument("--events", action="store_true", help="send Celery task events (Flower)")
+
+    sub.add_parser("dispatcher", help="run the asyncio dispatcher")
+
+    demo = with_compose(sub.add_parser("demo", help="the paper's mode comparison, end to end"))
+    demo.add_argument("-n", "--inferences", type=int, default=50)
+    demo.add_argument("--model", default="mobilenetv2")
+    demo.add_argument("--mono-node", default="node-medium",
+                      help="node of the monolithic baseline (the paper's average scenario)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.load(args.config, redis_url=args.redis_url,
+                                 compose_file=getattr(args, "compose", None))
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else getattr(logging, settings.log_level, 20),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        return _COMMANDS[args.command](args, settings) or 0
+    except CarbonEdgeError as e:
+        print(f"carbonedge: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _up(args: argparse.Namespace, settings: Settings) -> int:
+    from carbonedge.compose.local_runner import LocalRuntime
+    from carbonedge.compose.topology import load_topology
+
+    runtime = LocalRuntime(load_topology(settings.compose_file or None), settings,
+                           scale=_parse_scale(args.scale), preload=tuple(args.preload))
+    runtime.up(wait_s=args.wait)
+    print(f"up: {', '.join(runtime.node_ids)} and a dispatcher on {settings.redis_url}"
+          f"{'' if runtime.state.constrained else ' (no cgroup limits: not permitted here)'}")
+    print(f"logs in {runtime.run_dir / 'logs'}; stop with `carbonedge down`")
+    return 0
+
+
+def _down(args: argparse.Namespace, settings: Settings) -> int:
+    from carbonedge.compose.local_runner import LocalRuntime
+
+    state = LocalRuntime.down_recorded(settings.run_dir)
+    print("down" if state else f"nothing recorded in {settings.run_dir}: nothing to stop")
+    return 0
+
+
+def _agent(args: argparse.Namespace, settings: Settings) -> int:
+    from carbonedge.compose.topology import load_topology
+    from carbonedge.node_agent.config import AgentConfig
+    from carbonedge.node_agent.worker import run_agent
+
+    spec = load_topology(settings.compose_file or None).node(args.node)
+    config = AgentConfig(node_id=args.node, cpu_quota=spec.cpus,
+                         mem_limit_bytes=spec.mem_limit_bytes,
+                         carbon_intensity=spec.carbon_intensity, pue=spec.pue,
+                         intensity_source=spec.intensity_source)
+    run_agent(config, settings, preload=tuple(args.preload), events=args.events)
+    return 0
+
+
+def _dispatcher(args: argparse.Namespace, settings: Settings) -> int:
+    from carbonedge.broker.dispatcher import run_dispatcher
+
+    run_dispatcher(settings)
+    return 0
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from carbonedge.experiments.demo import run_demo
+
+    return run_demo(settings, inferences=args.inferences, model=args.model,
+                    mono_node=args.mono_node)
+
+
+def _parse_scale(items: list[str]) -> dict[str, int]:
+    scale = {}
+    for item in items:
+        name, _, count = item.partition("=")
+        if not count.isdigit() or int(count) < 1:
+            raise CarbonEdgeError(f"--scale {item!r}: expected NODE=N with N >= 1")
+        scale[name] = int(count)
+    return scale
+
+
+_COMMANDS = {"up": _up, "down": _down, "agent": _agent, "dispatcher": _dispatcher, "demo": _demo}
+
+if __name__ == "__main__":
+    sys.exit(main())

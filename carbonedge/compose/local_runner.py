@@ -1,0 +1,257 @@
+"""Running the topology as local processes: each agent in its own cgroup.
+
+``LocalRuntime.up()`` makes sure Redis answers (starting one it then owns), starts the
+dispatcher and one agent per node id, each inside a cgroup with the service's CPU quota
+and memory limit, and waits for every heartbeat. What it started is written to a state
+file so that ``carbonedge down`` (another process) can stop exactly that.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from carbonedge.compose.cgroups import NodeCgroup, cgroups_available
+from carbonedge.compose.redis_server import ensure_redis, stop_pid
+from carbonedge.compose.topology import Topology
+from carbonedge.errors import CarbonEdgeError, RuntimeUnavailable
+from carbonedge.protocol import keys
+from carbonedge.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+
+
+@dataclass
+class ProcessRecord:
+    """One process the runtime started."""
+
+    name: str
+    pid: int
+    log: str
+    cgroup: str | None = None
+
+
+@dataclass
+class RuntimeState:
+    redis_url: str
+    processes: list[ProcessRecord] = field(default_factory=list)
+    redis_pid: int | None = None
+    constrained: bool = True
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def read(cls, path: Path) -> RuntimeState:
+        data = json.loads(path.read_text())
+        data["processes"] = [ProcessRecord(**p) for p in data["processes"]]
+        return cls(**data)
+
+
+class LocalRuntime:
+    """The topology as local processes; a context manager that always tears down."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        settings: Settings,
+        *,
+        scale: dict[str, int] | None = None,
+        preload: tuple[str, ...] = (),
+        run_dir: str | Path | None = None,
+    ) -> None:
+        self.topology = topology
+        self.settings = settings
+        self.scale = scale or {}
+        self.preload = preload
+        self.run_dir = Path(run_dir or settings.run_dir).resolve()
+        self.state = RuntimeState(redis_url=settings.redis_url)
+        unknown = set(self.scale) - set(topology.names)
+        if unknown:
+            topology.node(sorted(unknown)[0])  # raises UnknownNode listing the classes
+
+    @property
+    def node_ids(self) -> list[str]:
+        return [i for spec in self.topology.nodes for i in spec.node_ids(self.scale.get(spec.name))]
+
+    # -- up ----------------------------------------------------------------------------
+
+    def up(self, *, wait_s: float = 120.0) -> None:
+        """Start Redis if needed, the dispatcher and every agent; wait for their heartbeats."""
+        state_path = self.run_dir / STATE_FILE
+        if state_path.exists():
+            raise RuntimeUnavailable(
+                f"a runtime is already recorded in {state_path}; run `carbonedge down` first")
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        try:
+            owned = ensure_redis(self.settings.redis_url, self.run_dir)
+            self.state.redis_pid = owned.pid if owned else None
+            self._clear_stale_telemetry()
+            ok, why = cgroups_available()
+            self.state.constrained = ok
+            if not ok:
+                log.warning("cannot create cgroups (%s): agents run WITHOUT CPU or memory limits",
+                            why)
+            self._start("dispatcher", ["dispatcher"], None)
+            for node_id in self.node_ids:
+                self._start_agent(node_id)
+            self.state.save(state_path)
+            self.wait_ready(wait_s)
+        except BaseException:
+            self.down()
+            raise
+
+    def _start_agent(self, node_id: str) -> None:
+        spec = self.topology.node(node_id)
+        cgroup = None
+        if self.state.constrained:
+            cgroup = NodeCgroup.create(node_id, spec.cpus, spec.mem_limit_bytes)
+        args = ["agent", "--node", node_id, "--compose", str(self.topology.source)]
+        for name in self.preload:
+            args += ["--preload", name]
+        self._start(node_id, args, cgroup)
+
+    def _start(self, name: str, args: list[str], cgroup: NodeCgroup | None) -> None:
+        log_path = self.run_dir / "logs" / f"{name}.log"
+        env = {**os.environ, "CARBONEDGE_REDIS_URL": self.settings.redis_url,
+               "PYTHONUNBUFFERED": "1"}
+        with log_path.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "carbonedge.cli", *args],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True,  # Ctrl-C reaches us; we stop them in order
+                preexec_fn=cgroup.preexec_fn() if cgroup else None,
+            )
+        self.state.processes.append(
+            ProcessRecord(name=name, pid=proc.pid, log=str(log_path),
+                          cgroup=cgroup.name if cgroup else None))
+        log.info("started %s (pid %d%s)", name, proc.pid,
+                 f", cgroup {cgroup.name}" if cgroup else ", unconstrained")
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Block until every agent's heartbeat and the dispatcher's beat are visible."""
+        client = redis.Redis.from_url(self.settings.redis_url)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                missing = [n for n in self.node_ids if not client.exists(keys.node_key(n))]
+                dispatcher_up = bool(client.hlen(keys.DISPATCHER_ALIVE))
+                if not missing and dispatcher_up:
+                    return
+                for rec in self.state.processes:
+                    if not _alive(rec.pid):
+                        raise RuntimeUnavailable(
+                            f"{rec.name} exited during start-up; its log ends:\n{_tail(rec.log)}")
+                if time.monotonic() > deadline:
+                    raise RuntimeUnavailable(
+                        f"not ready after {timeout_s:.0f} s: waiting for "
+                        f"{', '.join(missing) or 'the dispatcher'}")
+                time.sleep(0.1)
+        finally:
+            client.close()
+
+    def _clear_stale_telemetry(self) -> None:
+        """Forget in-flight counts of a previous run so they do not bias the scheduler."""
+        client = redis.Redis.from_url(self.settings.redis_url)
+        try:
+            client.delete(keys.IN_FLIGHT)
+        finally:
+            client.close()
+
+    # -- down --------------------------------------------------------------------------
+
+    def down(self, *, grace_s: float = 10.0) -> None:
+        """Stop agents, then the dispatcher, remove cgroups and stop a Redis we started."""
+        stop_processes(self.state, grace_s)
+        (self.run_dir / STATE_FILE).unlink(missing_ok=True)
+
+    @classmethod
+    def down_recorded(cls, run_dir: str | Path, grace_s: float = 10.0) -> RuntimeState | None:
+        """Stop what a previous ``up`` recorded in ``run_dir`` (for ``carbonedge down``)."""
+        path = Path(run_dir).resolve() / STATE_FILE
+        if not path.exists():
+            return None
+        state = RuntimeState.read(path)
+        stop_processes(state, grace_s)
+        path.unlink(missing_ok=True)
+        return state
+
+    def __enter__(self) -> LocalRuntime:
+        self.up()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.down()
+
+
+def stop_processes(state: RuntimeState, grace_s: float) -> None:
+    """SIGTERM every recorded process (agents first), SIGKILL stragglers, clean up."""
+    agents = [p for p in state.processes if p.name != "dispatcher"]
+    others = [p for p in state.processes if p.name == "dispatcher"]
+    for group in (agents, others):
+        for rec in group:
+            _signal(rec.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for rec in group:
+            while _alive(rec.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(rec.pid):
+                log.warning("%s did not stop in %.0f s; killing it", rec.name, grace_s)
+                _signal(rec.pid, signal.SIGKILL)
+        for rec in group:
+            _reap(rec.pid)
+            if rec.cgroup:
+                try:
+                    NodeCgroup.attach(rec.cgroup).remove()
+                except CarbonEdgeError as e:
+                    log.warning("could not remove cgroup %s: %s", rec.cgroup, e)
+    state.processes.clear()
+    if state.redis_pid:
+        stop_pid(state.redis_pid)
+        state.redis_pid = None
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    _reap(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie we cannot reap (not our child) counts as dead
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _tail(path: str, lines: int = 20) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

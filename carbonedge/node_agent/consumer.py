@@ -1,0 +1,71 @@
+"""A Celery consumer that turns undeliverable messages into error results, never silence.
+
+Celery's default is to log a foreign, undecodable or unregistered message and drop it.
+Here each one is also written to the ``ce:deadletter`` stream and, when the message names
+a task id, answered with an error result so that whoever waits on it learns why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery.worker.consumer import Consumer
+
+from carbonedge.errors import CarbonEdgeError, InvalidMessage, InvalidRequest
+from carbonedge.protocol import keys
+from carbonedge.protocol.messages import error_result
+
+log = logging.getLogger(__name__)
+
+
+class AgentConsumer(Consumer):  # type: ignore[misc]
+    """Celery's worker consumer with dead-lettering of bad messages."""
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        self._dead_letter(message, InvalidMessage(f"message could not be decoded: {exc}"))
+        message.ack()
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        self._dead_letter(message, InvalidMessage("message is not a CarbonEdge task"))
+        message.reject_log_error(log, self.connection_errors)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        name = _headers(message).get("task")
+        self._dead_letter(message, InvalidRequest(
+            f"task {name!r} is not served here; known: {keys.TASK_INFER}, {keys.TASK_PING}",
+            field="task"))
+        message.reject_log_error(log, self.connection_errors)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        self._dead_letter(message, InvalidMessage(f"invalid task message: {exc}"))
+        message.reject_log_error(log, self.connection_errors)
+
+    def _dead_letter(self, message: Any, error: CarbonEdgeError) -> None:
+        headers = _headers(message)
+        task_id = headers.get("id") or _properties(message).get("correlation_id")
+        log.error("dead-lettered message (task id %s): %s", task_id, error)
+        try:
+            client = self.app.backend.client
+            client.xadd(keys.DEAD_LETTER_STREAM, {
+                "ts": repr(time.time()),
+                "task_id": str(task_id),
+                "error": error.message,
+                "content_type": str(getattr(message, "content_type", "")),
+                "size": str(len(getattr(message, "body", b"") or b"")),
+            }, maxlen=10_000, approximate=True)
+            if isinstance(task_id, str) and task_id:
+                self.app.backend.store_result(task_id, error_result(task_id, error), "SUCCESS")
+        except Exception:  # the dead letter itself must not kill the consumer
+            log.exception("could not record dead-lettered message %s", task_id)
+
+
+def _headers(message: Any) -> dict[str, Any]:
+    headers = getattr(message, "headers", None)
+    return headers if isinstance(headers, dict) else {}
+
+
+def _properties(message: Any) -> dict[str, Any]:
+    props = getattr(message, "properties", None)
+    return props if isinstance(props, dict) else {}

@@ -1,0 +1,109 @@
+"""The agent's heartbeat: telemetry published to ``ce:node:<id>`` every interval."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+
+from carbonedge.carbon.power import PowerModel
+from carbonedge.node_agent.cgroup import CgroupAccounting
+from carbonedge.node_agent.config import AgentConfig
+from carbonedge.node_agent.stats import ExecStats
+from carbonedge.protocol import keys
+from carbonedge.protocol.telemetry import Heartbeat
+
+log = logging.getLogger(__name__)
+
+
+class HeartbeatPublisher:
+    """Measures the node over each interval and publishes one heartbeat per interval."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        client: redis.Redis,
+        *,
+        accounting: CgroupAccounting,
+        power: PowerModel,
+        stats: ExecStats,
+        interval_s: float,
+        ttl_s: float,
+    ) -> None:
+        self.config = config
+        self._client = client
+        self._accounting = accounting
+        self._power = power
+        self._stats = stats
+        self._interval = interval_s
+        self._ttl_ms = max(int(ttl_s * 1000), 1)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_cpu = accounting.cpu_usage_s()
+        self._last_t = time.monotonic()
+
+    def measure(self) -> Heartbeat:
+        """Telemetry since the previous call."""
+        cfg = self.config
+        cpu, now = self._accounting.cpu_usage_s(), time.monotonic()
+        cpu_delta, wall = max(cpu - self._last_cpu, 0.0), max(now - self._last_t, 1e-6)
+        self._last_cpu, self._last_t = cpu, now
+        mem_limit = self._accounting.memory_limit_bytes() or cfg.mem_limit_bytes
+        return Heartbeat(
+            node_id=cfg.node_id,
+            ts=time.time(),
+            cpu_quota=cfg.cpu_quota,
+            mem_limit_bytes=mem_limit,
+            mem_used_bytes=self._accounting.memory_usage_bytes(),
+            cpu_util=min(cpu_delta / wall / cfg.cpu_quota, 1.0),
+            power_w=self._power.average_watts(cpu_delta, wall, mem_limit),
+            active_power_w=self._power.active_watts(cfg.cpu_quota, mem_limit),
+            carbon_intensity=cfg.carbon_intensity,
+            pue=cfg.pue,
+            in_flight=self._stats.in_flight,
+            tasks_done=self._stats.tasks_done,
+            intensity_source=cfg.intensity_source,
+            cpu_source=self._accounting.source,
+            exec_ms=self._stats.snapshot(),
+        )
+
+    def beat(self) -> None:
+        """Publish one heartbeat (the hash is replaced whole, then given its expiry)."""
+        key = keys.node_key(self.config.node_id)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.delete(key)
+        pipe.hset(key, mapping=self.measure().to_fields())
+        pipe.pexpire(key, self._ttl_ms)
+        pipe.sadd(keys.NODES, self.config.node_id)
+        pipe.execute()
+
+    def start(self) -> None:
+        self.beat()
+        self._thread = threading.Thread(target=self._run, name="ce-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self, *, withdraw: bool = True) -> None:
+        """Stop beating; by default remove the heartbeat so no more tasks are routed here."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self._interval * 2)
+        if withdraw:
+            try:
+                self._client.delete(keys.node_key(self.config.node_id))
+            except redis.RedisError as e:
+                log.warning("could not withdraw heartbeat: %s", e)
+
+    def _run(self) -> None:
+        failing = False
+        while not self._stop.wait(self._interval):
+            try:
+                self.beat()
+                if failing:
+                    log.info("heartbeat publishing recovered")
+                failing = False
+            except redis.RedisError as e:
+                if not failing:
+                    log.warning("heartbeat could not be published (will retry): %s", e)
+                failing = True

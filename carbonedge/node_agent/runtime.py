@@ -1,0 +1,185 @@
+"""What an agent does with one task, independent of Celery: decode, run, account, encode."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import redis
+
+from carbonedge.carbon.power import PowerModel, carbon_grams
+from carbonedge.errors import CarbonEdgeError, InferenceFailed, InvalidMessage, InvalidTensor
+from carbonedge.node_agent.cgroup import CgroupAccounting
+from carbonedge.node_agent.config import AgentConfig
+from carbonedge.node_agent.model_cache import ModelCache
+from carbonedge.node_agent.stats import ExecStats
+from carbonedge.partitioner.models import INPUT_SHAPE, run_inference, top_k
+from carbonedge.protocol import keys
+from carbonedge.protocol.codec import TensorLimits, decode_tensor
+from carbonedge.protocol.messages import (
+    PROTOCOL_VERSION,
+    check_version,
+    error_result,
+    require,
+)
+from carbonedge.settings import Settings
+
+log = logging.getLogger(__name__)
+
+INPUT_SHAPES = (INPUT_SHAPE, INPUT_SHAPE[1:])
+FLOAT_DTYPES = ("float32", "float16", "float64")
+
+
+class AgentRuntime:
+    """Runs inference requests on this node and reports timings, energy and carbon."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        settings: Settings,
+        *,
+        accounting: CgroupAccounting,
+        power: PowerModel,
+        models: ModelCache,
+        stats: ExecStats,
+        redis_client: redis.Redis,
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.accounting = accounting
+        self.power = power
+        self.models = models
+        self.stats = stats
+        self._redis = redis_client
+        self._limits = TensorLimits(max_elements=settings.max_tensor_elements)
+
+    # -- tasks -------------------------------------------------------------------------
+
+    def infer(self, payload: Any) -> dict[str, Any]:
+        """Run one whole-model request; never raises, always returns a result map."""
+        return self._guarded(payload, self._infer)
+
+    def ping(self, payload: Any) -> dict[str, Any]:
+        """Do no work: measures the dispatch path itself."""
+        return self._guarded(payload, self._ping)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _guarded(self, payload: Any, run: Any) -> dict[str, Any]:
+        started_at = time.time()
+        req_id = payload.get("id") if isinstance(payload, dict) else None
+        req_id = req_id if isinstance(req_id, str) else "unknown"
+        self.stats.started()
+        model_name: str | None = None
+        exec_ms: float | None = None
+        try:
+            if not isinstance(payload, dict):
+                raise InvalidMessage(f"task payload must be a map, got {type(payload).__name__}")
+            check_version(payload)
+            result = run(payload, started_at)
+            model_name, exec_ms = result.get("model"), result["timings"].get("exec_ms")
+            return result
+        except CarbonEdgeError as e:
+            log.warning("request %s failed: %s", req_id, e)
+            return self._error(payload, req_id, e, started_at)
+        except Exception as e:  # a model crash must become an error result, not a dead worker
+            log.exception("request %s crashed", req_id)
+            return self._error(payload, req_id, InferenceFailed(f"{type(e).__name__}: {e}"), started_at)
+        finally:
+            self.stats.finished(model_name, exec_ms)
+            if isinstance(payload, dict) and payload.get("counted"):
+                self._release_in_flight()
+
+    def _release_in_flight(self) -> None:
+        try:
+            self._redis.hincrby(keys.IN_FLIGHT, self.config.node_id, -1)
+        except redis.RedisError as e:
+            log.warning("could not update in-flight count: %s", e)
+
+    def _infer(self, payload: dict[str, Any], started_at: float) -> dict[str, Any]:
+        name = require(payload, "model", str)
+        loaded = self.models.get(name)
+        tensor = payload.get("input")
+        if isinstance(tensor, dict) and tensor.get("dtype") not in FLOAT_DTYPES:
+            raise InvalidTensor(
+                f"input.dtype {tensor.get('dtype')!r} is not a float type; a model takes "
+                f"normalised float input ({', '.join(FLOAT_DTYPES)})",
+                field="input.dtype",
+            )
+        x = decode_tensor(tensor, self._limits, expect_shape=INPUT_SHAPES)
+        cpu0 = self.accounting.cpu_usage_s()
+        t0 = time.perf_counter()
+        logits = run_inference(loaded, x)
+        t1 = time.perf_counter()
+        cpu_s = max(self.accounting.cpu_usage_s() - cpu0, 0.0)
+        ids, scores = top_k(logits, 5)
+        result = self._ok(payload, started_at, (t1 - t0) * 1e3, cpu_s)
+        result.update(
+            model=name,
+            output={"top5_ids": ids, "top5_scores": scores},
+            random_init=loaded.random_init,
+            weights_source=loaded.weights_source,
+        )
+        return result
+
+    def _ping(self, payload: dict[str, Any], started_at: float) -> dict[str, Any]:
+        return self._ok(payload, started_at, 0.0, 0.0)
+
+    def _ok(
+        self, payload: dict[str, Any], started_at: float, exec_ms: float, cpu_s: float
+    ) -> dict[str, Any]:
+        cfg = self.config
+        energy = self.power.task_energy_kwh(cpu_s, exec_ms / 1e3, cfg.mem_limit_bytes)
+        return {
+            "v": PROTOCOL_VERSION,
+            "id": payload["id"],
+            "status": "ok",
+            "kind": payload.get("kind", "infer"),
+            "node": cfg.node_id,
+            "model": payload.get("model"),
+            "mode": payload.get("mode"),
+            "timings": self._timings(payload, started_at, exec_ms, cpu_s),
+            "energy_kwh": energy,
+            "carbon_g": carbon_grams(energy, cfg.carbon_intensity, cfg.pue),
+            "intensity_g_per_kwh": cfg.carbon_intensity,
+            "intensity_source": cfg.intensity_source,
+            "pue": cfg.pue,
+            "power_source": self.power.source,
+            "apportioning": "cgroup-cpu-time" if self.accounting.source != "process"
+            else "process-cpu-time",
+            "decision": payload.get("decision"),
+        }
+
+    def _timings(
+        self, payload: dict[str, Any], started_at: float, exec_ms: float, cpu_s: float
+    ) -> dict[str, float]:
+        sent = payload.get("dispatched_at") or payload.get("submitted_at")
+        queue_ms = (started_at - sent) * 1e3 if _is_time(sent) else float("nan")
+        return {
+            "submitted_at": _time_or_nan(payload.get("submitted_at")),
+            "dispatched_at": _time_or_nan(payload.get("dispatched_at")),
+            "started_at": started_at,
+            "finished_at": time.time(),
+            "queue_ms": max(queue_ms, 0.0) if math.isfinite(queue_ms) else queue_ms,
+            "exec_ms": exec_ms,
+            "cpu_s": cpu_s,
+        }
+
+    def _error(
+        self, payload: Any, req_id: str, error: CarbonEdgeError, started_at: float
+    ) -> dict[str, Any]:
+        extra: dict[str, Any] = {"kind": "infer", "timings": {"started_at": started_at}}
+        if isinstance(payload, dict):
+            extra.update(model=payload.get("model"), mode=payload.get("mode"),
+                         decision=payload.get("decision"))
+        return error_result(req_id, error, node=self.config.node_id, **extra)
+
+
+def _is_time(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def _time_or_nan(value: Any) -> float:
+    return float(value) if _is_time(value) else float("nan")

@@ -1,0 +1,90 @@
+"""Running a node agent: a solo-pool Celery worker on its own queue, plus its heartbeat."""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+
+import redis
+
+from carbonedge.broker.celery_app import make_celery_app
+from carbonedge.carbon.power import PowerModel
+from carbonedge.node_agent.cgroup import CgroupAccounting
+from carbonedge.node_agent.config import AgentConfig
+from carbonedge.node_agent.heartbeat import HeartbeatPublisher
+from carbonedge.node_agent.model_cache import ModelCache
+from carbonedge.node_agent.runtime import AgentRuntime
+from carbonedge.node_agent.stats import ExecStats
+from carbonedge.node_agent.tasks import register_tasks
+from carbonedge.protocol import keys
+from carbonedge.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def torch_threads_for(cpu_quota: float) -> int:
+    """One thread per whole core of quota (at least one): more threads only get throttled."""
+    return max(1, math.floor(cpu_quota + 1e-6))
+
+
+def run_agent(
+    config: AgentConfig,
+    settings: Settings,
+    *,
+    preload: tuple[str, ...] = (),
+    events: bool = False,
+) -> None:
+    """Serve ``config.node_id``'s queue until the worker is stopped (SIGTERM / Ctrl-C)."""
+    import torch  # the agent is the only process that needs torch
+
+    torch.set_num_threads(torch_threads_for(config.cpu_quota))
+    torch.set_num_interop_threads(1)
+
+    accounting = CgroupAccounting.for_current_process()
+    _check_limits(config, accounting)
+    power = PowerModel.for_host(settings.host_cpu_watts)
+    stats = ExecStats(config.ewma_alpha)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    models = ModelCache(settings.model_dir)
+    for name in preload:
+        models.get(name)
+
+    runtime = AgentRuntime(config, settings, accounting=accounting, power=power, models=models,
+                           stats=stats, redis_client=client)
+    app = make_celery_app(settings, worker_consumer="carbonedge.node_agent.consumer:AgentConsumer")
+    register_tasks(app, runtime)
+    heartbeat = HeartbeatPublisher(config, client, accounting=accounting, power=power,
+                                   stats=stats, interval_s=settings.heartbeat_interval_s,
+                                   ttl_s=settings.heartbeat_ttl_s)
+    worker = app.Worker(
+        hostname=f"{config.node_id}@{socket.gethostname()}",
+        queues=[keys.node_queue(config.node_id)],
+        pool_cls="solo",
+        concurrency=1,
+        prefetch_multiplier=1,
+        without_gossip=True,
+        without_mingle=True,
+        task_events=events,
+        quiet=True,
+        loglevel=settings.log_level,
+    )
+    heartbeat.start()
+    log.info("agent %s serving %s (cpu %.2f, mem %d MiB, %s g/kWh, accounting %s)",
+             config.node_id, keys.node_queue(config.node_id), config.cpu_quota,
+             config.mem_limit_bytes >> 20, config.carbon_intensity, accounting.source)
+    try:
+        worker.start()
+    finally:
+        heartbeat.stop()
+        client.close()
+
+
+def _check_limits(config: AgentConfig, accounting: CgroupAccounting) -> None:
+    quota = accounting.cpu_quota_cores()
+    if accounting.source == "process" or quota is None:
+        log.warning("agent %s runs without a CPU limit of its own: its timings are not those "
+                    "of a %.2f-CPU node", config.node_id, config.cpu_quota)
+    elif abs(quota - config.cpu_quota) > 0.01:
+        log.warning("agent %s: cgroup CPU quota %.2f differs from the declared %.2f",
+                    config.node_id, quota, config.cpu_quota)

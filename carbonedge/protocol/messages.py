@@ -1,0 +1,109 @@
+"""Versioned msgpack maps that cross process boundaries: requests, task payloads, results.
+
+Everything is a plain map with a ``v`` field. Decoding never trusts its input: a
+malformed message raises :class:`~carbonedge.errors.InvalidMessage` naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+
+from carbonedge.errors import CarbonEdgeError, InvalidMessage, InvalidRequest
+
+PROTOCOL_VERSION = 1
+KINDS = ("infer", "ping")
+"""``infer`` runs a model; ``ping`` runs nothing and measures the path itself."""
+
+
+def pack(obj: Mapping[str, Any]) -> bytes:
+    """Serialise a message map (bytes stay msgpack bin, never base64 or lists)."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes, *, max_bytes: int) -> dict[str, Any]:
+    """Parse one msgpack map, refusing oversize or non-map payloads."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidMessage(f"message must be bytes, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise InvalidMessage(
+            f"message of {len(data)} bytes is over the limit of {max_bytes}", field="payload"
+        )
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=max_bytes)
+    except (ValueError, msgpack.UnpackException, TypeError) as e:
+        raise InvalidMessage(f"message is not valid msgpack: {e}") from e
+    if not isinstance(obj, dict):
+        raise InvalidMessage(f"message must be a msgpack map, got {type(obj).__name__}")
+    return obj
+
+
+def require(msg: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    """Fetch a required field of a given type or raise an error that names it."""
+    if name not in msg:
+        raise InvalidMessage(f"missing field {name!r}", field=name)
+    value = msg[name]
+    if not isinstance(value, kind) or isinstance(value, bool) and bool not in _as_tuple(kind):
+        names = "/".join(k.__name__ for k in _as_tuple(kind))
+        raise InvalidMessage(
+            f"field {name!r} must be {names}, got {type(value).__name__}", field=name
+        )
+    return value
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def check_version(msg: Mapping[str, Any]) -> None:
+    version = msg.get("v")
+    if version != PROTOCOL_VERSION:
+        raise InvalidMessage(
+            f"protocol version {version!r} is not supported (expected {PROTOCOL_VERSION})",
+            field="v",
+        )
+
+
+def validate_request(msg: Mapping[str, Any]) -> None:
+    """Check a request's envelope (not its tensor: the agent validates that against the model)."""
+    check_version(msg)
+    req_id = require(msg, "id", str)
+    if not 0 < len(req_id) <= 128:
+        raise InvalidMessage("field 'id' must be 1 to 128 characters", field="id")
+    kind = msg.get("kind", "infer")
+    if kind not in KINDS:
+        raise InvalidRequest(f"unknown request kind {kind!r}; known: {list(KINDS)}", field="kind")
+    if kind == "infer":
+        require(msg, "model", str)
+        require(msg, "input", dict)
+    require(msg, "submitted_at", (float, int))
+    weights = msg.get("weights")
+    if weights is not None:
+        if (
+            not isinstance(weights, list)
+            or len(weights) != 5
+            or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
+            or not all(math.isfinite(w) and w >= 0 for w in weights)
+            or sum(weights) <= 0
+        ):
+            raise InvalidRequest(
+                "weights must be five finite non-negative numbers (R, L, P, B, C), not all zero",
+                field="weights",
+            )
+
+
+def error_result(
+    request_id: str, error: CarbonEdgeError, *, node: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """The result map for a request that failed, naming the problem."""
+    return {
+        "v": PROTOCOL_VERSION,
+        "id": request_id,
+        "status": "error",
+        "node": node,
+        "error": error.to_wire(),
+        **extra,
+    }

@@ -1,0 +1,124 @@
+"""Node heartbeats: the ``ce:node:<id>`` hash an agent refreshes every interval.
+
+Values are plain strings so that ``redis-cli HGETALL`` is readable. Decoding validates
+every field (finite, non-negative, not from the future) and produces the scheduler's
+:class:`~carbonedge.scheduler.NodeSnapshot`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from carbonedge.errors import InvalidMessage
+from carbonedge.scheduler import NodeSnapshot
+
+EXEC_PREFIX = "exec_ms."
+CLOCK_SKEW_S = 5.0
+NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+_FLOATS = ("ts", "cpu_quota", "cpu_util", "power_w", "active_power_w", "carbon_intensity", "pue")
+_INTS = ("mem_limit_bytes", "mem_used_bytes", "in_flight", "tasks_done")
+
+
+def valid_node_id(node_id: str) -> bool:
+    return bool(NODE_ID_RE.match(node_id))
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """One node's telemetry at one instant."""
+
+    node_id: str
+    ts: float
+    cpu_quota: float
+    mem_limit_bytes: int
+    mem_used_bytes: int
+    cpu_util: float
+    power_w: float
+    active_power_w: float
+    carbon_intensity: float
+    pue: float = 1.0
+    in_flight: int = 0
+    tasks_done: int = 0
+    intensity_source: str = "static"
+    cpu_source: str = "process"
+    exec_ms: Mapping[str, float] = field(default_factory=dict)
+
+    def to_fields(self) -> dict[str, str]:
+        out = {name: repr(float(getattr(self, name))) for name in _FLOATS}
+        out.update({name: str(int(getattr(self, name))) for name in _INTS})
+        out["node_id"] = self.node_id
+        out["intensity_source"] = self.intensity_source
+        out["cpu_source"] = self.cpu_source
+        out.update({EXEC_PREFIX + m: repr(float(v)) for m, v in self.exec_ms.items()})
+        return out
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, str], *, now: float) -> Heartbeat:
+        """Parse and validate a heartbeat hash; raise InvalidMessage naming the bad field."""
+        node_id = fields.get("node_id", "")
+        if not valid_node_id(node_id):
+            raise InvalidMessage(f"heartbeat has an invalid node id {node_id!r}", field="node_id")
+        values: dict[str, float | int] = {}
+        for name in _FLOATS:
+            values[name] = _number(fields, name, float)
+        for name in _INTS:
+            values[name] = int(_number(fields, name, int))
+        if values["ts"] > now + CLOCK_SKEW_S:
+            raise InvalidMessage(
+                f"heartbeat of {node_id} is {values['ts'] - now:.1f} s in the future", field="ts"
+            )
+        if values["cpu_quota"] <= 0 or values["mem_limit_bytes"] <= 0:
+            raise InvalidMessage(f"heartbeat of {node_id} has no CPU quota or memory limit",
+                                 field="cpu_quota")
+        exec_ms = {}
+        for key, raw in fields.items():
+            if key.startswith(EXEC_PREFIX):
+                exec_ms[key[len(EXEC_PREFIX):]] = _parse(key, raw, float)
+        return cls(
+            node_id=node_id,
+            intensity_source=fields.get("intensity_source", "unknown"),
+            cpu_source=fields.get("cpu_source", "unknown"),
+            exec_ms=exec_ms,
+            **values,  # type: ignore[arg-type]
+        )
+
+    def to_snapshot(self, in_flight: int | None = None) -> NodeSnapshot:
+        """The scheduler's view; ``in_flight`` is the dispatcher's count when known."""
+        return NodeSnapshot(
+            node_id=self.node_id,
+            cpu_quota=self.cpu_quota,
+            mem_limit_bytes=self.mem_limit_bytes,
+            mem_used_bytes=self.mem_used_bytes,
+            cpu_util=min(self.cpu_util, 1.0),
+            power_w=self.power_w,
+            active_power_w=self.active_power_w,
+            carbon_intensity=self.carbon_intensity,
+            in_flight=self.in_flight if in_flight is None else max(in_flight, 0),
+            exec_ms=self.exec_ms,
+            heartbeat_ts=self.ts,
+            pue=self.pue,
+        )
+
+
+def _number(fields: Mapping[str, str], name: str, kind: type) -> float:
+    if name not in fields:
+        raise InvalidMessage(f"heartbeat is missing field {name!r}", field=name)
+    return _parse(name, fields[name], kind)
+
+
+def _parse(name: str, raw: str, kind: type) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError) as e:
+        raise InvalidMessage(f"heartbeat field {name!r}={raw!r} is not a number", field=name) from e
+    if not math.isfinite(value) or value < 0:
+        raise InvalidMessage(
+            f"heartbeat field {name!r}={raw!r} must be finite and non-negative", field=name
+        )
+    if kind is int and value != int(value):
+        raise InvalidMessage(f"heartbeat field {name!r}={raw!r} must be an integer", field=name)
+    return value

@@ -1,0 +1,100 @@
+"""Process settings: defaults < a TOML file < ``CARBONEDGE_*`` environment variables.
+
+Load once per process with :meth:`Settings.load` and pass the object down; nothing in
+the library reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from carbonedge.errors import ConfigError
+
+ENV_PREFIX = "CARBONEDGE_"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a CarbonEdge process can be configured with."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    compose_file: str = ""
+    run_dir: str = ".carbonedge"
+    model_dir: str = ""
+    heartbeat_interval_s: float = 1.0
+    heartbeat_missed_beats: int = 3
+    view_refresh_s: float = 0.2
+    dispatch_batch: int = 256
+    default_mode: str = "balanced"
+    normalisation: str = "minmax"
+    result_timeout_s: float = 60.0
+    max_tensor_elements: int = 1 << 22
+    max_payload_bytes: int = 32 << 20
+    host_cpu_watts: float = 0.0
+    log_level: str = "INFO"
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def heartbeat_ttl_s(self) -> float:
+        """How long a heartbeat stays visible: the interval times the missed beats."""
+        return self.heartbeat_interval_s * self.heartbeat_missed_beats
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Build settings from defaults, then ``path`` (TOML), then ``env``, then overrides."""
+        values: dict[str, Any] = {}
+        env = os.environ if env is None else env
+        path = path or env.get(ENV_PREFIX + "CONFIG")
+        if path:
+            values.update(_read_toml(Path(path)))
+        known = {f.name: f for f in fields(cls)}
+        for key, raw in env.items():
+            if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
+                name = key[len(ENV_PREFIX):].lower()
+                if name in known and name != "extra":
+                    values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(unknown)}; known: {sorted(known)}")
+        return cls(**{name: _coerce(known[name], value) for name, value in values.items()})
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some settings changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as e:
+        raise ConfigError(f"settings file not found: {path}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"settings file {path} is not valid TOML: {e}") from e
+    return dict(data.get("carbonedge", data))
+
+
+def _coerce(f: dataclasses.Field[Any], value: Any) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind == "float":
+            return float(value)
+        if kind == "int":
+            return int(value)
+        if kind == "str":
+            return str(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"setting {f.name}={value!r} is not a valid {kind}") from e
+    return value

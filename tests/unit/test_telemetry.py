@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import pytest
+
+from carbonedge.errors import InvalidMessage
+from carbonedge.protocol.telemetry import Heartbeat
+
+NOW = 1_800_000_000.0
+
+
+def _beat(**changes: object) -> Heartbeat:
+    values = dict(node_id="node-green", ts=NOW, cpu_quota=0.4, mem_limit_bytes=512 << 20,
+                  mem_used_bytes=300 << 20, cpu_util=0.25, power_w=1.2, active_power_w=2.0,
+                  carbon_intensity=380.0, in_flight=1, exec_ms={"mobilenetv2": 80.5})
+    values.update(changes)
+    return Heartbeat(**values)  # type: ignore[arg-type]
+
+
+def test_fields_round_trip() -> None:
+    beat = _beat()
+    fields = beat.to_fields()
+    assert all(isinstance(v, str) for v in fields.values())
+    assert Heartbeat.from_fields(fields, now=NOW) == beat
+
+
+def test_snapshot_uses_dispatcher_in_flight_when_given() -> None:
+    snap = _beat().to_snapshot(in_flight=4)
+    assert snap.in_flight == 4 and snap.exec_ms == {"mobilenetv2": 80.5}
+    assert _beat().to_snapshot().in_flight == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("cpu_util", "nan", "finite"),
+        ("power_w", "-1", "non-negative"),
+        ("carbon_intensity", "inf", "finite"),
+        ("mem_used_bytes", "1.5", "integer"),
+        ("in_flight", "many", "not a number"),
+        ("exec_ms.mobilenetv2", "-3", "non-negative"),
+        ("ts", str(NOW + 3600), "in the future"),
+        ("cpu_quota", "0", "no CPU quota"),
+        ("node_id", "../etc", "invalid node id"),
+        ("node_id", "", "invalid node id"),
+    ],
+)
+def test_forged_or_broken_heartbeats_are_rejected(field: str, value: str, match: str) -> None:
+    fields = _beat().to_fields()
+    fields[field] = value
+    with pytest.raises(InvalidMessage, match=match):
+        Heartbeat.from_fields(fields, now=NOW)
+
+
+def test_missing_field_named() -> None:
+    fields = _beat().to_fields()
+    del fields["carbon_intensity"]
+    with pytest.raises(InvalidMessage, match="carbon_intensity") as e:
+        Heartbeat.from_fields(fields, now=NOW)
+    assert e.value.field == "carbon_intensity"
