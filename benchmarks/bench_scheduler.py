@@ -76,27 +76,33 @@ def time_cold(snaps: list[NodeSnapshot], norm: str, vectorised: bool, repeat: in
     return samples
 
 
-def time_select(
-    snaps: list[NodeSnapshot], norm: str, vectorised: bool | None, calls: int
-) -> tuple[list[int], list[int]]:
-    """Outside and inside (``duration_ns``) timings of ``calls`` warm selects."""
-    rng = random.Random(1)
-    view = ClusterView.build(snaps, NOW, TTL)
-    ids = view.node_ids
-    modes = [MODES[m] for m in sorted(MODES)]
-    for _ in range(200):  # warm caches and the interpreter
-        select(view, MODEL, modes[0], norm, _vectorised=vectorised)
-    outside, inside = [], []
-    clock = time.perf_counter_ns
-    for i in range(calls):
-        weights = modes[i % 3]
-        t0 = clock()
-        decision = select(view, MODEL, weights, norm, _vectorised=vectorised)
-        outside.append(clock() - t0)
-        inside.append(decision.duration_ns)
-        view.add_in_flight(decision.node_id)
-        view.add_in_flight(ids[rng.randrange(len(ids))], -1)
-    return outside, inside
+class SelectRun:
+    """Warm ``select()`` calls on one view with one normalisation and one forced path."""
+
+    def __init__(self, snaps: list[NodeSnapshot], norm: str, vectorised: bool) -> None:
+        self.view = ClusterView.build(snaps, NOW, TTL)
+        self.norm = norm
+        self.vectorised = vectorised
+        self.rng = random.Random(1)
+        self.outside: list[int] = []
+        self.inside: list[int] = []
+        self.modes = [MODES[m] for m in sorted(MODES)]
+        for _ in range(200):  # warm the caches and the interpreter
+            select(self.view, MODEL, self.modes[0], norm, _vectorised=vectorised)
+
+    def chunk(self, calls: int) -> None:
+        """Time ``calls`` selects, each followed (untimed) by the dispatcher's updates."""
+        view, norm, vec, modes = self.view, self.norm, self.vectorised, self.modes
+        ids, rng, clock = view.node_ids, self.rng, time.perf_counter_ns
+        outside, inside = self.outside, self.inside
+        for i in range(calls):
+            weights = modes[i % 3]
+            t0 = clock()
+            decision = select(view, MODEL, weights, norm, _vectorised=vec)
+            outside.append(clock() - t0)
+            inside.append(decision.duration_ns)
+            view.add_in_flight(decision.node_id)
+            view.add_in_flight(ids[rng.randrange(len(ids))], -1)
 
 
 def p99(samples: list[int]) -> float:
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPython {platform.python_version()} on {platform.machine()}, numpy {np.__version__}")
     print(f"numpy path from {VECTOR_MIN_NODES} nodes; times in microseconds\n")
     header = (
-        f"{'nodes':>6} {'norm':>7} {'path':>6} {'median':>8} {'p99':>8} "
+        f"{'nodes':>6} {'norm':>7} {'path':>6} {'min':>7} {'median':>8} {'p99':>8} "
         f"{'inside':>8} {'cold':>8} {'target':>7} {'met':>4}"
     )
     print(header)
@@ -124,30 +130,39 @@ def main(argv: list[str] | None = None) -> int:
         calls = max(1000, args.calls // max(1, size // 20))
         builds[size] = time_build(snaps, 50 if size <= 100 else 10)
         auto_vec = size >= VECTOR_MIN_NODES
-        for norm in ("minmax", "paper"):
-            for vectorised in (auto_vec, not auto_vec):
-                outside, inside = time_select(snaps, norm, vectorised, calls)
-                cold = time_cold(snaps, norm, vectorised, 20)
-                median = statistics.median(outside) / 1e3
-                auto = vectorised == auto_vec
-                target = TARGETS_US.get(size) if auto else None
-                met = "" if target is None else ("yes" if median <= target else "NO")
-                if target is not None:
-                    verdicts.append(median <= target)
-                path = ("numpy" if vectorised else "python") + ("" if auto else "*")
-                print(
-                    f"{size:>6} {norm:>7} {path:>6} {median:>8.2f} {p99(outside) / 1e3:>8.2f} "
-                    f"{statistics.median(inside) / 1e3:>8.2f} "
-                    f"{statistics.median(cold) / 1e3:>8.1f} "
-                    f"{'' if target is None else f'{target:.0f}':>7} {met:>4}"
-                )
+        runs = [
+            SelectRun(snaps, norm, vectorised)
+            for norm in ("minmax", "paper")
+            for vectorised in (auto_vec, not auto_vec)
+        ]
+        # interleave the configurations in short chunks, so that every row sees the same
+        # mix of quiet and busy moments of a shared machine
+        chunk = max(20, 500 // max(1, size // 20))
+        for _ in range(max(1, calls // chunk)):
+            for run in runs:
+                run.chunk(chunk)
+        for run in runs:
+            cold = time_cold(snaps, run.norm, run.vectorised, 20)
+            median = statistics.median(run.outside) / 1e3
+            auto = run.vectorised == auto_vec
+            target = TARGETS_US.get(size) if auto else None
+            met = "" if target is None else ("yes" if median <= target else "NO")
+            if target is not None:
+                verdicts.append(median <= target)
+            path = ("numpy" if run.vectorised else "python") + ("" if auto else "*")
+            print(
+                f"{size:>6} {run.norm:>7} {path:>6} {min(run.outside) / 1e3:>7.2f} "
+                f"{median:>8.2f} {p99(run.outside) / 1e3:>8.2f} "
+                f"{statistics.median(run.inside) / 1e3:>8.2f} "
+                f"{statistics.median(cold) / 1e3:>8.1f} "
+                f"{'' if target is None else f'{target:.0f}':>7} {met:>4}"
+            )
     print("\n* forced path, not the one select() takes at that size (for the threshold)")
-    print("median/p99: around the call; inside: Decision.duration_ns; cold: first select")
-    print("of a model after a build (fills the per-model cache)\n")
+    print("min/median/p99: around the call; inside: median Decision.duration_ns;")
+    print("cold: median first select() of a model after a build (fills the model's cache)\n")
     for size, samples in builds.items():
-        print(
-            f"ClusterView.build at {size:>5} nodes: median {statistics.median(samples) / 1e3:9.1f} us"
-        )
+        median = statistics.median(samples) / 1e3
+        print(f"ClusterView.build at {size:>5} nodes: median {median:9.1f} us")
     ok = all(verdicts)
     print(f"\ntargets {'met' if ok else 'NOT met'}")
     return 0 if ok else 1

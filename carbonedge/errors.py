@@ -67,6 +67,12 @@ class NoNodeAvailable(CarbonEdgeError):
     code = "no_node_available"
 
 
+class DispatchFailed(CarbonEdgeError):
+    """The dispatcher could not route or publish the request."""
+
+    code = "dispatch_failed"
+
+
 class InferenceFailed(CarbonEdgeError):
     """The agent accepted the request but running the model failed."""
 

@@ -8,17 +8,23 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-TEST_REDIS_URL = os.environ.get("CARBONEDGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TEST_REDIS = os.environ.get("CARBONEDGE_TEST_REDIS", "redis://127.0.0.1:6379")
+TEST_REDIS_URL = f"{TEST_REDIS}/13"
+"""Database of tests that own Redis for their own duration."""
+DEFAULT_RUNTIME_URL = f"{TEST_REDIS}/15"
+"""Database of the session-wide default topology."""
+SMALL_RUNTIME_URL = f"{TEST_REDIS}/14"
+"""Database of the per-test small topologies (they kill agents)."""
 
 
-def _redis_or_fail() -> redis.Redis:
-    client = redis.Redis.from_url(TEST_REDIS_URL, socket_timeout=2)
+def _redis_or_fail(url: str = TEST_REDIS_URL) -> redis.Redis:
+    client = redis.Redis.from_url(url, socket_timeout=2)
     try:
         client.ping()
     except redis.ConnectionError as e:
         if os.environ.get("CI"):
-            pytest.fail(f"CI needs a Redis at {TEST_REDIS_URL}: {e}")
-        pytest.skip(f"no Redis at {TEST_REDIS_URL}: {e}")
+            pytest.fail(f"CI needs a Redis at {url}: {e}")
+        pytest.skip(f"no Redis at {url}: {e}")
     return client
 
 

@@ -24,6 +24,7 @@ from carbonedge.broker.celery_app import make_celery_app
 from carbonedge.broker.publish import TaskPublisher
 from carbonedge.errors import (
     CarbonEdgeError,
+    DispatchFailed,
     InvalidMessage,
     NoNodeAvailable,
     UnknownModel,
@@ -125,6 +126,10 @@ class Dispatcher:
                                     queue=keys.node_queue(decision.node_id), task_id=request["id"])
         except CarbonEdgeError as e:
             self._reject(entry_id, req_id, e)
+            return None, ""
+        except Exception as e:  # one bad request must not take the dispatcher down
+            log.exception("request %s could not be dispatched", req_id or entry_id)
+            self._reject(entry_id, req_id, DispatchFailed(f"{type(e).__name__}: {e}"))
             return None, ""
         self._view.add_in_flight(decision.node_id, 1)  # type: ignore[union-attr]
         self.dispatched += 1

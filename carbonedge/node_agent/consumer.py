@@ -7,11 +7,15 @@ a task id, answered with an error result so that whoever waits on it learns why.
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
+import uuid
 from typing import Any
 
+import kombu.transport.redis as kombu_redis
 from celery.worker.consumer import Consumer
+from kombu.utils.json import loads as kombu_loads
 
 from carbonedge.errors import CarbonEdgeError, InvalidMessage, InvalidRequest
 from carbonedge.protocol import keys
@@ -59,6 +63,39 @@ class AgentConsumer(Consumer):  # type: ignore[misc]
                 self.app.backend.store_result(task_id, error_result(task_id, error), "SUCCESS")
         except Exception:  # the dead letter itself must not kill the consumer
             log.exception("could not record dead-lettered message %s", task_id)
+
+
+UNDECODABLE_CONTENT_TYPE = "application/x-carbonedge-undecodable"
+
+
+def tolerant_loads(data: Any, *args: Any, **kwargs: Any) -> Any:
+    """kombu's JSON envelope decoder, except that garbage becomes an undecodable message.
+
+    kombu's Redis transport decodes each popped queue item with a bare ``loads``; one
+    item that is not JSON raises out of the event loop and stops the worker for good
+    (the item is already popped, so it is lost too). Wrapping the raw bytes in an
+    envelope whose content type nobody accepts sends it to ``on_decode_error`` instead,
+    where :class:`AgentConsumer` dead-letters it and the worker carries on.
+    """
+    try:
+        return kombu_loads(data, *args, **kwargs)
+    except (ValueError, TypeError):
+        raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else bytes(data)
+        log.error("undecodable item on a queue (%d bytes): wrapping it for dead-lettering",
+                  len(raw))
+        return {
+            "body": base64.b64encode(raw).decode(),
+            "content-encoding": "binary",
+            "content-type": UNDECODABLE_CONTENT_TYPE,
+            "headers": {},
+            "properties": {"delivery_tag": uuid.uuid4().hex, "body_encoding": "base64",
+                           "delivery_info": {"exchange": "", "routing_key": ""}},
+        }
+
+
+def install_tolerant_queue_decoder() -> None:
+    """Make this process's kombu Redis transport survive non-JSON queue items."""
+    kombu_redis.loads = tolerant_loads
 
 
 def _headers(message: Any) -> dict[str, Any]:

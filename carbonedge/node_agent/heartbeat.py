@@ -66,7 +66,8 @@ class HeartbeatPublisher:
             tasks_done=self._stats.tasks_done,
             intensity_source=cfg.intensity_source,
             cpu_source=self._accounting.source,
-            exec_ms=self._stats.snapshot(),
+            exec_ms=self._stats.exec_ms(),
+            task_power_w=self._stats.task_power_w(),
         )
 
     def beat(self) -> None:

@@ -74,12 +74,14 @@ class AgentRuntime:
         self.stats.started()
         model_name: str | None = None
         exec_ms: float | None = None
+        energy_j: float | None = None
         try:
             if not isinstance(payload, dict):
                 raise InvalidMessage(f"task payload must be a map, got {type(payload).__name__}")
             check_version(payload)
             result = run(payload, started_at)
             model_name, exec_ms = result.get("model"), result["timings"].get("exec_ms")
+            energy_j = result["energy_kwh"] * 3.6e6
             return result
         except CarbonEdgeError as e:
             log.warning("request %s failed: %s", req_id, e)
@@ -88,7 +90,7 @@ class AgentRuntime:
             log.exception("request %s crashed", req_id)
             return self._error(payload, req_id, InferenceFailed(f"{type(e).__name__}: {e}"), started_at)
         finally:
-            self.stats.finished(model_name, exec_ms)
+            self.stats.finished(model_name, exec_ms, energy_j)
             if isinstance(payload, dict) and payload.get("counted"):
                 self._release_in_flight()
 

@@ -12,6 +12,7 @@ from carbonedge.broker.celery_app import make_celery_app
 from carbonedge.carbon.power import PowerModel
 from carbonedge.node_agent.cgroup import CgroupAccounting
 from carbonedge.node_agent.config import AgentConfig
+from carbonedge.node_agent.consumer import install_tolerant_queue_decoder
 from carbonedge.node_agent.heartbeat import HeartbeatPublisher
 from carbonedge.node_agent.model_cache import ModelCache
 from carbonedge.node_agent.runtime import AgentRuntime
@@ -52,14 +53,16 @@ def run_agent(
 
     runtime = AgentRuntime(config, settings, accounting=accounting, power=power, models=models,
                            stats=stats, redis_client=client)
+    install_tolerant_queue_decoder()
     app = make_celery_app(settings, worker_consumer="carbonedge.node_agent.consumer:AgentConsumer")
     register_tasks(app, runtime)
     heartbeat = HeartbeatPublisher(config, client, accounting=accounting, power=power,
                                    stats=stats, interval_s=settings.heartbeat_interval_s,
                                    ttl_s=settings.heartbeat_ttl_s)
+    queue = keys.node_queue(config.node_id)
     worker = app.Worker(
         hostname=f"{config.node_id}@{socket.gethostname()}",
-        queues=[keys.node_queue(config.node_id)],
+        queues=[queue],
         pool_cls="solo",
         concurrency=1,
         prefetch_multiplier=1,
@@ -69,9 +72,11 @@ def run_agent(
         quiet=True,
         loglevel=settings.log_level,
     )
+    # Whatever waits in our queue is our in-flight work; a previous life's count is not.
+    client.hset(keys.IN_FLIGHT, config.node_id, client.llen(queue))
     heartbeat.start()
     log.info("agent %s serving %s (cpu %.2f, mem %d MiB, %s g/kWh, accounting %s)",
-             config.node_id, keys.node_queue(config.node_id), config.cpu_quota,
+             config.node_id, queue, config.cpu_quota,
              config.mem_limit_bytes >> 20, config.carbon_intensity, accounting.source)
     try:
         worker.start()

@@ -12,6 +12,7 @@ torchvision and timm are imported inside the builders, only when such a model is
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +99,11 @@ def create_model(name: str, weights_dir: str | Path | None = None) -> LoadedMode
             f"unknown model {name!r}; known models: {', '.join(model_names())}", field="model"
         )
     path = find_weights(name, weights_dir)
-    module = builder()
+    with torch.random.fork_rng(devices=[]):
+        # Same seed everywhere: every agent's randomly initialised copy is the same
+        # model, so outputs agree across nodes and partitions compose.
+        torch.manual_seed(zlib.crc32(name.encode()))
+        module = builder()
     if path is None:
         if name not in _random_init_logged:
             _random_init_logged.add(name)

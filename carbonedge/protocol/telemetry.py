@@ -16,6 +16,7 @@ from carbonedge.errors import InvalidMessage
 from carbonedge.scheduler import NodeSnapshot
 
 EXEC_PREFIX = "exec_ms."
+POWER_PREFIX = "task_power_w."
 CLOCK_SKEW_S = 5.0
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -46,6 +47,7 @@ class Heartbeat:
     intensity_source: str = "static"
     cpu_source: str = "process"
     exec_ms: Mapping[str, float] = field(default_factory=dict)
+    task_power_w: Mapping[str, float] = field(default_factory=dict)
 
     def to_fields(self) -> dict[str, str]:
         out = {name: repr(float(getattr(self, name))) for name in _FLOATS}
@@ -54,6 +56,7 @@ class Heartbeat:
         out["intensity_source"] = self.intensity_source
         out["cpu_source"] = self.cpu_source
         out.update({EXEC_PREFIX + m: repr(float(v)) for m, v in self.exec_ms.items()})
+        out.update({POWER_PREFIX + m: repr(float(v)) for m, v in self.task_power_w.items()})
         return out
 
     @classmethod
@@ -74,15 +77,17 @@ class Heartbeat:
         if values["cpu_quota"] <= 0 or values["mem_limit_bytes"] <= 0:
             raise InvalidMessage(f"heartbeat of {node_id} has no CPU quota or memory limit",
                                  field="cpu_quota")
-        exec_ms = {}
+        per_model: dict[str, dict[str, float]] = {EXEC_PREFIX: {}, POWER_PREFIX: {}}
         for key, raw in fields.items():
-            if key.startswith(EXEC_PREFIX):
-                exec_ms[key[len(EXEC_PREFIX):]] = _parse(key, raw, float)
+            for prefix, table in per_model.items():
+                if key.startswith(prefix):
+                    table[key[len(prefix):]] = _parse(key, raw, float)
         return cls(
             node_id=node_id,
             intensity_source=fields.get("intensity_source", "unknown"),
             cpu_source=fields.get("cpu_source", "unknown"),
-            exec_ms=exec_ms,
+            exec_ms=per_model[EXEC_PREFIX],
+            task_power_w=per_model[POWER_PREFIX],
             **values,  # type: ignore[arg-type]
         )
 
@@ -101,6 +106,7 @@ class Heartbeat:
             exec_ms=self.exec_ms,
             heartbeat_ts=self.ts,
             pue=self.pue,
+            task_power_w=self.task_power_w,
         )
 
 

@@ -2,14 +2,14 @@
 
 Each fixed form maps one node's raw state to a score in ``[0, 1]``, higher is better:
 
-- S_R, resources: ``0.5·(1 − cpu_util) + 0.5·min(1, free_mem / mem_need)``, each half
+- S_R, resources: ``0.5·(1 - cpu_util) + 0.5·min(1, free_mem / mem_need)``, each half
   clipped to ``[0, 1]``;
 - S_L, load: ``1 / (1 + in_flight)``;
 - S_B, balance: ``1 / (1 + in_flight / cpu_quota)``, load per core, so that fairness is
   proportional to capacity;
 - S_P, performance: ``ref_exec_ms / (ref_exec_ms + T)``;
 - S_C, carbon: ``ref_carbon_g / (ref_carbon_g + C)`` with
-  ``C = CI · PUE · P_active · T / 3.6e9`` grams (W × ms → kWh is ``/ 3.6e9``).
+  ``C = CI · PUE · P_active · T / 3.6e9`` grams (W x ms → kWh is ``/ 3.6e9``).
 
 The ``minmax`` normalisation rescales a component's "goodness" across the candidates of
 one decision to ``[0, 1]``, unless its spread is below a relative noise floor, in which

@@ -9,12 +9,15 @@ one node.
 ``select`` scores every live node (``score = Σ w·S`` over R, L, P, B, C) and picks the
 best; ties within ``1e-12`` go to the node with fewer requests in flight, then to the
 lower ``node_id``. Small clusters take a pure-Python loop; from :data:`VECTOR_MIN_NODES`
-nodes on, a numpy path with identical semantics (same operations in the same order,
-so the same node and bit-identical scores).
+nodes on, a numpy path with identical semantics.
 
-The components that do not depend on ``in_flight`` (R, P, C) are cached per model and
-normalisation inside the view, so a decision only recomputes L and B and the sum.
-A view is not thread-safe: one dispatcher loop owns it.
+How a decision stays cheap: R, P and C do not depend on ``in_flight``, so they are
+cached per model and normalisation, and their weighted sum ``base = w_R·R + w_P·P +
+w_C·C`` per weights object. A decision then computes, per node, ``base + w_L·L + w_B·B``
+where each of L and B is either its fixed form (``paper``), its min-max rescaling, or,
+when the spread is under the floor, the constant 1.0 (added once, as ``w_L`` or ``w_B``).
+Both paths perform the same operations in the same order, so they give bit-identical
+scores. A view is not thread-safe: one dispatcher loop owns it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 
 from carbonedge.errors import ConfigError, InvalidRequest, NoNodeAvailable, UnknownNode
 from carbonedge.scheduler import components as comp
-from carbonedge.scheduler.decision import Decision, _Table
+from carbonedge.scheduler.decision import Decision, _new_decision, _rescaled, _Table
 from carbonedge.scheduler.snapshot import MIN_QUOTA, NodeSnapshot, References
 from carbonedge.scheduler.weights import Weights
 
@@ -38,17 +41,18 @@ __all__ = ["NORMALISATIONS", "VECTOR_MIN_NODES", "ClusterView", "select"]
 logger = logging.getLogger(__name__)
 
 NORMALISATIONS = ("minmax", "paper")
-VECTOR_MIN_NODES = 32
-"""From this many live nodes on, ``select`` takes the numpy path."""
+VECTOR_MIN_NODES = 64
+"""From this many live nodes on, ``select`` takes the numpy path (measured crossover)."""
 TIE_EPS = 1e-12
 _MAX_CACHED = 256
-"""Per-view cache entries (model × normalisation) kept before the cache is cleared."""
+"""Per-view cache entries (model and normalisation, or weights) kept before a clear."""
+_INF = math.inf
 
 
 class _Static:
     """The in_flight-independent components of one model under one normalisation."""
 
-    __slots__ = ("c", "grams", "p", "r", "t_ms")
+    __slots__ = ("_bases", "c", "grams", "p", "r", "t_ms")
 
     def __init__(self, r: Any, p: Any, c: Any, t_ms: Any, grams: Any) -> None:
         self.r = r
@@ -56,12 +60,30 @@ class _Static:
         self.c = c
         self.t_ms = t_ms
         self.grams = grams
+        self._bases: dict[int, tuple[Weights, Any]] = {}
+
+    def base(self, w: Weights) -> Any:
+        """``w_R·R + w_P·P + w_C·C`` per node, cached per weights object."""
+        hit = self._bases.get(id(w))
+        if hit is not None and hit[0] is w:
+            return hit[1]
+        wr, wp, wc = w.r, w.p, w.c
+        if isinstance(self.r, np.ndarray):
+            base = wr * self.r + wp * self.p + wc * self.c
+        else:
+            base = [
+                wr * r + wp * p + wc * c for r, p, c in zip(self.r, self.p, self.c, strict=False)
+            ]
+        if len(self._bases) >= _MAX_CACHED:
+            self._bases.clear()
+        self._bases[id(w)] = (w, base)  # holding w keeps its id from being reused
+        return base
 
 
 class _Arrays:
     """The view's per-node constants as float64 arrays (built on first vectorised use)."""
 
-    __slots__ = ("active_power_w", "in_flight", "intensity", "pue", "quota", "r_fixed")
+    __slots__ = ("in_flight", "intensity", "pue", "quota", "r_fixed")
 
     def __init__(self, view: ClusterView) -> None:
         nodes = view._nodes
@@ -74,7 +96,6 @@ class _Arrays:
         )
         self.intensity = np.array([n.carbon_intensity for n in nodes], dtype=np.float64)
         self.pue = np.array([n.pue for n in nodes], dtype=np.float64)
-        self.active_power_w = np.array([n.active_power_w for n in nodes], dtype=np.float64)
 
 
 class ClusterView:
@@ -197,7 +218,7 @@ class ClusterView:
         refs = self.references
         t_ms = [n.exec_ms.get(model, refs.prior_ms(n.cpu_quota)) for n in self._nodes]
         grams = [
-            comp.carbon_g(n.carbon_intensity, n.pue, n.active_power_w, t)
+            comp.carbon_g(n.carbon_intensity, n.pue, n.power_for(model), t)
             for n, t in zip(self._nodes, t_ms, strict=True)
         ]
         if paper:
@@ -231,7 +252,8 @@ class ClusterView:
             [n.exec_ms.get(model, refs.prior_ms(n.cpu_quota)) for n in self._nodes],
             dtype=np.float64,
         )
-        grams = arr.intensity * arr.pue * arr.active_power_w * t_ms / comp.MS_W_PER_KWH
+        power = np.array([n.power_for(model) for n in self._nodes], dtype=np.float64)
+        grams = arr.intensity * arr.pue * power * t_ms / comp.MS_W_PER_KWH
         if paper:
             r = arr.r_fixed
             p = comp.perf_scores(t_ms, refs.ref_exec_ms)
@@ -281,71 +303,104 @@ def select(
             else "no node agent has sent a heartbeat"
         )
         raise NoNodeAvailable(f"no live node agent to run {model!r}: {detail}")
-    vectorised = n >= VECTOR_MIN_NODES if _vectorised is None else _vectorised
-    if vectorised:
+    if n >= VECTOR_MIN_NODES if _vectorised is None else _vectorised:
         idx, table = _choose_np(view, model, weights, paper)
+        _, r, p, c, _, _, k, bl, scores, (lo_l, span_l, lo_b, span_b) = table
+        comps = {
+            "R": float(r[idx]),
+            "L": _rescaled(1.0 / (1.0 + k[idx]), lo_l, span_l),
+            "P": float(p[idx]),
+            "B": _rescaled(bl[idx], lo_b, span_b),
+            "C": float(c[idx]),
+        }
     else:
         idx, table = _choose_py(view, model, weights, paper)
-    duration = time.perf_counter_ns() - start
-    return Decision(
-        node_id=view.node_ids[idx],
-        score=float(table.scores[idx]),
-        components={
-            "R": float(table.r[idx]),
-            "L": float(table.l[idx]),
-            "P": float(table.p[idx]),
-            "B": float(table.b[idx]),
-            "C": float(table.c[idx]),
-        },
-        weights=weights,
-        normalisation=normalisation,
-        duration_ns=duration,
-        candidates=n,
-        _table=table,
+        _, r, p, c, _, _, k, bl, scores, (lo_l, span_l, lo_b, span_b) = table
+        comps = {
+            "R": r[idx],
+            "L": _rescaled(1.0 / (1.0 + k[idx]), lo_l, span_l),
+            "P": p[idx],
+            "B": _rescaled(bl[idx], lo_b, span_b),
+            "C": c[idx],
+        }
+    return _new_decision(
+        view.node_ids[idx],
+        float(scores[idx]),
+        comps,
+        weights,
+        normalisation,
+        time.perf_counter_ns() - start,
+        n,
+        table,
     )
+
+
+def _flat_or(lo: float, hi: float, floor: float) -> tuple[float, float]:
+    """``(lo, span)`` of a positive component under minmax; ``(0, inf)`` when flat.
+
+    Flat means ``hi - lo <= floor · hi`` (for positive values ``hi`` is the largest
+    magnitude): every node then scores 1.0, which the caller adds once as a constant.
+    """
+    span = hi - lo
+    if span <= floor * hi:
+        return 0.0, _INF
+    return lo, span
 
 
 def _choose_py(view: ClusterView, model: str, w: Weights, paper: bool) -> tuple[int, _Table]:
-    """Pure-Python scoring; L and B are the inlined fixed forms of ``components``."""
-    static = view._static_py(model, paper)
-    k = list(view._in_flight)
-    lo = [1.0 / (1.0 + x) for x in k]
-    ba = [1.0 / (1.0 + x / q) for x, q in zip(k, view._quota, strict=True)]
-    if not paper:
+    """Pure-Python scoring; the loop bodies are the fixed forms of ``components`` inlined."""
+    static = view._cache_py.get((model, paper)) or view._static_py(model, paper)
+    base = static.base(w)
+    k = view._in_flight[:]
+    bl = [1.0 / (1.0 + x / q) for x, q in zip(k, view._quota, strict=False)]
+    if paper:
+        lo_l, span_l, lo_b, span_b, const = 0.0, 1.0, 0.0, 1.0, 0.0
+    else:
         floor = view.references.minmax_floor
-        lo = comp.minmax(lo, floor)
-        ba = comp.minmax(ba, floor)
-    wr, wl, wp, wb, wc = w.r, w.l, w.p, w.b, w.c
+        # S_L = 1/(1+k) falls as k grows: its extremes come from k's
+        kmin = min(k)
+        kmax = max(k)
+        if kmin == kmax:
+            lo_l, span_l = 0.0, _INF
+        else:
+            lo_l, span_l = _flat_or(1.0 / (1.0 + kmax), 1.0 / (1.0 + kmin), floor)
+        lo_b, span_b = _flat_or(min(bl), max(bl), floor)
+        const = (w.l if span_l == _INF else 0.0) + (w.b if span_b == _INF else 0.0)
+    wl, wb = w.l, w.b
     scores = [
-        wr * r + wl * l_ + wp * p + wb * b + wc * c
-        for r, l_, p, b, c in zip(static.r, lo, static.p, ba, static.c, strict=True)
+        b0 + wl * ((1.0 / (1.0 + x) - lo_l) / span_l) + wb * ((b - lo_b) / span_b) + const
+        for b0, x, b in zip(base, k, bl, strict=False)
     ]
     threshold = max(scores) - TIE_EPS
-    idx = -1
-    for i, s in enumerate(scores):
-        if s >= threshold and (idx < 0 or k[i] < k[idx]):
-            idx = i
-    table = _Table(
-        view.node_ids, static.r, lo, static.p, ba, static.c, scores, k, static.t_ms, static.grams
-    )
+    tied = [i for i, s in enumerate(scores) if s >= threshold]
+    idx = tied[0] if len(tied) == 1 else min(tied, key=k.__getitem__)
+    table = (
+        view.node_ids, static.r, static.p, static.c, static.t_ms, static.grams,
+        k, bl, scores, (lo_l, span_l, lo_b, span_b),
+    )  # fmt: skip
     return idx, table
 
 
 def _choose_np(view: ClusterView, model: str, w: Weights, paper: bool) -> tuple[int, _Table]:
     """Vectorised scoring, the same operations in the same order as :func:`_choose_py`."""
-    static = view._static_np(model, paper)
+    static = view._cache_np.get((model, paper)) or view._static_np(model, paper)
+    base = static.base(w)
     arr = view._vectors()
     k = arr.in_flight.copy()
-    lo = comp.load_scores(k)
-    ba = comp.balance_scores(k, arr.quota)
-    if not paper:
+    bl = 1.0 / (1.0 + k / arr.quota)
+    g = 1.0 / (1.0 + k)
+    if paper:
+        lo_l, span_l, lo_b, span_b, const = 0.0, 1.0, 0.0, 1.0, 0.0
+    else:
         floor = view.references.minmax_floor
-        lo = comp.minmax_array(lo, floor)
-        ba = comp.minmax_array(ba, floor)
-    scores = w.r * static.r + w.l * lo + w.p * static.p + w.b * ba + w.c * static.c
+        lo_l, span_l = _flat_or(float(g.min()), float(g.max()), floor)
+        lo_b, span_b = _flat_or(float(bl.min()), float(bl.max()), floor)
+        const = (w.l if span_l == _INF else 0.0) + (w.b if span_b == _INF else 0.0)
+    scores = base + w.l * ((g - lo_l) / span_l) + w.b * ((bl - lo_b) / span_b) + const
     tied = np.flatnonzero(scores >= scores.max() - TIE_EPS)
     idx = int(tied[0]) if tied.size == 1 else int(tied[np.argmin(k[tied])])
-    table = _Table(
-        view.node_ids, static.r, lo, static.p, ba, static.c, scores, k, static.t_ms, static.grams
-    )
+    table = (
+        view.node_ids, static.r, static.p, static.c, static.t_ms, static.grams,
+        k, bl, scores, (lo_l, span_l, lo_b, span_b),
+    )  # fmt: skip
     return idx, table

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from carbonedge.errors import ConfigError, InvalidMessage
 
-__all__ = ["MIN_QUOTA", "MIB", "NodeSnapshot", "References"]
+__all__ = ["MIB", "MIN_QUOTA", "NodeSnapshot", "References"]
 
 MIB = 1 << 20
 MIN_QUOTA = 0.05
@@ -55,7 +55,7 @@ class NodeSnapshot:
     power_w: float
     """Average power over the last interval (telemetry only, not scored)."""
     active_power_w: float
-    """Estimated power while running a task (used by S_C)."""
+    """Power while running flat out within the quota: S_C's fallback for an unseen model."""
     carbon_intensity: float
     """gCO2/kWh of the node's grid."""
     in_flight: int
@@ -65,6 +65,16 @@ class NodeSnapshot:
     heartbeat_ts: float
     """Unix seconds of the last heartbeat."""
     pue: float = 1.0
+    task_power_w: Mapping[str, float] = field(default_factory=dict)
+    """Moving-average power while running each model (its energy / its exec time).
+
+    A throttled node spends part of a task idle, so its power during the task is well
+    below its flat-out power; S_C uses this measured figure when the node has one.
+    """
+
+    def power_for(self, model: str) -> float:
+        """The power S_C charges for ``model`` on this node."""
+        return self.task_power_w.get(model, self.active_power_w)
 
     def __post_init__(self) -> None:
         if not isinstance(self.node_id, str) or not self.node_id:
@@ -83,17 +93,21 @@ class NodeSnapshot:
         ):
             _finite_non_negative(nid, name, getattr(self, name))
         if isinstance(self.heartbeat_ts, bool) or not isinstance(self.heartbeat_ts, (int, float)):
-            raise InvalidMessage(f"node {nid!r}: heartbeat_ts must be a number", field="heartbeat_ts")
+            raise InvalidMessage(
+                f"node {nid!r}: heartbeat_ts must be a number", field="heartbeat_ts"
+            )
         if not math.isfinite(self.heartbeat_ts):
             raise InvalidMessage(f"node {nid!r}: heartbeat_ts must be finite", field="heartbeat_ts")
         if self.cpu_quota <= 0:
             raise InvalidMessage(f"node {nid!r}: cpu_quota must be > 0", field="cpu_quota")
-        if not isinstance(self.exec_ms, Mapping):
-            raise InvalidMessage(f"node {nid!r}: exec_ms must be a map", field="exec_ms")
-        for model, ms in self.exec_ms.items():
-            if not isinstance(model, str):
-                raise InvalidMessage(f"node {nid!r}: exec_ms keys must be strings", field="exec_ms")
-            _finite_non_negative(nid, "exec_ms", ms)
+        for name in ("exec_ms", "task_power_w"):
+            per_model = getattr(self, name)
+            if not isinstance(per_model, Mapping):
+                raise InvalidMessage(f"node {nid!r}: {name} must be a map", field=name)
+            for model, value in per_model.items():
+                if not isinstance(model, str):
+                    raise InvalidMessage(f"node {nid!r}: {name} keys must be strings", field=name)
+                _finite_non_negative(nid, name, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +116,12 @@ class References:
 
     ref_exec_ms: float = 100.0
     """S_P = ref / (ref + T): the time that scores 0.5."""
-    ref_carbon_g: float = 7e-4
+    ref_carbon_g: float = 1e-4
     """S_C = ref / (ref + C): the grams of CO2 per task that score 0.5.
 
-    Tuned from 1e-3: of the values that keep the paper's Table V outcomes under the
-    ``paper`` normalisation for task times 0.5x-2x of MobileNetV2's, 7e-4 leaves the
-    widest score margin (>= 0.0047; 1e-3 leaves 0.0001 for Green at 0.5x).
+    With the default power model one MobileNetV2 inference on the paper's nodes emits
+    1e-5 to 4e-5 g, so S_C spans about 0.06 across them and S_P about 0.2: the ranges
+    the paper reports (0.054 and 0.166), under which Balanced collapses into Performance.
     """
     mem_need_bytes: int = 128 * MIB
     """Free memory at which the memory half of S_R saturates."""
@@ -120,7 +134,9 @@ class References:
         for name in ("ref_exec_ms", "ref_carbon_g", "mem_need_bytes", "prior_exec_ms"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ConfigError(f"scheduler reference {name} must be finite and > 0, got {value!r}")
+                raise ConfigError(
+                    f"scheduler reference {name} must be finite and > 0, got {value!r}"
+                )
         floor = self.minmax_floor
         if not (isinstance(floor, (int, float)) and math.isfinite(floor) and 0 <= floor < 1):
             raise ConfigError(f"scheduler minmax_floor must be in [0, 1), got {floor!r}")

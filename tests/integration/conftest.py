@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from carbonedge.broker.client import Client
 from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.compose.topology import load_topology
 from carbonedge.settings import Settings
-from tests.conftest import TEST_REDIS_URL, _redis_or_fail
+from tests.conftest import DEFAULT_RUNTIME_URL, SMALL_RUNTIME_URL, _redis_or_fail
 
 pytestmark = pytest.mark.integration
 
@@ -29,20 +28,22 @@ services:
 """
 
 
-def start_runtime(tmp: Path, compose: Path | None = None, **kwargs: object) -> LocalRuntime:
-    """A started runtime on the test database (flushed first), with its own run dir."""
-    _redis_or_fail().flushdb()
-    settings = Settings.load(env={}, redis_url=TEST_REDIS_URL, run_dir=str(tmp / "run"),
+def start_runtime(tmp: Path, url: str, compose: Path | None = None,
+                  **kwargs: object) -> LocalRuntime:
+    """A started runtime on database ``url`` (flushed first), with its own run dir."""
+    _redis_or_fail(url).flushdb()
+    settings = Settings.load(env={}, redis_url=url, run_dir=str(tmp / "run"),
                              result_timeout_s=60.0)
     runtime = LocalRuntime(load_topology(compose), settings, **kwargs)  # type: ignore[arg-type]
     runtime.up(wait_s=120)
     return runtime
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def default_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
     """The default topology (the paper's three nodes), MobileNetV2 preloaded."""
-    runtime = start_runtime(tmp_path_factory.mktemp("default"), preload=("mobilenetv2",))
+    runtime = start_runtime(tmp_path_factory.mktemp("default"), DEFAULT_RUNTIME_URL,
+                            preload=("mobilenetv2",))
     yield runtime
     runtime.down()
 
@@ -52,23 +53,9 @@ def small_runtime(tmp_path: Path) -> Iterator[LocalRuntime]:
     """Two small nodes and no model preloaded: for tests that kill or break things."""
     compose = tmp_path / "compose.yml"
     compose.write_text(SMALL_TOPOLOGY)
-    runtime = start_runtime(tmp_path, compose)
+    runtime = start_runtime(tmp_path, SMALL_RUNTIME_URL, compose)
     yield runtime
     runtime.down()
-
-
-@pytest.fixture
-def client_for(request: pytest.FixtureRequest) -> Iterator[object]:
-    clients: list[Client] = []
-
-    def make(runtime: LocalRuntime) -> Client:
-        c = Client(runtime.settings)
-        clients.append(c)
-        return c
-
-    yield make
-    for c in clients:
-        c.close()
 
 
 def live_nodes(runtime: LocalRuntime) -> set[str]:

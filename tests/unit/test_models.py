@@ -217,3 +217,15 @@ def test_import_does_not_import_timm_or_torchvision() -> None:
         "assert 'torchvision' not in sys.modules, 'torchvision'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_random_initialisation_is_the_same_in_every_process() -> None:
+    import subprocess
+    import sys
+
+    code = ("from carbonedge.partitioner.models import create_model; "
+            "m = create_model('mobilenetv4').module; "
+            "print(float(sum(p.double().sum() for p in m.parameters())))")
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, timeout=120).stdout for _ in range(2)}
+    assert len(runs) == 1

@@ -117,9 +117,12 @@ def test_array_forms_agree_bit_for_bit_with_scalar_forms() -> None:
     t = rng.uniform(1.0, 500.0, n)
     grams = rng.uniform(1e-6, 1e-3, n)
     pairs = [
-        (comp.resource_scores(util, free, NEED), [comp.resource_score(*a, NEED) for a in zip(util, free)]),
+        (
+            comp.resource_scores(util, free, NEED),
+            [comp.resource_score(*a, NEED) for a in zip(util, free, strict=True)],
+        ),
         (comp.load_scores(k), [comp.load_score(x) for x in k]),
-        (comp.balance_scores(k, q), [comp.balance_score(x, y) for x, y in zip(k, q)]),
+        (comp.balance_scores(k, q), [comp.balance_score(x, y) for x, y in zip(k, q, strict=True)]),
         (comp.perf_scores(t, 100.0), [comp.perf_score(x, 100.0) for x in t]),
         (comp.carbon_scores(grams, 7e-4), [comp.carbon_score(x, 7e-4) for x in grams]),
         (comp.minmax_array(-t, 0.05), comp.minmax(list(-t), 0.05)),

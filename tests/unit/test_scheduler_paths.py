@@ -21,22 +21,20 @@ def random_cluster(rng: random.Random, n: int, *, ties: bool = False) -> Cluster
     for _ in range(3 if ties else n):
         quota = rng.choice([0.05, 0.25, 0.4, 0.6, 1.0, 2.0, rng.uniform(0.1, 4.0)])
         limit = rng.choice([256, 512, 1024, 2048]) << 20
-        exec_ms = {
-            m: rng.uniform(5.0, 400.0) / quota for m in MODELS[:2] if rng.random() < 0.8
-        }
+        exec_ms = {m: rng.uniform(5.0, 400.0) / quota for m in MODELS[:2] if rng.random() < 0.8}
         profiles.append(
-            dict(
-                cpu_quota=quota,
-                mem_limit_bytes=limit,
-                mem_used_bytes=int(limit * rng.uniform(0.1, 1.1)),
-                cpu_util=rng.choice([0.0, 0.02, rng.uniform(0.0, 1.2)]),
-                power_w=rng.uniform(1.0, 30.0),
-                active_power_w=quota * 32.5 + limit / (1 << 30) * 0.375,
-                carbon_intensity=rng.choice([20.0, 380.0, 530.0, 620.0, rng.uniform(0, 900)]),
-                in_flight=rng.choice([0, 0, 1, 2, rng.randint(0, 40)]),
-                exec_ms=exec_ms,
-                pue=rng.choice([1.0, 1.0, 1.2, 1.6]),
-            )
+            {
+                "cpu_quota": quota,
+                "mem_limit_bytes": limit,
+                "mem_used_bytes": int(limit * rng.uniform(0.1, 1.1)),
+                "cpu_util": rng.choice([0.0, 0.02, rng.uniform(0.0, 1.2)]),
+                "power_w": rng.uniform(1.0, 30.0),
+                "active_power_w": quota * 32.5 + limit / (1 << 30) * 0.375,
+                "carbon_intensity": rng.choice([20.0, 380.0, 530.0, 620.0, rng.uniform(0, 900)]),
+                "in_flight": rng.choice([0, 0, 1, 2, rng.randint(0, 40)]),
+                "exec_ms": exec_ms,
+                "pue": rng.choice([1.0, 1.0, 1.2, 1.6]),
+            }
         )
     nodes = []
     for i in range(n):

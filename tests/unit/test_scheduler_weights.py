@@ -99,19 +99,19 @@ def test_weights_to_wire_uses_component_names() -> None:
 
 
 def _snap(**over: object) -> NodeSnapshot:
-    fields: dict[str, object] = dict(
-        node_id="n",
-        cpu_quota=1.0,
-        mem_limit_bytes=1 << 30,
-        mem_used_bytes=1 << 28,
-        cpu_util=0.1,
-        power_w=10.0,
-        active_power_w=30.0,
-        carbon_intensity=400.0,
-        in_flight=0,
-        exec_ms={"m": 20.0},
-        heartbeat_ts=100.0,
-    )
+    fields: dict[str, object] = {
+        "node_id": "n",
+        "cpu_quota": 1.0,
+        "mem_limit_bytes": 1 << 30,
+        "mem_used_bytes": 1 << 28,
+        "cpu_util": 0.1,
+        "power_w": 10.0,
+        "active_power_w": 30.0,
+        "carbon_intensity": 400.0,
+        "in_flight": 0,
+        "exec_ms": {"m": 20.0},
+        "heartbeat_ts": 100.0,
+    }
     fields.update(over)
     return NodeSnapshot(**fields)  # type: ignore[arg-type]
 

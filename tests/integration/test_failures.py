@@ -1,0 +1,89 @@
+"""Dead agents stop receiving work; with nobody to serve, results fail clearly and in time."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from carbonedge.broker.client import Client
+from carbonedge.compose.local_runner import LocalRuntime
+from carbonedge.errors import NoNodeAvailable, ResultTimeout
+from tests.integration.conftest import live_nodes
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+def _pid(runtime: LocalRuntime, name: str) -> int:
+    return next(p.pid for p in runtime.state.processes if p.name == name)
+
+
+def _wait_until(predicate, timeout_s: float) -> float:
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout_s:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def test_killed_agent_expires_and_gets_no_more_tasks(small_runtime: LocalRuntime) -> None:
+    client = Client(small_runtime.settings)
+    try:
+        assert {client.ping(node=n).result(30).node for n in ("node-a", "node-b")} == {
+            "node-a", "node-b"}
+        os.kill(_pid(small_runtime, "node-b"), signal.SIGKILL)
+        ttl = small_runtime.settings.heartbeat_ttl_s
+        waited = _wait_until(lambda: "node-b" not in live_nodes(small_runtime), ttl + 2)
+        assert waited <= ttl + 2
+        # node-b (200 g/kWh) would win every Green decision if it were alive
+        nodes = {client.ping(mode="green").result(30).node for _ in range(20)}
+        assert nodes == {"node-a"}
+        with pytest.raises(NoNodeAvailable, match="node-b"):
+            client.ping(node="node-b").result(30)
+    finally:
+        client.close()
+
+
+def test_no_node_alive_fails_fast_with_a_clear_error(small_runtime: LocalRuntime) -> None:
+    client = Client(small_runtime.settings)
+    try:
+        for name in ("node-a", "node-b"):
+            os.kill(_pid(small_runtime, name), signal.SIGKILL)
+        _wait_until(lambda: not live_nodes(small_runtime),
+                    small_runtime.settings.heartbeat_ttl_s + 2)
+        start = time.monotonic()
+        with pytest.raises(NoNodeAvailable, match="no live node agent"):
+            client.ping().result(10)
+        assert time.monotonic() - start < 10
+    finally:
+        client.close()
+
+
+def test_no_dispatcher_times_out_with_a_diagnosis(small_runtime: LocalRuntime) -> None:
+    client = Client(small_runtime.settings)
+    try:
+        dispatcher = _pid(small_runtime, "dispatcher")
+        os.kill(dispatcher, signal.SIGTERM)
+        _wait_until(lambda: not small_runtime.state.processes or _gone(dispatcher), 15)
+        start = time.monotonic()
+        with pytest.raises(ResultTimeout, match="no dispatcher is running"):
+            client.ping().result(2.0)
+        assert time.monotonic() - start < 5
+    finally:
+        client.close()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().split(") ", 1)[1][0] == "Z"
