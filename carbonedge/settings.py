@@ -36,6 +36,8 @@ class Settings:
     result_timeout_s: float = 60.0
     max_tensor_elements: int = 1 << 22
     max_payload_bytes: int = 32 << 20
+    inline_input_max_bytes: int = 64 << 10
+    input_ttl_s: int = 3600
     host_cpu_watts: float = 0.0
     log_level: str = "INFO"
     extra: Mapping[str, Any] = field(default_factory=dict)

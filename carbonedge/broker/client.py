@@ -14,18 +14,17 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import numpy as np
 import redis
 import redis.asyncio as aioredis
-from celery.exceptions import TimeoutError as CeleryTimeout
 from PIL import Image
 
 from carbonedge.broker.celery_app import make_celery_app
 from carbonedge.broker.images import preprocess_image
-from carbonedge.broker.publish import TaskPublisher
-from carbonedge.broker.results import InferenceResult, celery_failure, parse_result
-from carbonedge.errors import InvalidMessage, ResultTimeout
+from carbonedge.broker.listener import ResultListener, decode_meta, result_key
+from carbonedge.broker.publish import encode_task_message
+from carbonedge.broker.results import InferenceResult, parse_result
+from carbonedge.errors import ResultTimeout
 from carbonedge.protocol import keys
 from carbonedge.protocol.codec import TensorLimits, encode_tensor, tensor_header
 from carbonedge.protocol.messages import PROTOCOL_VERSION, pack, validate_request
@@ -33,7 +32,6 @@ from carbonedge.settings import Settings
 
 __all__ = ["AsyncClient", "Client", "InferenceHandle", "InferenceResult"]
 
-RESULT_KEY_PREFIX = "celery-task-meta-"
 INPUT_SHAPES = ((1, 3, 224, 224), (3, 224, 224))
 
 
@@ -71,6 +69,21 @@ def build_request(
         request["weights"] = [float(w) for w in weights]
     validate_request(request)
     return request
+
+
+def detach_input(request: dict[str, Any], pipe: Any, settings: Settings) -> None:
+    """Move a large input out of the request into ``ce:input:<id>`` (claim check).
+
+    The request then stays small through the stream, the dispatcher and the Celery
+    message (whose Redis transport would base64 the tensor: +33%), and the agent reads
+    the raw bytes once.
+    """
+    tensor = request.get("input")
+    if tensor is None or len(tensor["data"]) <= settings.inline_input_max_bytes:
+        return
+    pipe.set(keys.input_key(request["id"]), pack(request.pop("input")),
+             ex=settings.input_ttl_s)
+    request["input_ref"] = True
 
 
 def diagnose(client: redis.Redis, request_id: str, timeout: float, ttl_s: float) -> str:
@@ -111,7 +124,7 @@ class Client:
         self._limits = TensorLimits(max_elements=settings.max_tensor_elements)
         self._redis = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
         self._app = make_celery_app(settings)
-        self._publisher = TaskPublisher(self._app)
+        self._listener = ResultListener(self._redis)
 
     def submit(
         self,
@@ -125,8 +138,9 @@ class Client:
     ) -> InferenceHandle:
         """Queue one inference of ``model`` on an image (path/bytes/PIL) or a tensor."""
         tensor = to_tensor_map(image_or_tensor, self._limits)
-        return self._send(build_request(model=model, tensor=tensor, mode=mode, weights=weights,
-                                        normalisation=normalisation, node=node))
+        request = build_request(model=model, tensor=tensor, mode=mode, weights=weights,
+                                normalisation=normalisation, node=node)
+        return self._send(request)
 
     def ping(self, *, mode: str | None = None, node: str | None = None) -> InferenceHandle:
         """A request that runs no model: measures the routing path itself."""
@@ -143,33 +157,41 @@ class Client:
         """Send straight to one node's queue, bypassing dispatcher and scheduler (baselines)."""
         tensor = to_tensor_map(image_or_tensor, self._limits)
         request = build_request(model=model, tensor=tensor, mode="direct", node=node)
-        self._publisher.publish(keys.TASK_INFER, request, queue=keys.node_queue(node),
-                                task_id=request["id"])
-        return InferenceHandle(self, request["id"])
+        return self._send(request, queue=keys.node_queue(node))
 
     def submit_raw(self, payload: bytes) -> None:
         """Add raw bytes to the request stream (for tests of malformed requests)."""
         self._redis.xadd(keys.REQUEST_STREAM, {keys.REQUEST_FIELD: payload})
 
-    def _send(self, request: dict[str, Any]) -> InferenceHandle:
-        self._redis.xadd(keys.REQUEST_STREAM, {keys.REQUEST_FIELD: pack(request)})
+    def _send(self, request: dict[str, Any], queue: str | None = None) -> InferenceHandle:
+        """Store a large input under its own key, then queue the request, in one round trip.
+
+        With ``queue`` the request goes straight to that Celery queue (no dispatcher).
+        """
+        self._listener.watch(request["id"])
+        pipe = self._redis.pipeline(transaction=True)
+        detach_input(request, pipe, self.settings)
+        if queue is None:
+            pipe.xadd(keys.REQUEST_STREAM, {keys.REQUEST_FIELD: pack(request)})
+        else:
+            pipe.lpush(queue, encode_task_message(self._app, keys.TASK_INFER, request,
+                                                  task_id=request["id"], queue=queue))
+        if self._listener.to_delete:  # results already read: delete them on the way
+            pipe.delete(*self._listener.to_delete)
+            self._listener.to_delete.clear()
+        pipe.execute()
         return InferenceHandle(self, request["id"])
 
     def _wait(self, request_id: str, timeout: float | None) -> InferenceResult:
         timeout = self.settings.result_timeout_s if timeout is None else timeout
-        async_result = self._app.AsyncResult(request_id)
-        try:
-            value = async_result.get(timeout=timeout, propagate=False, interval=0.05)
-        except CeleryTimeout:
+        raw = self._listener.wait(request_id, timeout)
+        if raw is None:
             raise ResultTimeout(diagnose(self._redis, request_id, timeout,
-                                         self.settings.heartbeat_ttl_s)) from None
-        succeeded = async_result.state == "SUCCESS"
-        async_result.forget()  # results are read once; do not leave them in Redis
-        if not succeeded:
-            raise celery_failure(value)
-        return parse_result(value, received_at=time.time())
+                                         self.settings.heartbeat_ttl_s))
+        return parse_result(decode_meta(raw), received_at=time.time())
 
     def close(self) -> None:
+        self._listener.close()
         self._redis.close()
         self._app.close()
 
@@ -208,10 +230,13 @@ class AsyncClient:
 
     async def _roundtrip(self, request: dict[str, Any], timeout: float | None) -> InferenceResult:
         timeout = self.settings.result_timeout_s if timeout is None else timeout
-        key = RESULT_KEY_PREFIX + request["id"]
+        key = result_key(request["id"])
         async with self._redis.pubsub() as pubsub:
             await pubsub.subscribe(key)  # before sending, so the publish cannot be missed
-            await self._redis.xadd(keys.REQUEST_STREAM, {keys.REQUEST_FIELD: pack(request)})
+            pipe = self._redis.pipeline(transaction=True)
+            detach_input(request, pipe, self.settings)
+            pipe.xadd(keys.REQUEST_STREAM, {keys.REQUEST_FIELD: pack(request)})
+            await pipe.execute()
             try:
                 raw = await asyncio.wait_for(self._await_meta(pubsub, key), timeout)
             except asyncio.TimeoutError:
@@ -222,12 +247,7 @@ class AsyncClient:
                     sync.close()
                 raise ResultTimeout(reason) from None
         await self._redis.delete(key)
-        meta = msgpack.unpackb(raw, raw=False)
-        if not isinstance(meta, dict):
-            raise InvalidMessage("malformed result metadata")
-        if meta.get("status") != "SUCCESS":
-            raise celery_failure(meta.get("result"))
-        return parse_result(meta.get("result"), received_at=time.time())
+        return parse_result(decode_meta(raw), received_at=time.time())
 
     async def _await_meta(self, pubsub: Any, key: str) -> bytes:
         stored = await self._redis.get(key)

@@ -14,6 +14,7 @@ import os
 import socket
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -21,7 +22,7 @@ import redis.asyncio as aioredis
 from celery import Celery
 
 from carbonedge.broker.celery_app import make_celery_app
-from carbonedge.broker.publish import TaskPublisher
+from carbonedge.broker.publish import encode_task_message
 from carbonedge.errors import (
     CarbonEdgeError,
     DispatchFailed,
@@ -43,6 +44,19 @@ CLAIM_IDLE_MS = 30_000
 """Entries pending this long on another consumer are taken over (that consumer died)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Routed:
+    node: str
+    mode: str
+    message: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejected:
+    request_id: str
+    error: CarbonEdgeError
+
+
 class Dispatcher:
     """One dispatcher process (several may share the consumer group)."""
 
@@ -51,7 +65,6 @@ class Dispatcher:
         self.settings = settings
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.app = app or make_celery_app(settings)
-        self._publisher = TaskPublisher(self.app)
         self._view: ClusterView | None = None
         self._view_at = 0.0
         self._known_nodes: set[str] = set()
@@ -96,22 +109,34 @@ class Dispatcher:
     # -- dispatching -------------------------------------------------------------------
 
     async def handle(self, r: aioredis.Redis, entries: Iterable[tuple[bytes, dict]]) -> None:
-        """Dispatch entries, then count and acknowledge them in one round trip."""
+        """Route a batch, then publish, count and acknowledge it in one round trip.
+
+        Entries are acknowledged in the same MULTI as their tasks are pushed: either the
+        task is on a node's queue and the entry is gone, or neither happened and the entry
+        stays pending for a dispatcher to reclaim.
+        """
         await self._refresh_view(r)
         await self._sync_in_flight(r)
-        pipe = r.pipeline(transaction=False)
+        pipe = r.pipeline(transaction=True)
         ids = []
+        errors = []
         for entry_id, fields in entries:
             ids.append(entry_id)
-            node, mode = self._dispatch_one(entry_id, fields)
-            if node is not None:
-                pipe.hincrby(keys.IN_FLIGHT, node, 1)
-                pipe.hincrby(keys.DECISIONS, f"{node}|{mode}", 1)
+            outcome = self._route(entry_id, fields)
+            if isinstance(outcome, _Routed):
+                pipe.lpush(keys.node_queue(outcome.node), outcome.message)
+                pipe.hincrby(keys.IN_FLIGHT, outcome.node, 1)
+                pipe.hincrby(keys.DECISIONS, f"{outcome.node}|{outcome.mode}", 1)
+            elif isinstance(outcome, _Rejected):
+                errors.append(outcome)
         pipe.xack(keys.REQUEST_STREAM, keys.DISPATCH_GROUP, *ids)
         pipe.xdel(keys.REQUEST_STREAM, *ids)
         await pipe.execute()
+        for rejected in errors:  # after the ack: an answered request must not be re-run
+            self._store_error(rejected.request_id, rejected.error)
 
-    def _dispatch_one(self, entry_id: bytes, fields: dict) -> tuple[str | None, str]:
+    def _route(self, entry_id: bytes, fields: dict) -> _Routed | _Rejected | None:
+        """Where an entry goes, or the error to answer it with (None: dead-lettered)."""
         req_id = None
         try:
             request = unpack(fields.get(keys.REQUEST_FIELD.encode(), b""),
@@ -122,18 +147,23 @@ class Dispatcher:
             mode = str(request.get("mode") or self.settings.default_mode).lower()
             request.update(node=decision.node_id, dispatched_at=time.time(),
                            decision=decision.to_wire(), counted=True, mode=mode)
-            self._publisher.publish(keys.TASK_BY_KIND[request.get("kind", "infer")], request,
-                                    queue=keys.node_queue(decision.node_id), task_id=request["id"])
-        except CarbonEdgeError as e:
-            self._reject(entry_id, req_id, e)
-            return None, ""
+            message = encode_task_message(
+                self.app, keys.TASK_BY_KIND[request.get("kind", "infer")], request,
+                task_id=request["id"], queue=keys.node_queue(decision.node_id))
         except Exception as e:  # one bad request must not take the dispatcher down
-            log.exception("request %s could not be dispatched", req_id or entry_id)
-            self._reject(entry_id, req_id, DispatchFailed(f"{type(e).__name__}: {e}"))
-            return None, ""
+            error = e if isinstance(e, CarbonEdgeError) else DispatchFailed(
+                f"{type(e).__name__}: {e}")
+            if not isinstance(e, CarbonEdgeError):
+                log.exception("request %s could not be dispatched", req_id or entry_id)
+            self.rejected += 1
+            log.warning("request %s rejected: %s", req_id or entry_id, error)
+            if req_id is None:
+                self._dead_letter(entry_id, error)
+                return None
+            return _Rejected(req_id, error)
         self._view.add_in_flight(decision.node_id, 1)  # type: ignore[union-attr]
         self.dispatched += 1
-        return decision.node_id, mode
+        return _Routed(decision.node_id, mode, message)
 
     def _decide(self, request: dict[str, Any]) -> Decision:
         if request.get("kind", "infer") == "infer" and request["model"] not in MODEL_NAMES:
@@ -158,12 +188,7 @@ class Dispatcher:
         normalisation = request.get("normalisation") or self.settings.normalisation
         return select(view, request.get("model") or "", weights, normalisation)
 
-    def _reject(self, entry_id: bytes, req_id: str | None, error: CarbonEdgeError) -> None:
-        self.rejected += 1
-        log.warning("request %s rejected: %s", req_id or entry_id, error)
-        if req_id is None:
-            self._dead_letter(entry_id, error)
-            return
+    def _store_error(self, req_id: str, error: CarbonEdgeError) -> None:
         self.app.backend.store_result(req_id, error_result(req_id, error), "SUCCESS")
 
     def _dead_letter(self, entry_id: bytes, error: CarbonEdgeError) -> None:

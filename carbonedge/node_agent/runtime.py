@@ -10,9 +10,16 @@ from typing import Any
 import redis
 
 from carbonedge.carbon.power import PowerModel, carbon_grams
-from carbonedge.errors import CarbonEdgeError, InferenceFailed, InvalidMessage, InvalidTensor
+from carbonedge.errors import (
+    CarbonEdgeError,
+    InferenceFailed,
+    InvalidMessage,
+    InvalidRequest,
+    InvalidTensor,
+)
 from carbonedge.node_agent.cgroup import CgroupAccounting
 from carbonedge.node_agent.config import AgentConfig
+from carbonedge.node_agent.bookkeeping import TaskBookkeeper
 from carbonedge.node_agent.model_cache import ModelCache
 from carbonedge.node_agent.stats import ExecStats
 from carbonedge.partitioner.models import INPUT_SHAPE, run_inference, top_k
@@ -23,6 +30,7 @@ from carbonedge.protocol.messages import (
     check_version,
     error_result,
     require,
+    unpack,
 )
 from carbonedge.settings import Settings
 
@@ -44,6 +52,7 @@ class AgentRuntime:
         power: PowerModel,
         models: ModelCache,
         stats: ExecStats,
+        bookkeeper: TaskBookkeeper,
         redis_client: redis.Redis,
     ) -> None:
         self.config = config
@@ -52,6 +61,7 @@ class AgentRuntime:
         self.power = power
         self.models = models
         self.stats = stats
+        self._bookkeeper = bookkeeper
         self._redis = redis_client
         self._limits = TensorLimits(max_elements=settings.max_tensor_elements)
 
@@ -80,7 +90,7 @@ class AgentRuntime:
                 raise InvalidMessage(f"task payload must be a map, got {type(payload).__name__}")
             check_version(payload)
             result = run(payload, started_at)
-            model_name, exec_ms = result.get("model"), result["timings"].get("exec_ms")
+            model_name, exec_ms = result.get("model"), self._service_ms(result["timings"])
             energy_j = result["energy_kwh"] * 3.6e6
             return result
         except CarbonEdgeError as e:
@@ -91,19 +101,16 @@ class AgentRuntime:
             return self._error(payload, req_id, InferenceFailed(f"{type(e).__name__}: {e}"), started_at)
         finally:
             self.stats.finished(model_name, exec_ms, energy_j)
-            if isinstance(payload, dict) and payload.get("counted"):
-                self._release_in_flight()
-
-    def _release_in_flight(self) -> None:
-        try:
-            self._redis.hincrby(keys.IN_FLIGHT, self.config.node_id, -1)
-        except redis.RedisError as e:
-            log.warning("could not update in-flight count: %s", e)
+            if isinstance(payload, dict):
+                self._bookkeeper.task_done(
+                    counted=payload.get("counted") is True,
+                    input_key=keys.input_key(req_id) if payload.get("input_ref") is True else None,
+                )
 
     def _infer(self, payload: dict[str, Any], started_at: float) -> dict[str, Any]:
         name = require(payload, "model", str)
         loaded = self.models.get(name)
-        tensor = payload.get("input")
+        tensor = self._input(payload)
         if isinstance(tensor, dict) and tensor.get("dtype") not in FLOAT_DTYPES:
             raise InvalidTensor(
                 f"input.dtype {tensor.get('dtype')!r} is not a float type; a model takes "
@@ -125,6 +132,27 @@ class AgentRuntime:
             weights_source=loaded.weights_source,
         )
         return result
+
+    def _service_ms(self, timings: dict[str, float]) -> float:
+        """The time this node needs per task when busy: what the scheduler should expect.
+
+        Within one CFS period a lone task may run unthrottled (0.6 CPU still allows a
+        60 ms burst per 100 ms), so a sequence of lone tasks shows a slow node as fast as
+        a big one. Sustained, a task costs its CPU time divided by the quota; the slower
+        of the two is the node's real service time.
+        """
+        return max(timings["exec_ms"], timings["cpu_s"] * 1e3 / self.config.cpu_quota)
+
+    def _input(self, payload: dict[str, Any]) -> Any:
+        """The request's tensor map: inline, or fetched from its ``ce:input:<id>`` key."""
+        if payload.get("input_ref") is not True:
+            return payload.get("input")
+        raw = self._redis.get(keys.input_key(payload["id"]))
+        if raw is None:
+            raise InvalidRequest(
+                f"the input of request {payload['id']} is no longer in Redis (expired after "
+                f"{self.settings.input_ttl_s} s, or already consumed)", field="input")
+        return unpack(raw, max_bytes=self.settings.max_payload_bytes)
 
     def _ping(self, payload: dict[str, Any], started_at: float) -> dict[str, Any]:
         return self._ok(payload, started_at, 0.0, 0.0)

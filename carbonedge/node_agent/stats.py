@@ -1,4 +1,4 @@
-"""Moving averages per model (exec time, power during the task), shared with the heartbeat."""
+"""Moving averages per model (service time, power during it), shared with the heartbeat."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from carbonedge.node_agent.cgroup import CgroupAccounting
 from carbonedge.node_agent.config import AgentConfig
 from carbonedge.node_agent.consumer import install_tolerant_queue_decoder
 from carbonedge.node_agent.heartbeat import HeartbeatPublisher
+from carbonedge.node_agent.bookkeeping import TaskBookkeeper
 from carbonedge.node_agent.model_cache import ModelCache
 from carbonedge.node_agent.runtime import AgentRuntime
 from carbonedge.node_agent.stats import ExecStats
@@ -51,8 +52,9 @@ def run_agent(
     for name in preload:
         models.get(name)
 
+    bookkeeper = TaskBookkeeper(client, config.node_id)
     runtime = AgentRuntime(config, settings, accounting=accounting, power=power, models=models,
-                           stats=stats, redis_client=client)
+                           stats=stats, bookkeeper=bookkeeper, redis_client=client)
     install_tolerant_queue_decoder()
     app = make_celery_app(settings, worker_consumer="carbonedge.node_agent.consumer:AgentConsumer")
     register_tasks(app, runtime)
@@ -82,6 +84,7 @@ def run_agent(
         worker.start()
     finally:
         heartbeat.stop()
+        bookkeeper.close()
         client.close()
 
 

@@ -78,7 +78,12 @@ def validate_request(msg: Mapping[str, Any]) -> None:
         raise InvalidRequest(f"unknown request kind {kind!r}; known: {list(KINDS)}", field="kind")
     if kind == "infer":
         require(msg, "model", str)
-        require(msg, "input", dict)
+        if msg.get("input_ref") is True:
+            if "input" in msg:
+                raise InvalidMessage("a request has either 'input' or 'input_ref', not both",
+                                     field="input")
+        else:
+            require(msg, "input", dict)
     require(msg, "submitted_at", (float, int))
     weights = msg.get("weights")
     if weights is not None:

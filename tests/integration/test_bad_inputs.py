@@ -116,6 +116,15 @@ def test_truncated_tensor_bytes(client: Client) -> None:
     assert isinstance(err, InvalidTensor) and err.field == "input.data"
 
 
+def test_expired_or_missing_input_reference(client: Client) -> None:
+    request = _raw_request(input_ref=True)
+    del request["input"]
+    err = _send_raw(client, request)
+    assert isinstance(err, InvalidRequest) and "no longer in Redis" in str(err)
+    err = _send_raw(client, _raw_request(input_ref=True))
+    assert isinstance(err, InvalidMessage) and "not both" in str(err)
+
+
 def test_nan_input(client: Client) -> None:
     x = GOOD.copy()
     x[0, 0, 0, 0] = np.nan

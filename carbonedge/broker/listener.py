@@ -1,0 +1,92 @@
+"""Waiting for results: Celery's result-backend keys and their pub/sub announcements.
+
+An agent's result is stored under ``celery-task-meta-<id>`` and published on a channel
+of the same name. A listener subscribes *before* the request is sent, so it cannot miss
+the announcement, and reads the stored key once in case it raced ahead anyway.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgpack
+import redis
+
+from carbonedge.broker.results import celery_failure
+from carbonedge.errors import InvalidMessage
+
+RESULT_KEY_PREFIX = "celery-task-meta-"
+
+
+def result_key(request_id: str) -> str:
+    return RESULT_KEY_PREFIX + request_id
+
+
+def decode_meta(raw: bytes) -> Any:
+    """The task's return value from Celery's stored meta, or the failure it records."""
+    try:
+        meta = msgpack.unpackb(raw, raw=False)
+    except (ValueError, msgpack.UnpackException) as e:
+        raise InvalidMessage(f"result metadata is not msgpack: {e}") from e
+    if not isinstance(meta, dict):
+        raise InvalidMessage("result metadata is not a map")
+    if meta.get("status") != "SUCCESS":
+        raise celery_failure(meta.get("result"))
+    return meta.get("result")
+
+
+class ResultListener:
+    """One pub/sub connection that collects the results of many outstanding requests.
+
+    Not thread-safe: one per client, used by the thread that owns the client.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self._arrived: dict[str, bytes] = {}
+        self._watched: set[str] = set()
+        self._checked: set[str] = set()
+        self.to_delete: list[str] = []
+        """Keys of results already read, deleted with the next request's round trip."""
+
+    def watch(self, request_id: str) -> None:
+        """Subscribe to a request's result before the request is sent."""
+        self._watched.add(request_id)
+        self._pubsub.subscribe(result_key(request_id))
+
+    def wait(self, request_id: str, timeout: float) -> bytes | None:
+        """The raw stored meta of ``request_id``, or None after ``timeout`` seconds."""
+        key = result_key(request_id)
+        deadline = time.monotonic() + timeout
+        if request_id not in self._watched:
+            self.watch(request_id)
+        try:
+            while request_id not in self._arrived:
+                if request_id not in self._checked:
+                    self._checked.add(request_id)
+                    stored = self._client.get(key)
+                    if stored is not None:
+                        self._arrived[request_id] = stored
+                        break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                message = self._pubsub.get_message(timeout=min(remaining, 1.0))
+                if message is not None and message["type"] == "message":
+                    channel = message["channel"].decode()
+                    self._arrived[channel[len(RESULT_KEY_PREFIX):]] = message["data"]
+            raw = self._arrived.pop(request_id)
+        finally:
+            self._checked.discard(request_id)
+        self._watched.discard(request_id)
+        self._pubsub.unsubscribe(key)
+        self.to_delete.append(key)
+        return raw
+
+    def close(self) -> None:
+        if self.to_delete:
+            self._client.delete(*self.to_delete)
+            self.to_delete.clear()
+        self._pubsub.close()
