@@ -31,6 +31,7 @@ class Settings:
     heartbeat_missed_beats: int = 3
     view_refresh_s: float = 0.2
     dispatch_batch: int = 256
+    explain_max_nodes: int = 8
     default_mode: str = "balanced"
     normalisation: str = "minmax"
     result_timeout_s: float = 60.0

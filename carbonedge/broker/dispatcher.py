@@ -146,7 +146,9 @@ class Dispatcher:
             decision = self._decide(request)
             mode = str(request.get("mode") or self.settings.default_mode).lower()
             request.update(node=decision.node_id, dispatched_at=time.time(),
-                           decision=decision.to_wire(), counted=True, mode=mode)
+                           decision=decision.to_wire(
+                               explain=decision.candidates <= self.settings.explain_max_nodes),
+                           counted=True, mode=mode)
             message = encode_task_message(
                 self.app, keys.TASK_BY_KIND[request.get("kind", "infer")], request,
                 task_id=request["id"], queue=keys.node_queue(decision.node_id))
@@ -231,11 +233,17 @@ class Dispatcher:
         self._view_at = now
 
     async def _sync_in_flight(self, r: aioredis.Redis) -> None:
-        """Re-read in-flight counts every batch: agents finish work between view refreshes."""
+        """Re-read in-flight counts for every batch.
+
+        A producer that waits for each result submits its next request within a
+        millisecond; agents release their count before they publish a result, so a
+        count read now is exact, where one cached for even a few milliseconds would
+        show the last request still running and push the next one elsewhere.
+        """
+        counts = await r.hgetall(keys.IN_FLIGHT)
         view = self._view
         if view is None:
             return
-        counts = await r.hgetall(keys.IN_FLIGHT)
         for raw_id, raw_count in counts.items():
             node_id = raw_id.decode()
             if node_id in view:

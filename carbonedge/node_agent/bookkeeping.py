@@ -1,4 +1,4 @@
-"""Post-task Redis bookkeeping, off the task's critical path."""
+"""Post-task Redis bookkeeping."""
 
 from __future__ import annotations
 
@@ -14,52 +14,50 @@ log = logging.getLogger(__name__)
 
 
 class TaskBookkeeper:
-    """Releases in-flight counts and deletes consumed inputs from a background thread.
+    """Releases in-flight counts at once; deletes consumed inputs from a background thread.
 
-    A task's result should not wait for bookkeeping round trips: the count lags the
-    result by well under a millisecond, and work queued meanwhile shares one pipeline.
+    The count must drop before the result is published (a producer's next request is
+    scheduled from it); deleting the input can wait, and deletions queued meanwhile share
+    one command.
     """
 
     def __init__(self, client: redis.Redis, node_id: str) -> None:
         self._client = client
         self._node_id = node_id
-        self._pending: queue.SimpleQueue[tuple[bool, str | None] | None] = queue.SimpleQueue()
+        self._inputs: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ce-bookkeeping", daemon=True)
         self._thread.start()
 
     def task_done(self, *, counted: bool, input_key: str | None) -> None:
         """After a task: release its in-flight count (if the dispatcher counted it) and input."""
-        if counted or input_key:
-            self._pending.put((counted, input_key))
+        if counted:
+            try:
+                self._client.hincrby(keys.IN_FLIGHT, self._node_id, -1)
+            except redis.RedisError as e:
+                log.warning("could not release an in-flight count: %s", e)
+        if input_key:
+            self._inputs.put(input_key)
 
     def close(self) -> None:
-        self._pending.put(None)
+        self._inputs.put(None)
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
         while True:
-            item = self._pending.get()
-            if item is None:
+            key = self._inputs.get()
+            if key is None:
                 return
-            batch = [item]
-            while not self._pending.empty():
-                more = self._pending.get()
+            batch = [key]
+            while not self._inputs.empty():
+                more = self._inputs.get()
                 if more is None:
-                    self._flush(batch)
+                    self._delete(batch)
                     return
                 batch.append(more)
-            self._flush(batch)
+            self._delete(batch)
 
-    def _flush(self, batch: list[tuple[bool, str | None]]) -> None:
-        released = sum(counted for counted, _ in batch)
-        inputs = [key for _, key in batch if key]
+    def _delete(self, batch: list[str]) -> None:
         try:
-            pipe = self._client.pipeline(transaction=False)
-            if released:
-                pipe.hincrby(keys.IN_FLIGHT, self._node_id, -released)
-            if inputs:
-                pipe.delete(*inputs)
-            pipe.execute()
+            self._client.delete(*batch)
         except redis.RedisError as e:
-            log.warning("post-task bookkeeping failed (%d in flight, %d inputs): %s",
-                        released, len(inputs), e)
+            log.warning("could not delete %d consumed input(s): %s", len(batch), e)

@@ -40,6 +40,7 @@ class HeartbeatPublisher:
         self._interval = interval_s
         self._ttl_ms = max(int(ttl_s * 1000), 1)
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_cpu = accounting.cpu_usage_s()
         self._last_t = time.monotonic()
@@ -85,9 +86,14 @@ class HeartbeatPublisher:
         self._thread = threading.Thread(target=self._run, name="ce-heartbeat", daemon=True)
         self._thread.start()
 
+    def nudge(self) -> None:
+        """Beat now rather than at the next interval (e.g. a model's first measurement)."""
+        self._wake.set()
+
     def stop(self, *, withdraw: bool = True) -> None:
         """Stop beating; by default remove the heartbeat so no more tasks are routed here."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=self._interval * 2)
         if withdraw:
@@ -98,7 +104,11 @@ class HeartbeatPublisher:
 
     def _run(self) -> None:
         failing = False
-        while not self._stop.wait(self._interval):
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.beat()
                 if failing:

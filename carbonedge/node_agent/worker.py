@@ -49,18 +49,19 @@ def run_agent(
     stats = ExecStats(config.ewma_alpha)
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
     models = ModelCache(settings.model_dir)
-    for name in preload:
-        models.get(name)
 
     bookkeeper = TaskBookkeeper(client, config.node_id)
     runtime = AgentRuntime(config, settings, accounting=accounting, power=power, models=models,
                            stats=stats, bookkeeper=bookkeeper, redis_client=client)
+    for name in preload:  # before the first heartbeat: no task is routed here until ready
+        runtime.warm_up(name)
     install_tolerant_queue_decoder()
     app = make_celery_app(settings, worker_consumer="carbonedge.node_agent.consumer:AgentConsumer")
     register_tasks(app, runtime)
     heartbeat = HeartbeatPublisher(config, client, accounting=accounting, power=power,
                                    stats=stats, interval_s=settings.heartbeat_interval_s,
                                    ttl_s=settings.heartbeat_ttl_s)
+    stats.on_first_sample = heartbeat.nudge
     queue = keys.node_queue(config.node_id)
     worker = app.Worker(
         hostname=f"{config.node_id}@{socket.gethostname()}",

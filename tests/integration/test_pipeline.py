@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 import numpy as np
 import pytest
@@ -29,13 +30,16 @@ def warm_client(default_runtime: LocalRuntime):
     for node in default_runtime.node_ids:
         for image in images:
             assert client.submit(MODEL, image, node=node).result(60).node == node
+    deadline = time.monotonic() + 10  # every node's measurements reach its heartbeat
+    while not all(MODEL in _heartbeat(default_runtime, n).exec_ms
+                  for n in default_runtime.node_ids):
+        assert time.monotonic() < deadline, "heartbeats never reported the warm-up"
+        time.sleep(0.05)
     yield client
     client.close()
 
 
 def _heartbeat(runtime: LocalRuntime, node: str) -> Heartbeat:
-    import time
-
     r = redis.Redis.from_url(runtime.settings.redis_url, decode_responses=True)
     try:
         return Heartbeat.from_fields(r.hgetall(keys.node_key(node)), now=time.time())

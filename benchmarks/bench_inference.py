@@ -1,0 +1,106 @@
+"""Routed MobileNetV2 latency vs in-process inference under the same cgroup quota, and
+each agent's peak cgroup memory with the model loaded.
+
+Baseline: a process in a fresh cgroup with the node's CPU quota and memory limit loads
+the model and times ``run_inference`` on the same preprocessed image. Routed: the same
+image submitted through the client, the stream, the dispatcher and the node's queue,
+timed from submit to result. Both sequential, batch 1, the same iterations.
+
+    python benchmarks/bench_inference.py [--iterations 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from _runtime import bench_runtime
+
+from carbonedge.broker.client import Client
+from carbonedge.broker.images import preprocess_image
+from carbonedge.compose.cgroups import NodeCgroup
+from carbonedge.experiments.workload import percentile, synthetic_images
+
+MODEL = "mobilenetv2"
+MIB = 1 << 20
+
+IN_PROCESS = """
+import sys, time, numpy as np, torch
+from carbonedge.node_agent.worker import torch_threads_for
+from carbonedge.partitioner.models import create_model, run_inference, top_k
+quota, n = float(sys.argv[1]), int(sys.argv[2])
+torch.set_num_threads(torch_threads_for(quota)); torch.set_num_interop_threads(1)
+x = np.load(sys.argv[3])
+model = create_model(sys.argv[4])
+for _ in range(5):
+    top_k(run_inference(model, x))
+for _ in range(n):
+    t0 = time.perf_counter(); top_k(run_inference(model, x))
+    print((time.perf_counter() - t0) * 1e3)
+"""
+
+
+def in_process_ms(node: str, cpus: float, mem: int, x_path: Path, n: int) -> list[float]:
+    cgroup = NodeCgroup.create(f"bench-{node}", cpus, mem)
+    try:
+        out = subprocess.run([sys.executable, "-c", IN_PROCESS, str(cpus), str(n), str(x_path),
+                              MODEL], capture_output=True, text=True, check=True, timeout=600,
+                             preexec_fn=cgroup.preexec_fn())
+    finally:
+        cgroup.remove()
+    return sorted(float(line) for line in out.stdout.split())
+
+
+def memory_report(node: str, limit: int) -> str:
+    mem_dir = NodeCgroup.attach(node).dirs["memory"]
+    stat = dict(line.split() for line in (mem_dir / "memory.stat").read_text().splitlines())
+    peak = int((mem_dir / "memory.max_usage_in_bytes").read_text())
+    failcnt = int((mem_dir / "memory.failcnt").read_text())
+    oom = dict(line.split() for line in (mem_dir / "memory.oom_control").read_text().splitlines())
+    return (f"  {node:<12} limit {limit // MIB:5d} MiB  peak charge {peak / MIB:6.0f} MiB  "
+            f"anon (rss) now {int(stat['total_rss']) / MIB:5.0f} MiB  page cache now "
+            f"{int(stat['total_cache']) / MIB:5.0f} MiB  limit hits {failcnt}  "
+            f"OOM kills {oom.get('oom_kill', '?')}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--iterations", type=int, default=60)
+    args = parser.parse_args()
+    n = args.iterations
+    image = synthetic_images(1, seed=7)[0]
+    x = preprocess_image(image)
+    with bench_runtime(preload=(MODEL,)) as runtime:
+        import numpy as np
+
+        x_path = runtime.run_dir / "x.npy"
+        np.save(x_path, x)
+        client = Client(runtime.settings)
+        print(f"MobileNetV2, batch 1, {n} sequential requests per node "
+              "(random initialisation: no pretrained weights here)")
+        print(f"  {'node':<12} {'in-process p50':>15} {'routed p50':>11} {'overhead':>9} "
+              f"{'routed p95':>11} {'exec p50':>9}")
+        for spec in runtime.topology.nodes:
+            for _ in range(5):
+                client.submit(MODEL, x, node=spec.name).result(120)
+            results = []
+            for _ in range(n):
+                results.append(client.submit(MODEL, x, node=spec.name).result(120))
+            routed = sorted(r.e2e_ms for r in results)
+            execs = sorted(r.exec_ms for r in results)
+            base = in_process_ms(spec.name, spec.cpus, spec.mem_limit_bytes, x_path, n)
+            b50, r50 = statistics.median(base), statistics.median(routed)
+            print(f"  {spec.name:<12} {b50:12.1f} ms {r50:8.1f} ms {100 * (r50 / b50 - 1):+8.1f}% "
+                  f"{percentile(routed, 95):8.1f} ms {statistics.median(execs):6.1f} ms")
+        print("peak cgroup memory of each agent after loading MobileNetV2 and serving "
+              f"{n + 5} inferences:")
+        for spec in runtime.topology.nodes:
+            print(memory_report(spec.name, spec.mem_limit_bytes))
+        client.close()
+
+
+if __name__ == "__main__":
+    main()
