@@ -14,7 +14,7 @@ from carbonedge.experiments.workload import ModeSummary, format_table, summarise
 from carbonedge.settings import Settings
 
 MODES = ("performance", "balanced", "green")
-WARMUP_PER_NODE = 3
+WARMUP_PER_NODE = 5
 
 
 def run_sequential(

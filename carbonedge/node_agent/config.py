@@ -15,4 +15,4 @@ class AgentConfig:
     carbon_intensity: float
     pue: float = 1.0
     intensity_source: str = "static"
-    ewma_alpha: float = 0.1
+    stats_window: int = 15

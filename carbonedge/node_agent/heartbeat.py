@@ -43,6 +43,7 @@ class HeartbeatPublisher:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_cpu = accounting.cpu_usage_s()
+        self._last_task_cpu = stats.task_cpu_s
         self._last_t = time.monotonic()
 
     def measure(self) -> Heartbeat:
@@ -50,7 +51,9 @@ class HeartbeatPublisher:
         cfg = self.config
         cpu, now = self._accounting.cpu_usage_s(), time.monotonic()
         cpu_delta, wall = max(cpu - self._last_cpu, 0.0), max(now - self._last_t, 1e-6)
-        self._last_cpu, self._last_t = cpu, now
+        task_cpu = self._stats.task_cpu_s
+        background = max(cpu_delta - (task_cpu - self._last_task_cpu), 0.0)
+        self._last_cpu, self._last_t, self._last_task_cpu = cpu, now, task_cpu
         mem_limit = self._accounting.memory_limit_bytes() or cfg.mem_limit_bytes
         return Heartbeat(
             node_id=cfg.node_id,
@@ -59,6 +62,7 @@ class HeartbeatPublisher:
             mem_limit_bytes=mem_limit,
             mem_used_bytes=self._accounting.memory_usage_bytes(),
             cpu_util=min(cpu_delta / wall / cfg.cpu_quota, 1.0),
+            background_util=min(background / wall / cfg.cpu_quota, 1.0),
             power_w=self._power.average_watts(cpu_delta, wall, mem_limit),
             active_power_w=self._power.active_watts(cfg.cpu_quota, mem_limit),
             carbon_intensity=cfg.carbon_intensity,
@@ -68,7 +72,6 @@ class HeartbeatPublisher:
             intensity_source=cfg.intensity_source,
             cpu_source=self._accounting.source,
             exec_ms=self._stats.exec_ms(),
-            task_power_w=self._stats.task_power_w(),
         )
 
     def beat(self) -> None:

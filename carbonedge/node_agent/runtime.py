@@ -86,16 +86,16 @@ class AgentRuntime:
         self.stats.started()
         model_name: str | None = None
         exec_ms: float | None = None
-        energy_j: float | None = None
+        cpu_s = 0.0
         try:
             if not isinstance(payload, dict):
                 raise InvalidMessage(f"task payload must be a map, got {type(payload).__name__}")
             check_version(payload)
             result = run(payload, started_at)
             model_name = result.get("model")
+            cpu_s = result["timings"]["cpu_s"]
             if model_name in self._warm or result["kind"] == "ping":
                 exec_ms = self._service_ms(result["timings"])
-                energy_j = result["energy_kwh"] * 3.6e6
             else:  # a model's first run allocates its buffers: not what the next run costs
                 self._warm.add(model_name)
             return result
@@ -106,7 +106,7 @@ class AgentRuntime:
             log.exception("request %s crashed", req_id)
             return self._error(payload, req_id, InferenceFailed(f"{type(e).__name__}: {e}"), started_at)
         finally:
-            self.stats.finished(model_name, exec_ms, energy_j)
+            self.stats.finished(model_name, exec_ms, cpu_s)
             if isinstance(payload, dict):
                 self._bookkeeper.task_done(
                     counted=payload.get("counted") is True,

@@ -46,7 +46,7 @@ def run_agent(
     accounting = CgroupAccounting.for_current_process()
     _check_limits(config, accounting)
     power = PowerModel.for_host(settings.host_cpu_watts)
-    stats = ExecStats(config.ewma_alpha)
+    stats = ExecStats(config.stats_window)
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
     models = ModelCache(settings.model_dir)
 

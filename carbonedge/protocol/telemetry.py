@@ -16,11 +16,11 @@ from carbonedge.errors import InvalidMessage
 from carbonedge.scheduler import NodeSnapshot
 
 EXEC_PREFIX = "exec_ms."
-POWER_PREFIX = "task_power_w."
 CLOCK_SKEW_S = 5.0
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
-_FLOATS = ("ts", "cpu_quota", "cpu_util", "power_w", "active_power_w", "carbon_intensity", "pue")
+_FLOATS = ("ts", "cpu_quota", "cpu_util", "background_util", "power_w", "active_power_w",
+           "carbon_intensity", "pue")
 _INTS = ("mem_limit_bytes", "mem_used_bytes", "in_flight", "tasks_done")
 
 
@@ -38,16 +38,18 @@ class Heartbeat:
     mem_limit_bytes: int
     mem_used_bytes: int
     cpu_util: float
+    """Share of the quota used over the last interval, tasks included."""
     power_w: float
     active_power_w: float
     carbon_intensity: float
     pue: float = 1.0
+    background_util: float = 0.0
+    """Share of the quota used by anything but CarbonEdge tasks (what a new task competes with)."""
     in_flight: int = 0
     tasks_done: int = 0
     intensity_source: str = "static"
     cpu_source: str = "process"
     exec_ms: Mapping[str, float] = field(default_factory=dict)
-    task_power_w: Mapping[str, float] = field(default_factory=dict)
 
     def to_fields(self) -> dict[str, str]:
         out = {name: repr(float(getattr(self, name))) for name in _FLOATS}
@@ -56,7 +58,6 @@ class Heartbeat:
         out["intensity_source"] = self.intensity_source
         out["cpu_source"] = self.cpu_source
         out.update({EXEC_PREFIX + m: repr(float(v)) for m, v in self.exec_ms.items()})
-        out.update({POWER_PREFIX + m: repr(float(v)) for m, v in self.task_power_w.items()})
         return out
 
     @classmethod
@@ -77,17 +78,13 @@ class Heartbeat:
         if values["cpu_quota"] <= 0 or values["mem_limit_bytes"] <= 0:
             raise InvalidMessage(f"heartbeat of {node_id} has no CPU quota or memory limit",
                                  field="cpu_quota")
-        per_model: dict[str, dict[str, float]] = {EXEC_PREFIX: {}, POWER_PREFIX: {}}
-        for key, raw in fields.items():
-            for prefix, table in per_model.items():
-                if key.startswith(prefix):
-                    table[key[len(prefix):]] = _parse(key, raw, float)
+        exec_ms = {key[len(EXEC_PREFIX):]: _parse(key, raw, float)
+                   for key, raw in fields.items() if key.startswith(EXEC_PREFIX)}
         return cls(
             node_id=node_id,
             intensity_source=fields.get("intensity_source", "unknown"),
             cpu_source=fields.get("cpu_source", "unknown"),
-            exec_ms=per_model[EXEC_PREFIX],
-            task_power_w=per_model[POWER_PREFIX],
+            exec_ms=exec_ms,
             **values,  # type: ignore[arg-type]
         )
 
@@ -98,7 +95,9 @@ class Heartbeat:
             cpu_quota=self.cpu_quota,
             mem_limit_bytes=self.mem_limit_bytes,
             mem_used_bytes=self.mem_used_bytes,
-            cpu_util=min(self.cpu_util, 1.0),
+            # the node's own tasks are counted by in_flight (S_L, S_B); S_R asks what else
+            # competes for the CPU, or a node that just served looks busy when it is idle
+            cpu_util=min(self.background_util, 1.0),
             power_w=self.power_w,
             active_power_w=self.active_power_w,
             carbon_intensity=self.carbon_intensity,
@@ -106,7 +105,6 @@ class Heartbeat:
             exec_ms=self.exec_ms,
             heartbeat_ts=self.ts,
             pue=self.pue,
-            task_power_w=self.task_power_w,
         )
 
 

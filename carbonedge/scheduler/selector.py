@@ -83,7 +83,7 @@ class _Static:
 class _Arrays:
     """The view's per-node constants as float64 arrays (built on first vectorised use)."""
 
-    __slots__ = ("in_flight", "intensity", "pue", "quota", "r_fixed")
+    __slots__ = ("active_power_w", "in_flight", "intensity", "pue", "quota", "r_fixed")
 
     def __init__(self, view: ClusterView) -> None:
         nodes = view._nodes
@@ -94,6 +94,7 @@ class _Arrays:
             np.array([n.mem_limit_bytes - n.mem_used_bytes for n in nodes], dtype=np.float64),
             float(view.references.mem_need_bytes),
         )
+        self.active_power_w = np.array([n.active_power_w for n in nodes], dtype=np.float64)
         self.intensity = np.array([n.carbon_intensity for n in nodes], dtype=np.float64)
         self.pue = np.array([n.pue for n in nodes], dtype=np.float64)
 
@@ -218,7 +219,7 @@ class ClusterView:
         refs = self.references
         t_ms = [n.exec_ms.get(model, refs.prior_ms(n.cpu_quota)) for n in self._nodes]
         grams = [
-            comp.carbon_g(n.carbon_intensity, n.pue, n.power_for(model), t)
+            comp.carbon_g(n.carbon_intensity, n.pue, n.active_power_w, t)
             for n, t in zip(self._nodes, t_ms, strict=True)
         ]
         if paper:
@@ -252,8 +253,7 @@ class ClusterView:
             [n.exec_ms.get(model, refs.prior_ms(n.cpu_quota)) for n in self._nodes],
             dtype=np.float64,
         )
-        power = np.array([n.power_for(model) for n in self._nodes], dtype=np.float64)
-        grams = arr.intensity * arr.pue * power * t_ms / comp.MS_W_PER_KWH
+        grams = arr.intensity * arr.pue * arr.active_power_w * t_ms / comp.MS_W_PER_KWH
         if paper:
             r = arr.r_fixed
             p = comp.perf_scores(t_ms, refs.ref_exec_ms)

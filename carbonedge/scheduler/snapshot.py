@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from carbonedge.errors import ConfigError, InvalidMessage
 
@@ -55,27 +55,20 @@ class NodeSnapshot:
     power_w: float
     """Average power over the last interval (telemetry only, not scored)."""
     active_power_w: float
-    """Power while running flat out within the quota: S_C's fallback for an unseen model."""
+    """Power while serving: its CPU quota's share of host CPU power plus its RAM (S_C's P).
+
+    Apportioned by quota as in the paper: per-task CPU-time measurements vary by tens of
+    percent between runs on a throttled node, which would flip close carbon rankings.
+    """
     carbon_intensity: float
     """gCO2/kWh of the node's grid."""
     in_flight: int
     """Requests dispatched to the node and not finished."""
     exec_ms: Mapping[str, float]
-    """Moving-average execution time per model name, in milliseconds."""
+    """Service time per model (median of recent tasks), in milliseconds: S_P's and S_C's T."""
     heartbeat_ts: float
     """Unix seconds of the last heartbeat."""
     pue: float = 1.0
-    task_power_w: Mapping[str, float] = field(default_factory=dict)
-    """Moving-average power while running each model (its energy / its exec time).
-
-    A throttled node spends part of a task idle, so its power during the task is well
-    below its flat-out power; S_C uses this measured figure when the node has one.
-    """
-
-    def power_for(self, model: str) -> float:
-        """The power S_C charges for ``model`` on this node."""
-        return self.task_power_w.get(model, self.active_power_w)
-
     def __post_init__(self) -> None:
         if not isinstance(self.node_id, str) or not self.node_id:
             raise InvalidMessage("node_id must be a non-empty string", field="node_id")
@@ -100,7 +93,7 @@ class NodeSnapshot:
             raise InvalidMessage(f"node {nid!r}: heartbeat_ts must be finite", field="heartbeat_ts")
         if self.cpu_quota <= 0:
             raise InvalidMessage(f"node {nid!r}: cpu_quota must be > 0", field="cpu_quota")
-        for name in ("exec_ms", "task_power_w"):
+        for name in ("exec_ms",):
             per_model = getattr(self, name)
             if not isinstance(per_model, Mapping):
                 raise InvalidMessage(f"node {nid!r}: {name} must be a map", field=name)
@@ -123,8 +116,10 @@ class References:
     1e-5 to 4e-5 g, so S_C spans about 0.06 across them and S_P about 0.2: the ranges
     the paper reports (0.054 and 0.166), under which Balanced collapses into Performance.
     """
-    mem_need_bytes: int = 128 * MIB
-    """Free memory at which the memory half of S_R saturates."""
+    mem_need_bytes: int = 64 * MIB
+    """Free memory at which the memory half of S_R saturates: what one inference of a
+    model of this class needs beyond the loaded weights (MobileNetV2's activations and
+    buffers are a few tens of MiB). Nodes with that much free score alike."""
     prior_exec_ms: float = 100.0
     """Time of a model a node has not run yet, on 1.0 core (scaled by 1/quota)."""
     minmax_floor: float = 0.05

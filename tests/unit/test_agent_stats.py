@@ -5,23 +5,33 @@ import pytest
 from carbonedge.node_agent.stats import ExecStats
 
 
-def test_first_samples_are_averaged_then_smoothed() -> None:
-    stats = ExecStats(alpha=0.25)
-    for ms in (100.0, 50.0, 60.0, 70.0):  # mean of the first 1/alpha = 4 samples
-        stats.started()
-        stats.finished("m", ms, energy_j=ms / 1e3 * 2.0)  # 2 W during each task
-    assert stats.exec_ms()["m"] == pytest.approx(70.0)
-    assert stats.task_power_w()["m"] == pytest.approx(2.0)
+def _run(stats: ExecStats, ms: float) -> None:
     stats.started()
-    stats.finished("m", 170.0, energy_j=0.17 * 2.0)
-    assert stats.exec_ms()["m"] == pytest.approx(70.0 + 0.25 * 100.0)
+    stats.finished("m", ms, cpu_s=ms / 2e3)
+
+
+def test_medians_ignore_a_spike_and_task_cpu_is_summed() -> None:
+    stats = ExecStats(window=5)
+    for ms in (40.0, 42.0, 400.0, 41.0, 43.0):
+        _run(stats, ms)
+    assert stats.exec_ms()["m"] == 42.0
+    assert stats.task_cpu_s == pytest.approx(566.0 / 2e3)
     assert stats.in_flight == 0 and stats.tasks_done == 5
 
 
-def test_unmeasured_tasks_count_but_do_not_move_averages() -> None:
+def test_window_forgets_old_tasks() -> None:
+    stats = ExecStats(window=3)
+    for ms in (10.0, 10.0, 10.0, 50.0, 50.0):
+        _run(stats, ms)
+    assert stats.exec_ms()["m"] == 50.0
+
+
+def test_first_sample_callback_and_unmeasured_tasks() -> None:
+    calls = []
     stats = ExecStats()
+    stats.on_first_sample = lambda: calls.append(1)
     stats.started()
     stats.finished(None, None)
-    stats.started()
-    stats.finished("m", 0.0, 0.0)
-    assert stats.exec_ms() == {} and stats.tasks_done == 2
+    _run(stats, 30.0)
+    _run(stats, 30.0)
+    assert calls == [1] and stats.tasks_done == 3

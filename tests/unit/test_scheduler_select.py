@@ -47,14 +47,9 @@ def snap(
     age: float = 1.0,
     pue: float = 1.0,
 ) -> NodeSnapshot:
-    """A node snapshot with the default power model: 4 W per CPU + 0.375 W per GiB.
-
-    The paper's task times scale with 1/quota, so each node is busy for its whole quota
-    while it runs a task: its measured power during the task is its flat-out power.
-    """
+    """A node snapshot with the default power model: 4 W per CPU + 0.375 W per GiB."""
     exec_ms = {MODEL: 30.0} if exec_ms is None else exec_ms
     ram_w = limit / GIB * 0.375
-    task_power = {m: quota * 4.0 + ram_w for m in exec_ms}
     return NodeSnapshot(
         node_id=node_id,
         cpu_quota=quota,
@@ -68,7 +63,6 @@ def snap(
         exec_ms=exec_ms,
         heartbeat_ts=NOW - age,
         pue=pue,
-        task_power_w=task_power,
     )
 
 

@@ -146,7 +146,7 @@ def test_snapshot_is_immutable() -> None:
 def test_references_defaults_and_validation() -> None:
     refs = References()
     assert refs.ref_exec_ms == 100.0
-    assert refs.mem_need_bytes == 128 << 20
+    assert refs.mem_need_bytes == 64 << 20
     assert refs.minmax_floor == 0.05
     assert refs.prior_ms(0.5) == pytest.approx(200.0)
     assert refs.prior_ms(0.0) == pytest.approx(2000.0)  # quota floored at 0.05

@@ -11,7 +11,6 @@ NOW = 1_800_000_000.0
 def _beat(**changes: object) -> Heartbeat:
     values = dict(node_id="node-green", ts=NOW, cpu_quota=0.4, mem_limit_bytes=512 << 20,
                   mem_used_bytes=300 << 20, cpu_util=0.25, power_w=1.2, active_power_w=2.0,
-                  task_power_w={"mobilenetv2": 0.9},
                   carbon_intensity=380.0, in_flight=1, exec_ms={"mobilenetv2": 80.5})
     values.update(changes)
     return Heartbeat(**values)  # type: ignore[arg-type]
@@ -39,7 +38,6 @@ def test_snapshot_uses_dispatcher_in_flight_when_given() -> None:
         ("mem_used_bytes", "1.5", "integer"),
         ("in_flight", "many", "not a number"),
         ("exec_ms.mobilenetv2", "-3", "non-negative"),
-        ("task_power_w.mobilenetv2", "nan", "finite"),
         ("ts", str(NOW + 3600), "in the future"),
         ("cpu_quota", "0", "no CPU quota"),
         ("node_id", "../etc", "invalid node id"),
