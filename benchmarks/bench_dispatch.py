@@ -15,8 +15,8 @@ import time
 
 from _runtime import bench_runtime
 
-from carbonedge.broker.client import Client
 from carbonedge.broker.celery_app import make_celery_app
+from carbonedge.broker.client import Client
 from carbonedge.experiments.workload import percentile
 from carbonedge.protocol import keys
 

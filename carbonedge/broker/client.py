@@ -14,7 +14,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import redis
 import redis.asyncio as aioredis
 from PIL import Image
@@ -113,8 +112,8 @@ class InferenceHandle:
         return self._client._wait(self.id, timeout)
 
 
-class Client:
-    """Blocking producer."""
+class _Producer:
+    """What both clients share: settings (loaded once if not given) and input limits."""
 
     def __init__(self, settings: Settings | None = None, *, redis_url: str | None = None) -> None:
         settings = settings or Settings.load()
@@ -122,8 +121,15 @@ class Client:
             settings = settings.replace(redis_url=redis_url)
         self.settings = settings
         self._limits = TensorLimits(max_elements=settings.max_tensor_elements)
-        self._redis = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
-        self._app = make_celery_app(settings)
+
+
+class Client(_Producer):
+    """Blocking producer (one per thread)."""
+
+    def __init__(self, settings: Settings | None = None, *, redis_url: str | None = None) -> None:
+        super().__init__(settings, redis_url=redis_url)
+        self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=10)
+        self._app = make_celery_app(self.settings)
         self._listener = ResultListener(self._redis)
 
     def submit(
@@ -202,16 +208,12 @@ class Client:
         self.close()
 
 
-class AsyncClient:
+class AsyncClient(_Producer):
     """asyncio producer: the same requests, results read through Redis pub/sub."""
 
     def __init__(self, settings: Settings | None = None, *, redis_url: str | None = None) -> None:
-        settings = settings or Settings.load()
-        if redis_url:
-            settings = settings.replace(redis_url=redis_url)
-        self.settings = settings
-        self._limits = TensorLimits(max_elements=settings.max_tensor_elements)
-        self._redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=10)
+        super().__init__(settings, redis_url=redis_url)
+        self._redis = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=10)
 
     async def infer(self, model: str, image_or_tensor: Any, *, timeout: float | None = None,
                     **options: Any) -> InferenceResult:
@@ -239,7 +241,7 @@ class AsyncClient:
             await pipe.execute()
             try:
                 raw = await asyncio.wait_for(self._await_meta(pubsub, key), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 sync = redis.Redis.from_url(self.settings.redis_url)
                 try:
                     reason = diagnose(sync, request["id"], timeout, self.settings.heartbeat_ttl_s)

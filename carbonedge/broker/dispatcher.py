@@ -212,7 +212,7 @@ class Dispatcher:
         *beats, in_flight = await pipe.execute()
         counts = {k.decode(): int(v) for k, v in in_flight.items()}
         snapshots = []
-        for node_id, raw in zip(node_ids, beats):
+        for node_id, raw in zip(node_ids, beats, strict=True):
             if not raw:
                 continue
             fields = {k.decode(): v.decode() for k, v in raw.items()}

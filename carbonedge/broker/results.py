@@ -51,7 +51,7 @@ def parse_result(result: Any, *, received_at: float) -> InferenceResult:
         node=result.get("node") or "",
         model=result.get("model"),
         mode=result.get("mode"),
-        top5=list(zip(output.get("top5_ids", []), output.get("top5_scores", []))),
+        top5=list(zip(output.get("top5_ids", []), output.get("top5_scores", []), strict=False)),
         queue_ms=float(timings.get("queue_ms", math.nan)),
         exec_ms=float(timings.get("exec_ms", math.nan)),
         e2e_ms=(received_at - submitted) * 1e3,

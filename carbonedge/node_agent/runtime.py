@@ -18,9 +18,9 @@ from carbonedge.errors import (
     InvalidRequest,
     InvalidTensor,
 )
+from carbonedge.node_agent.bookkeeping import TaskBookkeeper
 from carbonedge.node_agent.cgroup import CgroupAccounting
 from carbonedge.node_agent.config import AgentConfig
-from carbonedge.node_agent.bookkeeping import TaskBookkeeper
 from carbonedge.node_agent.model_cache import ModelCache
 from carbonedge.node_agent.stats import ExecStats
 from carbonedge.partitioner.models import INPUT_SHAPE, run_inference, top_k

@@ -10,11 +10,11 @@ import redis
 
 from carbonedge.broker.celery_app import make_celery_app
 from carbonedge.carbon.power import PowerModel
+from carbonedge.node_agent.bookkeeping import TaskBookkeeper
 from carbonedge.node_agent.cgroup import CgroupAccounting
 from carbonedge.node_agent.config import AgentConfig
 from carbonedge.node_agent.consumer import install_tolerant_queue_decoder
 from carbonedge.node_agent.heartbeat import HeartbeatPublisher
-from carbonedge.node_agent.bookkeeping import TaskBookkeeper
 from carbonedge.node_agent.model_cache import ModelCache
 from carbonedge.node_agent.runtime import AgentRuntime
 from carbonedge.node_agent.stats import ExecStats

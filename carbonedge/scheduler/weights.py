@@ -39,7 +39,7 @@ class Weights:
     """Weights of the five components R, L, P, B, C (non-negative, not all zero)."""
 
     r: float
-    l: float
+    l: float  # noqa: E741 (the paper's name for the load weight)
     p: float
     b: float
     c: float

@@ -19,8 +19,8 @@ from carbonedge.errors import (
     InvalidMessage,
     InvalidRequest,
     InvalidTensor,
-    UnknownModel,
     UnknownMode,
+    UnknownModel,
     UnknownNode,
 )
 from carbonedge.protocol import keys
