@@ -81,22 +81,21 @@ class AgentRuntime:
 
     def _guarded(self, payload: Any, run: Any) -> dict[str, Any]:
         started_at = time.time()
+        cpu_at_start = self.accounting.cpu_usage_s()
         req_id = payload.get("id") if isinstance(payload, dict) else None
         req_id = req_id if isinstance(req_id, str) else "unknown"
         self.stats.started()
         model_name: str | None = None
         exec_ms: float | None = None
-        cpu_s = 0.0
         try:
             if not isinstance(payload, dict):
                 raise InvalidMessage(f"task payload must be a map, got {type(payload).__name__}")
             check_version(payload)
             result = run(payload, started_at)
             model_name = result.get("model")
-            cpu_s = result["timings"]["cpu_s"]
-            if model_name in self._warm or result["kind"] == "ping":
+            if model_name in self._warm:
                 exec_ms = self._service_ms(result["timings"])
-            else:  # a model's first run allocates its buffers: not what the next run costs
+            elif model_name is not None:  # a first run allocates buffers: not a typical cost
                 self._warm.add(model_name)
             return result
         except CarbonEdgeError as e:
@@ -106,7 +105,10 @@ class AgentRuntime:
             log.exception("request %s crashed", req_id)
             return self._error(payload, req_id, InferenceFailed(f"{type(e).__name__}: {e}"), started_at)
         finally:
-            self.stats.finished(model_name, exec_ms, cpu_s)
+            # all of the task's CPU (input fetch and decode too): S_R's background
+            # utilisation is what is left when the tasks' share is taken away
+            self.stats.finished(model_name, exec_ms,
+                                max(self.accounting.cpu_usage_s() - cpu_at_start, 0.0))
             if isinstance(payload, dict):
                 self._bookkeeper.task_done(
                     counted=payload.get("counted") is True,

@@ -228,7 +228,7 @@ class ClusterView:
             c = [comp.carbon_score(g, refs.ref_carbon_g) for g in grams]
         else:
             floor = refs.minmax_floor
-            r = comp.minmax(self._r_fixed, floor)
+            r = comp.minmax(self._r_fixed, refs.resource_floor)
             p = comp.minmax([-t for t in t_ms], floor)
             c = comp.minmax([-g for g in grams], floor)
         static = _Static(r, p, c, t_ms, grams)
@@ -260,7 +260,7 @@ class ClusterView:
             c = comp.carbon_scores(grams, refs.ref_carbon_g)
         else:
             floor = refs.minmax_floor
-            r = comp.minmax_array(arr.r_fixed, floor)
+            r = comp.minmax_array(arr.r_fixed, refs.resource_floor)
             p = comp.minmax_array(-t_ms, floor)
             c = comp.minmax_array(-grams, floor)
         static = _Static(r, p, c, t_ms, grams)

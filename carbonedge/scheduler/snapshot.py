@@ -122,6 +122,9 @@ class References:
     buffers are a few tens of MiB). Nodes with that much free score alike."""
     prior_exec_ms: float = 100.0
     """Time of a model a node has not run yet, on 1.0 core (scaled by 1/quota)."""
+    resource_floor: float = 0.15
+    """``minmax`` floor of S_R: telemetry of idle nodes differs by a few percent of CPU and
+    memory from beat to beat, which per-decision rescaling would blow up to 0 vs 1."""
     minmax_floor: float = 0.05
     """Relative spread below which ``minmax`` gives every node 1.0 (noise is not amplified)."""
 
@@ -132,9 +135,10 @@ class References:
                 raise ConfigError(
                     f"scheduler reference {name} must be finite and > 0, got {value!r}"
                 )
-        floor = self.minmax_floor
-        if not (isinstance(floor, (int, float)) and math.isfinite(floor) and 0 <= floor < 1):
-            raise ConfigError(f"scheduler minmax_floor must be in [0, 1), got {floor!r}")
+        for name in ("minmax_floor", "resource_floor"):
+            floor = getattr(self, name)
+            if not (isinstance(floor, (int, float)) and math.isfinite(floor) and 0 <= floor < 1):
+                raise ConfigError(f"scheduler {name} must be in [0, 1), got {floor!r}")
 
     def prior_ms(self, cpu_quota: float) -> float:
         """Predicted time of an unknown model on a node with ``cpu_quota`` cores."""
