@@ -127,8 +127,12 @@ def test_unknown_architecture_is_a_config_error() -> None:
             return x
 
     loaded = LoadedModel(
-        name="tiny", module=TinyNet(), num_classes=1, random_init=True,
-        weights_source="random-init", param_count=0,
+        name="tiny",
+        module=TinyNet(),
+        num_classes=1,
+        random_init=True,
+        weights_source="random-init",
+        param_count=0,
     )
     with pytest.raises(ConfigError, match="TinyNet"):
         flatten_model(loaded)
