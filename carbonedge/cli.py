@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -45,8 +46,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so that `with` blocks tear down what they started."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("demo", "up"):
+        _stop_on_sigterm()
     try:
         settings = Settings.load(args.config, redis_url=args.redis_url,
                                  compose_file=getattr(args, "compose", None))
@@ -59,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"carbonedge: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print("carbonedge: interrupted; everything it started was stopped", file=sys.stderr)
         return 130
 
 
