@@ -23,7 +23,7 @@ from carbonedge.broker.images import preprocess_image
 from carbonedge.broker.listener import ResultListener, decode_meta, result_key
 from carbonedge.broker.publish import encode_task_message
 from carbonedge.broker.results import InferenceResult, parse_result
-from carbonedge.errors import ResultTimeout
+from carbonedge.errors import NoNodeAvailable, ResultTimeout
 from carbonedge.protocol import keys
 from carbonedge.protocol.codec import TensorLimits, encode_tensor, tensor_header
 from carbonedge.protocol.messages import PROTOCOL_VERSION, pack, validate_request
@@ -161,6 +161,9 @@ class Client(_Producer):
 
     def submit_direct(self, node: str, model: str, image_or_tensor: Any) -> InferenceHandle:
         """Send straight to one node's queue, bypassing dispatcher and scheduler (baselines)."""
+        if not self._redis.exists(keys.node_key(node)):
+            raise NoNodeAvailable(f"node {node!r} has no live heartbeat: nothing would serve "
+                                  "its queue", field="node")
         tensor = to_tensor_map(image_or_tensor, self._limits)
         request = build_request(model=model, tensor=tensor, mode="direct", node=node)
         return self._send(request, queue=keys.node_queue(node))
@@ -187,6 +190,10 @@ class Client(_Producer):
             self._listener.to_delete.clear()
         pipe.execute()
         return InferenceHandle(self, request["id"])
+
+    def result_for(self, request_id: str, timeout: float | None = None) -> InferenceResult:
+        """The result of any request id (e.g. one sent raw), as :meth:`InferenceHandle.result`."""
+        return self._wait(request_id, timeout)
 
     def _wait(self, request_id: str, timeout: float | None) -> InferenceResult:
         timeout = self.settings.result_timeout_s if timeout is None else timeout

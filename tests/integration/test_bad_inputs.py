@@ -19,6 +19,7 @@ from carbonedge.errors import (
     InvalidMessage,
     InvalidRequest,
     InvalidTensor,
+    NoNodeAvailable,
     UnknownMode,
     UnknownModel,
     UnknownNode,
@@ -57,7 +58,7 @@ def _raw_request(**fields: object) -> dict:
 def _send_raw(client: Client, request: dict) -> CarbonEdgeError:
     client.submit_raw(pack(request))
     with pytest.raises(CarbonEdgeError) as e:
-        client._wait(request["id"], 30)
+        client.result_for(request["id"], 30)
     return e.value
 
 
@@ -74,6 +75,12 @@ def test_unknown_mode(client: Client) -> None:
 def test_unknown_node(client: Client) -> None:
     with pytest.raises(UnknownNode, match="node-purple") as e:
         client.submit("mobilenetv2", GOOD, node="node-purple").result(30)
+    assert e.value.field == "node"
+
+
+def test_direct_submission_to_a_node_without_heartbeat(client: Client) -> None:
+    with pytest.raises(NoNodeAvailable, match="node-purple") as e:
+        client.submit_direct("node-purple", "mobilenetv2", GOOD)
     assert e.value.field == "node"
 
 
@@ -188,7 +195,7 @@ def test_foreign_messages_on_a_node_queue_get_error_results(
     task_id, message = _kombu_message(task, body, content_type, queue)
     r.lpush(queue, message)
     with pytest.raises(CarbonEdgeError, match=match):
-        client._wait(task_id, 30)
+        client.result_for(task_id, 30)
 
 
 def test_garbage_on_a_node_queue_does_not_stop_the_agent(client: Client, r: redis.Redis) -> None:
