@@ -51,6 +51,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from carbonedge.carbon.units import CarbonIntensity
 from carbonedge.errors import ConfigError, InvalidRequest
+from carbonedge.registry import Registry
 
 __all__ = [
     "IntensityProvider",
@@ -83,37 +84,23 @@ class IntensityProvider(Protocol):
 
 
 ProviderFactory = Callable[[Mapping[str, Any]], IntensityProvider]
-_REGISTRY: dict[str, ProviderFactory] = {}
+PROVIDERS: Registry[ProviderFactory] = Registry("carbon-intensity provider", field="provider")
 
 
 def register_provider(name: str) -> Callable[[ProviderFactory], ProviderFactory]:
     """Register ``factory(spec) -> IntensityProvider`` under ``name``."""
-
-    def decorate(factory: ProviderFactory) -> ProviderFactory:
-        if name in _REGISTRY:
-            raise ConfigError(f"carbon-intensity provider {name!r} is already registered")
-        _REGISTRY[name] = factory
-        return factory
-
-    return decorate
+    return PROVIDERS.register(name)
 
 
 def known_providers() -> list[str]:
-    return sorted(_REGISTRY)
+    return PROVIDERS.names()
 
 
 def create_provider(spec: Mapping[str, Any]) -> IntensityProvider:
     """Build the provider ``spec["provider"]`` names from the rest of ``spec``."""
     if not isinstance(spec, Mapping):
         raise ConfigError(f"a carbon-intensity spec must be a mapping, got {spec!r}")
-    name = spec.get("provider")
-    factory = _REGISTRY.get(name) if isinstance(name, str) else None
-    if factory is None:
-        raise ConfigError(
-            f"unknown carbon-intensity provider {name!r}; known: {', '.join(known_providers())}",
-            field="provider",
-        )
-    return factory(spec)
+    return PROVIDERS.get(spec.get("provider"))(spec)
 
 
 def _utc(when: object, what: str = "when") -> datetime:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from carbonedge.errors import ConfigError, InvalidTensor, UnknownModel
+from carbonedge.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ RANDOM_INIT = "random-init"
 
 Builder = Callable[[], nn.Module]
 
-_REGISTRY: dict[str, Builder] = {}
+_REGISTRY: Registry[Builder] = Registry("model", unknown=UnknownModel, field="model")
 _HUB_FILES: dict[str, tuple[str, ...]] = {}
 _random_init_logged: set[str] = set()
 
@@ -72,9 +73,7 @@ def register_model(name: str, *, hub_files: tuple[str, ...] = ()) -> Callable[[B
     """
 
     def decorate(builder: Builder) -> Builder:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = builder
+        _REGISTRY.register(name)(builder)
         _HUB_FILES[name] = tuple(hub_files)
         return builder
 
@@ -83,7 +82,7 @@ def register_model(name: str, *, hub_files: tuple[str, ...] = ()) -> Callable[[B
 
 def model_names() -> list[str]:
     """The registered model names, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def create_model(name: str, weights_dir: str | Path | None = None) -> LoadedModel:
@@ -94,10 +93,6 @@ def create_model(name: str, weights_dir: str | Path | None = None) -> LoadedMode
     file that does not fit the model.
     """
     builder = _REGISTRY.get(name)
-    if builder is None:
-        raise UnknownModel(
-            f"unknown model {name!r}; known models: {', '.join(model_names())}", field="model"
-        )
     path = find_weights(name, weights_dir)
     with torch.random.fork_rng(devices=[]):
         # Same seed everywhere: every agent's randomly initialised copy is the same

@@ -39,6 +39,7 @@ from itertools import combinations, permutations
 from typing import Any, Protocol
 
 from carbonedge.errors import ConfigError, InvalidMessage, InvalidRequest
+from carbonedge.registry import Registry
 
 __all__ = [
     "LOOPBACK",
@@ -517,24 +518,17 @@ def green_plan(
 PlanStrategy = Callable[..., Plan]
 """``(blocks, nodes, *, link, **options) -> Plan``."""
 
-_STRATEGIES: dict[str, PlanStrategy] = {}
+STRATEGIES: Registry[PlanStrategy] = Registry("plan strategy", field="strategy")
 
 
 def register_strategy(name: str) -> Callable[[PlanStrategy], PlanStrategy]:
     """Register a plan strategy under ``name`` (a duplicate name is a ConfigError)."""
-
-    def decorate(fn: PlanStrategy) -> PlanStrategy:
-        if name in _STRATEGIES:
-            raise ConfigError(f"plan strategy {name!r} is already registered")
-        _STRATEGIES[name] = fn
-        return fn
-
-    return decorate
+    return STRATEGIES.register(name)
 
 
 def plan_strategies() -> list[str]:
     """Names of the registered strategies, sorted."""
-    return sorted(_STRATEGIES)
+    return STRATEGIES.names()
 
 
 def make_plan(
@@ -547,12 +541,7 @@ def make_plan(
 ) -> Plan:
     """Run the strategy named ``strategy``; an unknown name or option is a ConfigError
     that lists what exists."""
-    fn = _STRATEGIES.get(strategy)
-    if fn is None:
-        raise ConfigError(
-            f"unknown plan strategy {strategy!r}; known: {', '.join(plan_strategies())}",
-            field="strategy",
-        )
+    fn = STRATEGIES.get(strategy)
     params = inspect.signature(fn).parameters
     accepted = [p for p in params if p not in ("blocks", "nodes", "link")]
     unknown = sorted(set(options) - set(accepted))
