@@ -10,7 +10,7 @@ import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,6 @@ class Settings:
     input_ttl_s: int = 3600
     host_cpu_watts: float = 0.0
     log_level: str = "INFO"
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def heartbeat_ttl_s(self) -> float:
@@ -65,7 +64,7 @@ class Settings:
         for key, raw in env.items():
             if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "CONFIG":
                 name = key[len(ENV_PREFIX):].lower()
-                if name in known and name != "extra":
+                if name in known:
                     values[name] = raw
         values.update({k: v for k, v in overrides.items() if v is not None})
         unknown = sorted(set(values) - set(known))

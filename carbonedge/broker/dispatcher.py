@@ -9,6 +9,7 @@ each dispatch bumps the chosen node's in-flight count locally so bursts spread o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -79,17 +80,30 @@ class Dispatcher:
         """Serve until ``stop`` is set."""
         r = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=10)
         try:
-            await self._ensure_group(r)
             await self._reclaim(r)
             beat = asyncio.create_task(self._beat(r, stop))
             try:
-                while not stop.is_set():
-                    await self.step(r, block_ms=500)
+                await self._serve(r, stop)
             finally:
                 beat.cancel()
-                await r.hdel(keys.DISPATCHER_ALIVE, self.name)
+                with contextlib.suppress(redis.RedisError):
+                    await r.hdel(keys.DISPATCHER_ALIVE, self.name)
         finally:
             await r.aclose()
+
+    async def _serve(self, r: aioredis.Redis, stop: asyncio.Event) -> None:
+        """Dispatch until stopped; ride out Redis outages (pending entries are reclaimed)."""
+        reclaim = False
+        while not stop.is_set():
+            try:
+                if reclaim:
+                    await self._reclaim(r)
+                    reclaim = False
+                await self.step(r, block_ms=500)
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                log.warning("Redis unavailable (%s); retrying in 1 s", e)
+                reclaim = True
+                await asyncio.sleep(1.0)
 
     async def step(self, r: aioredis.Redis, *, block_ms: int = 0) -> int:
         """Read one batch of new requests and dispatch it; returns how many were handled."""
@@ -260,6 +274,7 @@ class Dispatcher:
 
     async def _reclaim(self, r: aioredis.Redis) -> None:
         """Dispatch entries left pending by this name or by a consumer idle too long."""
+        await self._ensure_group(r)  # a restarted Redis may have lost the group
         own = await r.xreadgroup(keys.DISPATCH_GROUP, self.name, {keys.REQUEST_STREAM: "0"},
                                  count=10_000)
         entries = [e for e in (own[0][1] if own else []) if e[1]]
