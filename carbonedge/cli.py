@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from carbonedge.errors import CarbonEdgeError
+from carbonedge.errors import CarbonEdgeError, RuntimeUnavailable
 from carbonedge.settings import Settings
 
 
@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--events", action="store_true", help="send Celery task events (Flower)")
 
     sub.add_parser("dispatcher", help="run the asyncio dispatcher")
+
+    status = sub.add_parser("status", help="a table of nodes: telemetry, queues, carbon so far")
+    status.add_argument("--watch", type=float, metavar="SECONDS",
+                        help="refresh every SECONDS until Ctrl-C")
 
     demo = with_compose(sub.add_parser("demo", help="the paper's mode comparison, end to end"))
     demo.add_argument("-n", "--inferences", type=int, default=50)
@@ -117,6 +121,29 @@ def _dispatcher(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    import redis
+
+    from carbonedge.broker.status import collect_status, format_status
+
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    try:
+        while True:
+            table = format_status(collect_status(client))
+            if not args.watch:
+                print(table)
+                return 0
+            print("\033[2J\033[H" + time.strftime("%H:%M:%S ") + settings.redis_url)
+            print(table, flush=True)
+            time.sleep(args.watch)
+    except redis.ConnectionError as e:
+        raise RuntimeUnavailable(f"no Redis at {settings.redis_url}: {e}") from e
+    finally:
+        client.close()
+
+
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from carbonedge.experiments.demo import run_demo
 
@@ -134,7 +161,8 @@ def _parse_scale(items: list[str]) -> dict[str, int]:
     return scale
 
 
-_COMMANDS = {"up": _up, "down": _down, "agent": _agent, "dispatcher": _dispatcher, "demo": _demo}
+_COMMANDS = {"up": _up, "down": _down, "agent": _agent, "dispatcher": _dispatcher,
+             "status": _status, "demo": _demo}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -87,12 +87,13 @@ class AgentRuntime:
         self.stats.started()
         model_name: str | None = None
         exec_ms: float | None = None
+        carbon_g = 0.0
         try:
             if not isinstance(payload, dict):
                 raise InvalidMessage(f"task payload must be a map, got {type(payload).__name__}")
             check_version(payload)
             result = run(payload, started_at)
-            model_name = result.get("model")
+            model_name, carbon_g = result.get("model"), result["carbon_g"]
             if model_name in self._warm:
                 exec_ms = self._service_ms(result["timings"])
             elif model_name is not None:  # a first run allocates buffers: not a typical cost
@@ -113,6 +114,7 @@ class AgentRuntime:
                 self._bookkeeper.task_done(
                     counted=payload.get("counted") is True,
                     input_key=keys.input_key(req_id) if payload.get("input_ref") is True else None,
+                    carbon_g=carbon_g,
                 )
 
     def _infer(self, payload: dict[str, Any], started_at: float) -> dict[str, Any]:

@@ -18,6 +18,9 @@ IN_FLIGHT = f"{PREFIX}:inflight"
 DECISIONS = f"{PREFIX}:decisions"
 """Hash ``<node>|<mode>`` -> number of scheduling decisions."""
 
+CARBON_TOTALS = f"{PREFIX}:carbon_g"
+"""Hash node id -> grams of CO2 of every task the node has finished (for status views)."""
+
 LEDGER_STREAM = f"{PREFIX}:ledger"
 """Per-task energy rows written by agents, read by the carbon service."""
 

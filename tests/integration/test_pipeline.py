@@ -116,3 +116,27 @@ def test_a_burst_in_performance_mode_spills_over_when_node_high_queues_up(
     nodes = [h.result(120).node for h in handles]
     assert len(nodes) == 24 and nodes.count("node-high") >= 8
     assert len(set(nodes)) >= 2, nodes
+
+
+def test_status_shows_every_node_with_its_carbon_so_far(
+    warm_client: Client, default_runtime: LocalRuntime
+) -> None:
+    import subprocess
+    import sys
+
+    from carbonedge.broker.status import collect_status, format_status
+
+    r = redis.Redis.from_url(default_runtime.settings.redis_url)
+    deadline = time.monotonic() + 10  # carbon totals are added off the task's path
+    while not all(row.carbon_g > 0 for row in collect_status(r)):
+        assert time.monotonic() < deadline, format_status(collect_status(r))
+        time.sleep(0.05)
+    rows = {row.node_id: row for row in collect_status(r)}
+    assert set(rows) == set(default_runtime.node_ids) and all(x.alive for x in rows.values())
+    assert rows["node-green"].heartbeat.carbon_intensity == 380.0
+    assert sum(x.decision_share for x in rows.values()) == pytest.approx(1.0)
+    out = subprocess.run([sys.executable, "-m", "carbonedge.cli", "--redis-url",
+                          default_runtime.settings.redis_url, "status"],
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    assert all(node in out for node in default_runtime.node_ids) and "mobilenetv2" in out
+    r.close()
