@@ -151,7 +151,7 @@ class LocalRuntime:
                 if not missing and dispatcher_up:
                     return
                 for rec in self.state.processes:
-                    if not _alive(rec.pid):
+                    if not process_alive(rec.pid):
                         raise RuntimeUnavailable(
                             f"{rec.name} exited during start-up; its log ends:\n{_tail(rec.log)}")
                 if time.monotonic() > deadline:
@@ -205,9 +205,9 @@ def stop_processes(state: RuntimeState, grace_s: float) -> None:
             _signal(rec.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         for rec in group:
-            while _alive(rec.pid) and time.monotonic() < deadline:
+            while process_alive(rec.pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if _alive(rec.pid):
+            if process_alive(rec.pid):
                 log.warning("%s did not stop in %.0f s; killing it", rec.name, grace_s)
                 _signal(rec.pid, signal.SIGKILL)
         for rec in group:
@@ -237,7 +237,8 @@ def _reap(pid: int) -> None:
         pass
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as gone; our own children are reaped)."""
     _reap(pid)
     try:
         os.kill(pid, 0)

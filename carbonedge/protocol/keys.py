@@ -52,8 +52,3 @@ def node_queue(node_id: str) -> str:
 def input_key(request_id: str) -> str:
     """Where a large request input waits for its agent (the request says ``input_ref``)."""
     return f"{PREFIX}:input:{request_id}"
-
-
-def node_id_from_key(key: str) -> str:
-    """Inverse of :func:`node_key`."""
-    return key[len(f"{PREFIX}:node:"):]

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from carbonedge.broker.client import Client
-from carbonedge.compose.local_runner import LocalRuntime
+from carbonedge.compose.local_runner import LocalRuntime, process_alive
 from carbonedge.errors import NoNodeAvailable, ResultTimeout
 from tests.integration.conftest import live_nodes
 
@@ -67,23 +67,10 @@ def test_no_dispatcher_times_out_with_a_diagnosis(small_runtime: LocalRuntime) -
     try:
         dispatcher = _pid(small_runtime, "dispatcher")
         os.kill(dispatcher, signal.SIGTERM)
-        _wait_until(lambda: not small_runtime.state.processes or _gone(dispatcher), 15)
+        _wait_until(lambda: not process_alive(dispatcher), 15)
         start = time.monotonic()
         with pytest.raises(ResultTimeout, match="no dispatcher is running"):
             client.ping().result(2.0)
         assert time.monotonic() - start < 5
     finally:
         client.close()
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().split(") ", 1)[1][0] == "Z"
