@@ -26,6 +26,7 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     compose_file: str = ""
     run_dir: str = ".carbonedge"
+    cgroup_parent: str = "carbonedge"
     model_dir: str = ""
     heartbeat_interval_s: float = 1.0
     heartbeat_missed_beats: int = 3

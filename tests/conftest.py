@@ -15,6 +15,8 @@ DEFAULT_RUNTIME_URL = f"{TEST_REDIS}/15"
 """Database of the session-wide default topology."""
 SMALL_RUNTIME_URL = f"{TEST_REDIS}/14"
 """Database of the per-test small topologies (they kill agents)."""
+CGROUP_PARENT = os.environ.get("CARBONEDGE_CGROUP_PARENT", "carbonedge")
+"""Parent cgroup of test runtimes: two test sessions on one host each need their own."""
 
 
 def _redis_or_fail(url: str = TEST_REDIS_URL) -> redis.Redis:

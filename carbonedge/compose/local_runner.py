@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from carbonedge.compose.cgroups import NodeCgroup, cgroups_available
+from carbonedge.compose.cgroups import DEFAULT_PARENT, NodeCgroup, cgroups_available
 from carbonedge.compose.redis_server import ensure_redis, stop_pid
 from carbonedge.compose.topology import Topology
 from carbonedge.errors import CarbonEdgeError, RuntimeUnavailable
@@ -99,7 +99,7 @@ class LocalRuntime:
             owned = ensure_redis(self.settings.redis_url, self.run_dir)
             self.state.redis_pid = owned.pid if owned else None
             self._clear_stale_telemetry()
-            ok, why = cgroups_available()
+            ok, why = cgroups_available(self.settings.cgroup_parent)
             self.state.constrained = ok
             if not ok:
                 log.warning("cannot create cgroups (%s): agents run WITHOUT CPU or memory limits",
@@ -117,7 +117,8 @@ class LocalRuntime:
         spec = self.topology.node(node_id)
         cgroup = None
         if self.state.constrained:
-            cgroup = NodeCgroup.create(node_id, spec.cpus, spec.mem_limit_bytes)
+            cgroup = NodeCgroup.create(node_id, spec.cpus, spec.mem_limit_bytes,
+                                       self.settings.cgroup_parent)
         args = ["agent", "--node", node_id, "--compose", str(self.topology.source)]
         for name in self.preload:
             args += ["--preload", name]
@@ -136,7 +137,7 @@ class LocalRuntime:
             )
         self.state.processes.append(
             ProcessRecord(name=name, pid=proc.pid, log=str(log_path),
-                          cgroup=cgroup.name if cgroup else None))
+                          cgroup=f"{cgroup.parent}/{cgroup.name}" if cgroup else None))
         log.info("started %s (pid %d%s)", name, proc.pid,
                  f", cgroup {cgroup.name}" if cgroup else ", unconstrained")
 
@@ -214,7 +215,8 @@ def stop_processes(state: RuntimeState, grace_s: float) -> None:
             _reap(rec.pid)
             if rec.cgroup:
                 try:
-                    NodeCgroup.attach(rec.cgroup).remove()
+                    parent, _, name = rec.cgroup.rpartition("/")
+                    NodeCgroup.attach(name, parent or DEFAULT_PARENT).remove()
                 except CarbonEdgeError as e:
                     log.warning("could not remove cgroup %s: %s", rec.cgroup, e)
     state.processes.clear()

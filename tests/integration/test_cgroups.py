@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -30,7 +31,7 @@ from carbonedge.node_agent.cgroup import (
 pytestmark = [pytest.mark.integration, pytest.mark.cgroups]
 
 MIB = 1 << 20
-TEST_PARENT = "carbonedge-test"
+TEST_PARENT = os.environ.get("CARBONEDGE_CGROUP_PARENT", "carbonedge") + "-test"
 
 # Busy-loops for the given wall time, then reports how it sees its own cgroup.
 BUSY_CHILD = textwrap.dedent("""

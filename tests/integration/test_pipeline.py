@@ -52,7 +52,7 @@ def test_each_agent_runs_inside_its_own_cgroup_with_the_declared_limits(
 ) -> None:
     assert default_runtime.state.constrained, "cgroups must be usable on the CI machine"
     for spec in default_runtime.topology.nodes:
-        cgroup = NodeCgroup.attach(spec.name)
+        cgroup = NodeCgroup.attach(spec.name, default_runtime.settings.cgroup_parent)
         limits = cgroup.limits()
         assert limits.cpus == pytest.approx(spec.cpus)
         assert limits.mem_limit_bytes == spec.mem_limit_bytes
