@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.compose.topology import load_topology
 from carbonedge.settings import Settings
 
-BENCH_REDIS_URL = "redis://127.0.0.1:6379/12"
+BENCH_REDIS_URL = os.environ.get("CARBONEDGE_BENCH_REDIS", "redis://127.0.0.1:6379/12")
 
 
 @contextmanager
