@@ -21,8 +21,17 @@ DECISIONS = f"{PREFIX}:decisions"
 CARBON_TOTALS = f"{PREFIX}:carbon_g"
 """Hash node id -> grams of CO2 of every task the node has finished (for status views)."""
 
+ENERGY_TOTALS = f"{PREFIX}:energy_kwh"
+"""Hash node id -> kWh of every task the node has finished."""
+
 LEDGER_STREAM = f"{PREFIX}:ledger"
 """Per-task energy rows written by agents, read by the carbon service."""
+
+LEDGER_GROUP = f"{PREFIX}:carbon"
+"""Consumer group of carbon services on :data:`LEDGER_STREAM`."""
+
+CARBON_WINDOWS = f"{PREFIX}:carbon:windows"
+"""Stream of the carbon service's reconciliation windows (host vs attributed energy)."""
 
 DEAD_LETTER_STREAM = f"{PREFIX}:deadletter"
 """Messages that could not be delivered or decoded, with the reason."""
