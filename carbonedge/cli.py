@@ -35,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--node", required=True, help="node id (a node class, or class-N)")
     agent.add_argument("--preload", action="append", default=[], metavar="MODEL")
     agent.add_argument("--events", action="store_true", help="send Celery task events (Flower)")
+    agent.add_argument("--instance", metavar="SUFFIX|hostname",
+                       help="run as <node>-SUFFIX (`hostname`: the container id, for "
+                            "`docker compose up --scale`); settings stay the node class's")
+    agent.add_argument("--check", action="store_true",
+                       help="health check: exit 0 if this node's heartbeat is fresh, else 1")
 
     sub.add_parser("dispatcher", help="run the asyncio dispatcher")
 
@@ -103,15 +108,37 @@ def _down(args: argparse.Namespace, settings: Settings) -> int:
 def _agent(args: argparse.Namespace, settings: Settings) -> int:
     from carbonedge.compose.topology import load_topology
     from carbonedge.node_agent.config import AgentConfig
+    from carbonedge.node_agent.health import instance_node_id
+
+    node_id = instance_node_id(args.node, args.instance)
+    if args.check:
+        return _agent_check(node_id, settings)
     from carbonedge.node_agent.worker import run_agent
 
     spec = load_topology(settings.compose_file or None).node(args.node)
-    config = AgentConfig(node_id=args.node, cpu_quota=spec.cpus,
+    config = AgentConfig(node_id=node_id, cpu_quota=spec.cpus,
                          mem_limit_bytes=spec.mem_limit_bytes,
                          carbon_intensity=spec.carbon_intensity, pue=spec.pue,
                          intensity_source=spec.intensity_source)
     run_agent(config, settings, preload=tuple(args.preload), events=args.events)
     return 0
+
+
+def _agent_check(node_id: str, settings: Settings) -> int:
+    import redis
+
+    from carbonedge.node_agent.health import check_heartbeat
+
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    try:
+        health = check_heartbeat(client, node_id, settings.heartbeat_ttl_s)
+    except redis.RedisError as e:
+        print(f"unhealthy: no Redis at {settings.redis_url}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    print(health.detail, file=sys.stdout if health.healthy else sys.stderr)
+    return 0 if health.healthy else 1
 
 
 def _dispatcher(args: argparse.Namespace, settings: Settings) -> int:
