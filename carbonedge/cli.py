@@ -41,7 +41,16 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--check", action="store_true",
                        help="health check: exit 0 if this node's heartbeat is fresh, else 1")
 
-    sub.add_parser("dispatcher", help="run the asyncio dispatcher")
+    dispatcher = sub.add_parser("dispatcher", help="run the asyncio dispatcher")
+    _metrics_options(dispatcher, "also export Prometheus metrics on this port")
+
+    exporter = sub.add_parser("metrics", help="export Prometheus metrics of the Redis state")
+    _metrics_options(exporter, "port of /metrics", default=9808)
+
+    flower = sub.add_parser("flower", help="Flower (Celery monitor), basic auth required")
+    flower.add_argument("--port", type=int, default=5555)
+    flower.add_argument("--address", default="127.0.0.1",
+                        help="bind address (default loopback only)")
 
     status = sub.add_parser("status", help="a table of nodes: telemetry, queues, carbon so far")
     status.add_argument("--watch", type=float, metavar="SECONDS",
@@ -53,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--mono-node", default="node-medium",
                       help="node of the monolithic baseline (the paper's average scenario)")
     return p
+
+
+def _metrics_options(sp: argparse.ArgumentParser, port_help: str,
+                     default: int | None = None) -> None:
+    sp.add_argument("--metrics-port", type=int, default=default, help=port_help)
+    sp.add_argument("--metrics-address", default="127.0.0.1",
+                    help="bind address of /metrics (default loopback only)")
 
 
 def _stop_on_sigterm() -> None:
@@ -142,10 +158,33 @@ def _agent_check(node_id: str, settings: Settings) -> int:
 
 
 def _dispatcher(args: argparse.Namespace, settings: Settings) -> int:
-    from carbonedge.broker.dispatcher import run_dispatcher
+    from carbonedge.broker.dispatcher import Dispatcher, run_dispatcher
 
-    run_dispatcher(settings)
+    setup = None
+    if args.metrics_port is not None:
+        from carbonedge.broker.metrics import DecisionLatency, serve_metrics
+
+        registry = serve_metrics(settings.redis_url, args.metrics_port, args.metrics_address)
+        latency = DecisionLatency(registry)
+
+        def setup(dispatcher: Dispatcher) -> None:
+            dispatcher.on_decision = latency.observe
+
+    run_dispatcher(settings, setup)
     return 0
+
+
+def _metrics(args: argparse.Namespace, settings: Settings) -> int:
+    from carbonedge.broker.metrics import run_exporter
+
+    run_exporter(settings.redis_url, args.metrics_port, args.metrics_address)
+    return 0
+
+
+def _flower(args: argparse.Namespace, settings: Settings) -> int:
+    from carbonedge.broker.flower import run_flower
+
+    return run_flower(settings, address=args.address, port=args.port)
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
@@ -189,6 +228,7 @@ def _parse_scale(items: list[str]) -> dict[str, int]:
 
 
 _COMMANDS = {"up": _up, "down": _down, "agent": _agent, "dispatcher": _dispatcher,
+             "metrics": _metrics, "flower": _flower,
              "status": _status, "demo": _demo}
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ class Settings:
     input_ttl_s: int = 3600
     host_cpu_watts: float = 0.0
     log_level: str = "INFO"
+    flower_basic_auth: str = ""
+    """``user:password`` that `carbonedge flower` requires (it refuses to run without)."""
 
     @property
     def heartbeat_ttl_s(self) -> float:

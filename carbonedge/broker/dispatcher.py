@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +73,8 @@ class Dispatcher:
         self._bad_heartbeats: set[str] = set()
         self.dispatched = 0
         self.rejected = 0
+        self.on_decision: Callable[[str, float], None] | None = None
+        """Called with (mode, seconds) after each decision (the metrics histogram)."""
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -157,8 +159,11 @@ class Dispatcher:
                              max_bytes=self.settings.max_payload_bytes)
             req_id = request.get("id") if isinstance(request.get("id"), str) else None
             validate_request(request)
+            started = time.perf_counter()
             decision = self._decide(request)
             mode = str(request.get("mode") or self.settings.default_mode).lower()
+            if self.on_decision is not None:
+                self.on_decision(mode, time.perf_counter() - started)
             request.update(node=decision.node_id, dispatched_at=time.time(),
                            decision=decision.to_wire(
                                explain=decision.candidates <= self.settings.explain_max_nodes),
@@ -298,7 +303,8 @@ class Dispatcher:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
 
 
-def run_dispatcher(settings: Settings) -> None:
+def run_dispatcher(settings: Settings,
+                   setup: Callable[[Dispatcher], None] | None = None) -> None:
     """Run one dispatcher until SIGINT/SIGTERM."""
     import signal
 
@@ -308,6 +314,8 @@ def run_dispatcher(settings: Settings) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         dispatcher = Dispatcher(settings)
+        if setup is not None:  # e.g. metrics hooks
+            setup(dispatcher)
         log.info("dispatcher %s reading %s", dispatcher.name, keys.REQUEST_STREAM)
         await dispatcher.run(stop)
 

@@ -71,11 +71,14 @@ class LocalRuntime:
         scale: dict[str, int] | None = None,
         preload: tuple[str, ...] = (),
         run_dir: str | Path | None = None,
+        dispatcher_args: tuple[str, ...] = (),
     ) -> None:
         self.topology = topology
         self.settings = settings
         self.scale = scale or {}
         self.preload = preload
+        self.dispatcher_args = dispatcher_args
+        """Extra `carbonedge dispatcher` options, e.g. ``("--metrics-port", "9808")``."""
         self.run_dir = Path(run_dir or settings.run_dir).resolve()
         self.state = RuntimeState(redis_url=settings.redis_url)
         unknown = set(self.scale) - set(topology.names)
@@ -104,7 +107,7 @@ class LocalRuntime:
             if not ok:
                 log.warning("cannot create cgroups (%s): agents run WITHOUT CPU or memory limits",
                             why)
-            self._start("dispatcher", ["dispatcher"], None)
+            self._start("dispatcher", ["dispatcher", *self.dispatcher_args], None)
             for node_id in self.node_ids:
                 self._start_agent(node_id)
             self.state.save(state_path)

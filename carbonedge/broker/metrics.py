@@ -1,0 +1,146 @@
+"""Prometheus metrics: CarbonEdge's state in Redis, read at scrape time, plus the dispatcher's
+own decision latency.
+
+:class:`RedisStateCollector` reads the same keys as `carbonedge status` on every scrape, so
+any process can export them (the dispatcher with ``--metrics-port``, or ``carbonedge
+metrics``); nothing is cached, and several exporters agree. The decision-latency histogram
+can only be observed inside a dispatcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from carbonedge.broker.status import collect_status
+from carbonedge.protocol import keys
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ADDRESS = "127.0.0.1"
+"""Exporters bind to loopback unless told otherwise: the metrics name every node."""
+
+LATENCY_BUCKETS = (5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 0.1)
+
+
+class RedisStateCollector(Collector):
+    """Per-node queues, decisions, energy, carbon and telemetry, read from Redis per scrape."""
+
+    def __init__(self, redis_url: str) -> None:
+        self._client = redis.Redis.from_url(redis_url, socket_timeout=5)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def collect(self) -> Iterator[Any]:
+        up = GaugeMetricFamily("ce_redis_up", "1 when the exporter could read CarbonEdge's Redis")
+        try:
+            families = self._read()
+        except redis.RedisError as e:
+            log.warning("metrics: cannot read Redis: %s", e)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _read(self) -> list[Any]:
+        rows = collect_status(self._client)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hgetall(keys.DECISIONS)
+        pipe.hgetall(keys.ENERGY_TOTALS)
+        pipe.xlen(keys.REQUEST_STREAM)
+        pipe.xlen(keys.DEAD_LETTER_STREAM)
+        pipe.xlen(keys.CARBON_WINDOWS)
+        pipe.xrevrange(keys.CARBON_WINDOWS, count=1)
+        decisions, energy, pending, dead, n_windows, last_window = pipe.execute()
+
+        def gauge(name: str, doc: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=["node"])
+
+        queue = gauge("ce_node_queue_length", "Tasks waiting in the node's own Celery queue")
+        in_flight = gauge("ce_node_in_flight", "Requests dispatched to the node, not finished")
+        alive = gauge("ce_node_alive", "1 while the node's heartbeat is fresh (it is scheduled)")
+        intensity = gauge("ce_node_carbon_intensity_g_per_kwh",
+                          "Grid carbon intensity the node reports (gCO2/kWh)")
+        power = gauge("ce_node_power_watts", "Node's average power over its last interval")
+        util = gauge("ce_node_cpu_utilisation", "Share of the node's CPU quota in use")
+        carbon = CounterMetricFamily("ce_node_carbon_grams", "gCO2 of the node's finished tasks",
+                                     labels=["node"])
+        kwh = CounterMetricFamily("ce_node_energy_kwh", "kWh of the node's finished tasks",
+                                  labels=["node"])
+        for row in rows:
+            queue.add_metric([row.node_id], row.queue_len)
+            in_flight.add_metric([row.node_id], row.in_flight)
+            alive.add_metric([row.node_id], 1 if row.alive else 0)
+            carbon.add_metric([row.node_id], row.carbon_g)
+            if row.heartbeat is not None:
+                intensity.add_metric([row.node_id], row.heartbeat.carbon_intensity)
+                power.add_metric([row.node_id], row.heartbeat.power_w)
+                util.add_metric([row.node_id], row.heartbeat.cpu_util)
+        for node, value in sorted(energy.items()):
+            kwh.add_metric([node.decode()], float(value))
+
+        decided = CounterMetricFamily("ce_decisions", "Scheduling decisions per node and mode",
+                                      labels=["node", "mode"])
+        for field, count in sorted(decisions.items()):
+            node, _, mode = field.decode().partition("|")
+            decided.add_metric([node, mode], int(count))
+
+        waiting = GaugeMetricFamily("ce_requests_waiting",
+                                    "Requests in the stream not yet read by a dispatcher")
+        waiting.add_metric([], pending)
+        dead_letters = GaugeMetricFamily("ce_dead_letters", "Entries in the dead-letter stream")
+        dead_letters.add_metric([], dead)
+        windows = GaugeMetricFamily("ce_carbon_windows",
+                                    "Reconciliation windows the carbon service has written")
+        windows.add_metric([], n_windows)
+        latest = GaugeMetricFamily("ce_carbon_window_latest",
+                                   "Numeric fields of the latest reconciliation window",
+                                   labels=["field"])
+        for _, fields in last_window:
+            for name, raw in sorted(fields.items()):
+                try:
+                    latest.add_metric([name.decode()], float(raw))
+                except ValueError:
+                    continue  # text fields (node names, sources) are not samples
+        return [queue, in_flight, alive, intensity, power, util, carbon, kwh, decided,
+                waiting, dead_letters, windows, latest]
+
+
+class DecisionLatency:
+    """The dispatcher's time to score and pick a node, per mode (a Prometheus histogram)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.histogram = Histogram("ce_decision_latency_seconds",
+                                   "Time to validate, score and select a node for one request",
+                                   labelnames=["mode"], buckets=LATENCY_BUCKETS,
+                                   registry=registry)
+
+    def observe(self, mode: str, seconds: float) -> None:
+        self.histogram.labels(mode=mode).observe(seconds)
+
+
+def serve_metrics(redis_url: str, port: int, address: str = DEFAULT_ADDRESS,
+                  *, registry: CollectorRegistry | None = None) -> CollectorRegistry:
+    """Start an HTTP exporter (a daemon thread) of the Redis state; returns its registry."""
+    registry = registry or CollectorRegistry()
+    registry.register(RedisStateCollector(redis_url))
+    start_http_server(port, addr=address, registry=registry)
+    log.info("metrics on http://%s:%d/metrics", address, port)
+    return registry
+
+
+def run_exporter(redis_url: str, port: int, address: str = DEFAULT_ADDRESS) -> None:
+    """Export the Redis state until interrupted (``carbonedge metrics``)."""
+    serve_metrics(redis_url, port, address)
+    while True:
+        time.sleep(3600)
