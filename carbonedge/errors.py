@@ -91,6 +91,21 @@ class RuntimeUnavailable(CarbonEdgeError):
     code = "runtime_unavailable"
 
 
+class IntensityUnavailable(CarbonEdgeError):
+    """A live carbon-intensity source did not answer with a usable value.
+
+    ``reason`` is a short phrase ("timed out", "HTTP 500", "malformed JSON", ...) that
+    names the kind of failure, for logs and for a fallback reading's ``source``.
+    """
+
+    code = "intensity_unavailable"
+
+    def __init__(self, message: str, *, field: str | None = None,
+                 reason: str = "unavailable") -> None:
+        super().__init__(message, field=field)
+        self.reason = reason
+
+
 _BY_CODE: dict[str, type[CarbonEdgeError]] = {}
 
 

@@ -31,6 +31,8 @@ Shipped providers:
     ``["data"][code]["emission_factor"]`` (CO2 only, MEE/NBS);
   - SWE/NOR/FIN: ``data/private_infra/nordic_emissions.json`` →
     ``["data"][zone]["emission_factor"]``.
+- ``electricitymaps`` and ``watttime``: live APIs behind a cache (``carbon/live.py``);
+  ``fallback``: a chain of providers ending in one that cannot fail (``carbon/fallback.py``).
 """
 
 from __future__ import annotations
@@ -422,3 +424,9 @@ def _codecarbon(spec: Mapping[str, Any]) -> StaticProvider:
         source = f"codecarbon:{country}/{name}"
     log.debug("%s: %.1f gCO2eq/kWh from CodeCarbon data in %s", source, value, folder)
     return StaticProvider(_intensity(value, source), source)
+
+
+# The live providers (electricitymaps, watttime) and the fallback chain register themselves
+# in PROVIDERS on import; they live in their own modules, imported last to avoid a cycle.
+from carbonedge.carbon import fallback as _fallback_providers  # noqa: E402,F401
+from carbonedge.carbon import live as _live_providers  # noqa: E402,F401
