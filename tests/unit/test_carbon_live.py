@@ -25,12 +25,12 @@ from carbonedge.carbon.live import (
     watttime_provider,
 )
 from carbonedge.carbon.units import CarbonIntensity
-from carbonedge.errors import ConfigError, IntensityUnavailable, from_wire
+from carbonedge.errors import ConfigError, IntensityUnavailable, InvalidRequest, from_wire
 
 NOW = datetime(2026, 11, 27, 16, 0, tzinfo=UTC)
 EM_TOKEN = "em-secret-token"
 WT_USER, WT_PASSWORD = "edge-user", "wt-secret-password"
-TIMEOUT = 0.2  # client timeout in these tests; the slow server sleeps far longer
+TIMEOUT = 0.5  # client timeout: short, yet ample for a local answer on a loaded machine
 SLOW_S = 3.0
 
 
@@ -540,3 +540,17 @@ def test_building_a_live_provider_does_not_touch_the_network(api: FakeApi) -> No
     create_provider(_em_spec(api))
     create_provider(_wt_spec(api))
     assert sum(api.hits.values()) == 0
+
+
+def test_fallback_may_end_in_a_trace_and_does_not_swallow_bad_input(api: FakeApi) -> None:
+    api.mode = "500"
+    provider = create_provider({
+        "provider": "fallback",
+        "chain": [_em_spec(api), {"provider": "trace", "file": "GB_2023_week23",
+                                  "start": "2024-01-01T00:00:00Z"}],
+    })
+    reading = provider.intensity_at(NOW)
+    assert reading.source == "trace:GB_2023_week23 (fallback: electricitymaps:FR HTTP 500)"
+    assert reading.trace_time is not None
+    with pytest.raises(InvalidRequest, match="timezone-aware"):
+        provider.intensity_at(datetime(2026, 11, 27, 16, 0))  # naive: refused, not a fallback
