@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from carbonedge.errors import CarbonEdgeError, RuntimeUnavailable
 from carbonedge.settings import Settings
@@ -29,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--preload", action="append", default=[], metavar="MODEL",
                     help="load a model in every agent before it takes work")
     up.add_argument("--wait", type=float, default=180.0, help="seconds to wait for readiness")
+    up.add_argument("--runtime", choices=("local", "docker"), default="local",
+                    help="local: processes in cgroups (default); docker: containers via the "
+                         "Docker SDK with nano_cpus and mem_limit")
+    up.add_argument("--image", default="carbonedge:latest", help="image of --runtime docker")
     sub.add_parser("down", help="stop what `carbonedge up` started")
 
     agent = with_compose(sub.add_parser("agent", help="run one node agent (a Celery worker)"))
@@ -51,6 +56,15 @@ def _parser() -> argparse.ArgumentParser:
     flower.add_argument("--port", type=int, default=5555)
     flower.add_argument("--address", default="127.0.0.1",
                         help="bind address (default loopback only)")
+
+    carbon = sub.add_parser("carbon", help="the carbon service: host CodeCarbon tracker, "
+                            "ledger, per-window reconciliation, emissions CSV")
+    carbon.add_argument("--csv", help="emissions CSV (default <run_dir>/emissions.csv)")
+    carbon.add_argument("--window", type=float, help="reconciliation window, seconds")
+    carbon.add_argument("--apportioning", choices=("usage", "quota"),
+                        help="share host CPU power by measured CPU time or by quota")
+    report = sub.add_parser("report", help="summarise an emissions CSV")
+    report.add_argument("csv", nargs="?", help="emissions CSV (default <run_dir>/emissions.csv)")
 
     status = sub.add_parser("status", help="a table of nodes: telemetry, queues, carbon so far")
     status.add_argument("--watch", type=float, metavar="SECONDS",
@@ -104,6 +118,16 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     from carbonedge.compose.local_runner import LocalRuntime
     from carbonedge.compose.topology import load_topology
 
+    if args.runtime == "docker":
+        from carbonedge.compose.docker_runner import DockerRuntime
+
+        containers = DockerRuntime(load_topology(settings.compose_file or None), settings,
+                                   scale=_parse_scale(args.scale), preload=tuple(args.preload),
+                                   image=args.image)
+        containers.up(wait_s=args.wait)
+        print(f"up in containers ({args.image}): {', '.join(containers.node_ids)} and a "
+              f"dispatcher on {settings.redis_url}; stop with `carbonedge down`")
+        return 0
     runtime = LocalRuntime(load_topology(settings.compose_file or None), settings,
                            scale=_parse_scale(args.scale), preload=tuple(args.preload))
     runtime.up(wait_s=args.wait)
@@ -117,6 +141,10 @@ def _down(args: argparse.Namespace, settings: Settings) -> int:
     from carbonedge.compose.local_runner import LocalRuntime
 
     state = LocalRuntime.down_recorded(settings.run_dir)
+    if (Path(settings.run_dir) / "docker-state.json").exists():
+        from carbonedge.compose.docker_runner import DockerRuntime
+
+        state = DockerRuntime.down_recorded(settings.run_dir) or state
     print("down" if state else f"nothing recorded in {settings.run_dir}: nothing to stop")
     return 0
 
@@ -134,8 +162,7 @@ def _agent(args: argparse.Namespace, settings: Settings) -> int:
     spec = load_topology(settings.compose_file or None).node(args.node)
     config = AgentConfig(node_id=node_id, cpu_quota=spec.cpus,
                          mem_limit_bytes=spec.mem_limit_bytes,
-                         carbon_intensity=spec.carbon_intensity, pue=spec.pue,
-                         intensity_source=spec.intensity_source)
+                         intensity=spec.intensity_provider(), pue=spec.pue)
     run_agent(config, settings, preload=tuple(args.preload), events=args.events)
     return 0
 
@@ -187,6 +214,25 @@ def _flower(args: argparse.Namespace, settings: Settings) -> int:
     return run_flower(settings, address=args.address, port=args.port)
 
 
+def _carbon(args: argparse.Namespace, settings: Settings) -> int:
+    from carbonedge.carbon.service import run_carbon_service
+
+    changes = {"carbon_csv": args.csv, "carbon_window_s": args.window,
+               "apportioning": args.apportioning}
+    run_carbon_service(settings.replace(**{k: v for k, v in changes.items() if v is not None}))
+    return 0
+
+
+def _report(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from carbonedge.carbon.report import format_report, summarise
+
+    path = args.csv or settings.carbon_csv or str(Path(settings.run_dir) / "emissions.csv")
+    print(format_report(summarise(path)))
+    return 0
+
+
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
@@ -228,7 +274,7 @@ def _parse_scale(items: list[str]) -> dict[str, int]:
 
 
 _COMMANDS = {"up": _up, "down": _down, "agent": _agent, "dispatcher": _dispatcher,
-             "metrics": _metrics, "flower": _flower,
+             "metrics": _metrics, "flower": _flower, "carbon": _carbon, "report": _report,
              "status": _status, "demo": _demo}
 
 if __name__ == "__main__":

@@ -41,9 +41,20 @@ class Settings:
     inline_input_max_bytes: int = 64 << 10
     input_ttl_s: int = 3600
     host_cpu_watts: float = 0.0
+    apportioning: str = "usage"
+    carbon_window_s: float = 10.0
+    carbon_sample_s: float = 1.0
+    carbon_csv: str = ""
+    host_country: str = "USA"
+    host_region: str = ""
     log_level: str = "INFO"
     flower_basic_auth: str = ""
     """``user:password`` that `carbonedge flower` requires (it refuses to run without)."""
+    recovery_interval_s: float = 0.5
+    """How often a dispatcher looks for dead nodes and dead dispatchers to recover from."""
+    max_attempts: int = 3
+    """Nodes a request may be dispatched to before it is answered with an error (each
+    one died while holding it)."""
 
     @property
     def heartbeat_ttl_s(self) -> float:
@@ -74,6 +85,16 @@ class Settings:
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(unknown)}; known: {sorted(known)}")
         return cls(**{name: _coerce(known[name], value) for name, value in values.items()})
+
+    def to_env(self) -> dict[str, str]:
+        """``CARBONEDGE_*`` variables that give a child process these settings (the
+        Redis URL always, other settings where they differ from the defaults)."""
+        defaults = type(self)()
+        return {
+            ENV_PREFIX + f.name.upper(): str(getattr(self, f.name))
+            for f in fields(self)
+            if f.name == "redis_url" or getattr(self, f.name) != getattr(defaults, f.name)
+        }
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some settings changed."""

@@ -72,6 +72,7 @@ class LocalRuntime:
         preload: tuple[str, ...] = (),
         run_dir: str | Path | None = None,
         dispatcher_args: tuple[str, ...] = (),
+        carbon_service: bool = False,
     ) -> None:
         self.topology = topology
         self.settings = settings
@@ -79,11 +80,19 @@ class LocalRuntime:
         self.preload = preload
         self.dispatcher_args = dispatcher_args
         """Extra `carbonedge dispatcher` options, e.g. ``("--metrics-port", "9808")``."""
+        self.carbon_service = carbon_service
+        """Also run `carbonedge carbon` (the host tracker, ledger and reconciliation)."""
         self.run_dir = Path(run_dir or settings.run_dir).resolve()
         self.state = RuntimeState(redis_url=settings.redis_url)
         unknown = set(self.scale) - set(topology.names)
         if unknown:
             topology.node(sorted(unknown)[0])  # raises UnknownNode listing the classes
+
+    @property
+    def emissions_csv(self) -> Path:
+        """Where the carbon service (if run) writes its emissions CSV."""
+        return Path(self.settings.carbon_csv) if self.settings.carbon_csv \
+            else self.run_dir / "emissions.csv"
 
     @property
     def node_ids(self) -> list[str]:
@@ -107,6 +116,8 @@ class LocalRuntime:
             if not ok:
                 log.warning("cannot create cgroups (%s): agents run WITHOUT CPU or memory limits",
                             why)
+            if self.carbon_service:
+                self._start("carbon", ["carbon", "--csv", str(self.emissions_csv)], None)
             self._start("dispatcher", ["dispatcher", *self.dispatcher_args], None)
             for node_id in self.node_ids:
                 self._start_agent(node_id)
@@ -129,8 +140,7 @@ class LocalRuntime:
 
     def _start(self, name: str, args: list[str], cgroup: NodeCgroup | None) -> None:
         log_path = self.run_dir / "logs" / f"{name}.log"
-        env = {**os.environ, "CARBONEDGE_REDIS_URL": self.settings.redis_url,
-               "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
         with log_path.open("ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "carbonedge.cli", *args],
@@ -152,6 +162,8 @@ class LocalRuntime:
             while True:
                 missing = [n for n in self.node_ids if not client.exists(keys.node_key(n))]
                 dispatcher_up = bool(client.hlen(keys.DISPATCHER_ALIVE))
+                if self.carbon_service and not client.exists(keys.HOST_POWER):
+                    missing.append("the carbon service")
                 if not missing and dispatcher_up:
                     return
                 for rec in self.state.processes:
@@ -202,8 +214,9 @@ class LocalRuntime:
 
 def stop_processes(state: RuntimeState, grace_s: float) -> None:
     """SIGTERM every recorded process (agents first), SIGKILL stragglers, clean up."""
-    agents = [p for p in state.processes if p.name != "dispatcher"]
-    others = [p for p in state.processes if p.name == "dispatcher"]
+    services = ("dispatcher", "carbon")  # after the agents: the ledger must be drained
+    agents = [p for p in state.processes if p.name not in services]
+    others = [p for p in state.processes if p.name in services]
     for group in (agents, others):
         for rec in group:
             _signal(rec.pid, signal.SIGTERM)

@@ -6,19 +6,26 @@ A node service has ``cpus``, ``mem_limit`` and an ``x-carbonedge`` block::
       cpus: 0.4
       mem_limit: 512m
       x-carbonedge: {role: node, carbon_intensity: 380, pue: 1.0}
+
+``carbon_intensity`` is a number (gCO2eq/kWh) or a provider mapping, e.g.
+``{provider: trace, file: GB_2023_week23, start: 2024-06-03T00:00:00Z, speedup: 60}``
+(see :mod:`carbonedge.carbon.intensity`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from carbonedge.errors import ConfigError, UnknownNode
+from carbonedge.carbon.intensity import IntensityProvider, create_provider
+from carbonedge.errors import CarbonEdgeError, ConfigError, UnknownNode
 from carbonedge.protocol.telemetry import valid_node_id
 
 COMPOSE_RELATIVE = Path("compose") / "docker-compose.yml"
@@ -33,10 +40,20 @@ class NodeSpec:
     name: str
     cpus: float
     mem_limit_bytes: int
-    carbon_intensity: float
+    intensity: Mapping[str, Any]
+    """The node's carbon-intensity provider spec (a plain number becomes ``static``)."""
     pue: float = 1.0
-    intensity_source: str = "static"
     replicas: int = 1
+
+    @property
+    def carbon_intensity(self) -> float:
+        """The declared intensity of a static node; NaN where a provider decides over time."""
+        if self.intensity.get("provider") == "static":
+            return float(self.intensity["value"])
+        return math.nan
+
+    def intensity_provider(self) -> IntensityProvider:
+        return create_provider(self.intensity)
 
     def node_ids(self, replicas: int | None = None) -> list[str]:
         """Ids of the agents of this class: the class name alone, or ``name-1..n``."""
@@ -120,6 +137,28 @@ def parse_bytes(value: Any, where: str) -> int:
     return size
 
 
+def _intensity_spec(value: Any, where: str) -> dict[str, Any]:
+    """A provider spec from ``carbon_intensity:`` (a number, or a provider mapping),
+    checked by building the provider once."""
+    if value is None:
+        raise ConfigError(f"{where}: x-carbonedge needs carbon_intensity", field="carbon_intensity")
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: carbon_intensity {value!r} is not a number or a provider")
+    spec: dict[str, Any] = (dict(value) if isinstance(value, Mapping)
+                            else {"provider": "static", "value": value})
+    if "provider" not in spec and "value" in spec:
+        spec["provider"] = "static"
+    try:
+        create_provider(spec)
+    except CarbonEdgeError as e:
+        if (e.field or "").endswith("_env"):
+            # a credential comes from the agent's environment: the process reading the
+            # topology (CLI, dispatcher) need not hold it; the agent fails clearly if unset
+            return spec
+        raise ConfigError(f"{where}: carbon_intensity: {e.message}", field="carbon_intensity") from e
+    return spec
+
+
 def _node_spec(name: str, svc: dict[str, Any], source: Path) -> NodeSpec:
     where = f"{source}: service {name}"
     if not valid_node_id(name):
@@ -133,24 +172,19 @@ def _node_spec(name: str, svc: dict[str, Any], source: Path) -> NodeSpec:
         raise ConfigError(f"{where}: a node needs cpus > 0")
     if "mem_limit" not in svc:
         raise ConfigError(f"{where}: a node needs mem_limit")
-    intensity = ext.get("carbon_intensity")
-    if isinstance(intensity, dict):
-        if intensity.get("provider", "static") != "static":
-            raise ConfigError(f"{where}: only static carbon intensity is supported here")
-        intensity = intensity.get("value")
+    intensity = _intensity_spec(ext.get("carbon_intensity"), where)
     try:
-        ci = float(intensity)
         pue = float(ext.get("pue", 1.0))
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: carbon_intensity and pue must be numbers") from e
-    if ci < 0 or pue < 1.0:
-        raise ConfigError(f"{where}: carbon_intensity must be >= 0 and pue >= 1.0")
+        raise ConfigError(f"{where}: pue must be a number") from e
+    if not pue >= 1.0:
+        raise ConfigError(f"{where}: pue must be >= 1.0")
     replicas = int((svc.get("deploy") or {}).get("replicas", 1))
     return NodeSpec(
         name=name,
         cpus=cpus,
         mem_limit_bytes=parse_bytes(svc["mem_limit"], f"{where} mem_limit"),
-        carbon_intensity=ci,
+        intensity=intensity,
         pue=pue,
         replicas=max(replicas, 1),
     )

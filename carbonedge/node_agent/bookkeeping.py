@@ -8,6 +8,7 @@ import threading
 
 import redis
 
+from carbonedge.carbon.ledger import LEDGER_MAXLEN, LedgerRow
 from carbonedge.protocol import keys
 
 log = logging.getLogger(__name__)
@@ -17,27 +18,29 @@ class TaskBookkeeper:
     """Releases in-flight counts at once; the rest from a background thread.
 
     The count must drop before the result is published (a producer's next request is
-    scheduled from it). Deleting the consumed input and adding the task's carbon to the
-    node's total can wait, and work queued meanwhile shares one pipeline.
+    scheduled from it). Deleting the consumed input, appending the task's ledger row and
+    adding its energy and carbon to the node's totals can wait, and work queued meanwhile
+    shares one pipeline.
     """
 
     def __init__(self, client: redis.Redis, node_id: str) -> None:
         self._client = client
         self._node_id = node_id
-        self._later: queue.SimpleQueue[tuple[str | None, float] | None] = queue.SimpleQueue()
+        self._later: queue.SimpleQueue[tuple[str | None, LedgerRow | None] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ce-bookkeeping", daemon=True)
         self._thread.start()
 
-    def task_done(self, *, counted: bool, input_key: str | None, carbon_g: float = 0.0) -> None:
+    def task_done(self, *, counted: bool, input_key: str | None,
+                  ledger: LedgerRow | None = None) -> None:
         """After a task: release its in-flight count (if the dispatcher counted it) at once;
-        delete its input and count its carbon in the background."""
+        delete its input and record its ledger row in the background."""
         if counted:
             try:
                 self._client.hincrby(keys.IN_FLIGHT, self._node_id, -1)
             except redis.RedisError as e:
                 log.warning("could not release an in-flight count: %s", e)
-        if input_key or carbon_g > 0:
-            self._later.put((input_key, carbon_g))
+        if input_key or ledger is not None:
+            self._later.put((input_key, ledger))
 
     def close(self) -> None:
         self._later.put(None)
@@ -57,16 +60,22 @@ class TaskBookkeeper:
                 batch.append(more)
             self._flush(batch)
 
-    def _flush(self, batch: list[tuple[str | None, float]]) -> None:
+    def _flush(self, batch: list[tuple[str | None, LedgerRow | None]]) -> None:
         inputs = [key for key, _ in batch if key]
-        carbon = sum(grams for _, grams in batch)
+        rows = [row for _, row in batch if row is not None]
         try:
             pipe = self._client.pipeline(transaction=False)
             if inputs:
                 pipe.delete(*inputs)
-            if carbon > 0:
+            for row in rows:
+                pipe.xadd(keys.LEDGER_STREAM, row.to_fields(),  # type: ignore[arg-type]
+                          maxlen=LEDGER_MAXLEN, approximate=True)
+            carbon = sum(row.carbon_g for row in rows)
+            energy = sum(row.energy_kwh for row in rows)
+            if rows:
                 pipe.hincrbyfloat(keys.CARBON_TOTALS, self._node_id, carbon)
+                pipe.hincrbyfloat(keys.ENERGY_TOTALS, self._node_id, energy)
             pipe.execute()
         except redis.RedisError as e:
-            log.warning("post-task bookkeeping failed (%d inputs, %.3g g): %s",
-                        len(inputs), carbon, e)
+            log.warning("post-task bookkeeping failed (%d inputs, %d ledger rows): %s",
+                        len(inputs), len(rows), e)

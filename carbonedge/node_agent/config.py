@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from carbonedge.carbon.intensity import IntensityProvider, StaticProvider
+from carbonedge.carbon.units import CarbonIntensity
+
 
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
@@ -12,7 +15,11 @@ class AgentConfig:
     node_id: str
     cpu_quota: float
     mem_limit_bytes: int
-    carbon_intensity: float
+    intensity: IntensityProvider
     pue: float = 1.0
-    intensity_source: str = "static"
     stats_window: int = 15
+
+
+def static_intensity(g_per_kwh: float) -> IntensityProvider:
+    """A fixed carbon intensity, for nodes declared with a plain number."""
+    return StaticProvider(CarbonIntensity.from_g_per_kwh(g_per_kwh))

@@ -11,6 +11,7 @@ import redis
 from carbonedge.carbon.power import PowerModel
 from carbonedge.node_agent.cgroup import CgroupAccounting
 from carbonedge.node_agent.config import AgentConfig
+from carbonedge.node_agent.energy import EnergyAccountant
 from carbonedge.node_agent.stats import ExecStats
 from carbonedge.protocol import keys
 from carbonedge.protocol.telemetry import Heartbeat
@@ -28,6 +29,7 @@ class HeartbeatPublisher:
         *,
         accounting: CgroupAccounting,
         power: PowerModel,
+        energy: EnergyAccountant,
         stats: ExecStats,
         interval_s: float,
         ttl_s: float,
@@ -36,6 +38,7 @@ class HeartbeatPublisher:
         self._client = client
         self._accounting = accounting
         self._power = power
+        self._energy = energy
         self._stats = stats
         self._interval = interval_s
         self._ttl_ms = max(int(ttl_s * 1000), 1)
@@ -55,6 +58,7 @@ class HeartbeatPublisher:
         background = max(cpu_delta - (task_cpu - self._last_task_cpu), 0.0)
         self._last_cpu, self._last_t, self._last_task_cpu = cpu, now, task_cpu
         mem_limit = self._accounting.memory_limit_bytes() or cfg.mem_limit_bytes
+        reading = self._energy.intensity()
         return Heartbeat(
             node_id=cfg.node_id,
             ts=time.time(),
@@ -65,13 +69,14 @@ class HeartbeatPublisher:
             background_util=min(background / wall / cfg.cpu_quota, 1.0),
             power_w=self._power.average_watts(cpu_delta, wall, mem_limit),
             active_power_w=self._power.active_watts(cfg.cpu_quota, mem_limit),
-            carbon_intensity=cfg.carbon_intensity,
+            carbon_intensity=reading.value.g_per_kwh,
             pue=cfg.pue,
             in_flight=self._stats.in_flight,
             tasks_done=self._stats.tasks_done,
-            intensity_source=cfg.intensity_source,
+            intensity_source=reading.source,
             cpu_source=self._accounting.source,
             exec_ms=self._stats.exec_ms(),
+            cpu_usage_s=cpu,
         )
 
     def beat(self) -> None:
@@ -82,7 +87,8 @@ class HeartbeatPublisher:
         pipe.hset(key, mapping=self.measure().to_fields())
         pipe.pexpire(key, self._ttl_ms)
         pipe.sadd(keys.NODES, self.config.node_id)
-        pipe.execute()
+        pipe.hgetall(keys.HOST_POWER)
+        self._energy.update_host(pipe.execute()[-1])
 
     def start(self) -> None:
         self.beat()

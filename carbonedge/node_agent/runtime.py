@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import redis
 
-from carbonedge.carbon.power import PowerModel, carbon_grams
 from carbonedge.errors import (
     CarbonEdgeError,
     InferenceFailed,
@@ -21,6 +21,7 @@ from carbonedge.errors import (
 from carbonedge.node_agent.bookkeeping import TaskBookkeeper
 from carbonedge.node_agent.cgroup import CgroupAccounting
 from carbonedge.node_agent.config import AgentConfig
+from carbonedge.node_agent.energy import EnergyAccountant, charge_fields, ledger_row
 from carbonedge.node_agent.model_cache import ModelCache
 from carbonedge.node_agent.stats import ExecStats
 from carbonedge.partitioner.models import INPUT_SHAPE, run_inference, top_k
@@ -50,7 +51,7 @@ class AgentRuntime:
         settings: Settings,
         *,
         accounting: CgroupAccounting,
-        power: PowerModel,
+        energy: EnergyAccountant,
         models: ModelCache,
         stats: ExecStats,
         bookkeeper: TaskBookkeeper,
@@ -59,7 +60,7 @@ class AgentRuntime:
         self.config = config
         self.settings = settings
         self.accounting = accounting
-        self.power = power
+        self.energy = energy
         self.models = models
         self.stats = stats
         self._bookkeeper = bookkeeper
@@ -73,49 +74,71 @@ class AgentRuntime:
         """Run one whole-model request; never raises, always returns a result map."""
         return self._guarded(payload, self._infer)
 
+    def infer_segment(
+        self, payload: Any, run: Callable[[dict[str, Any], float], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Run one segment of a partitioned request (``run`` does the work) under the same
+        accounting as :meth:`infer`; never raises. A segment's time is not a sample of the
+        model's service time."""
+        return self._guarded(payload, run, sample=False)
+
     def ping(self, payload: Any) -> dict[str, Any]:
         """Do no work: measures the dispatch path itself."""
         return self._guarded(payload, self._ping)
 
     # -- internals ---------------------------------------------------------------------
 
-    def _guarded(self, payload: Any, run: Any) -> dict[str, Any]:
+    def _guarded(self, payload: Any, run: Any, *, sample: bool = True) -> dict[str, Any]:
         started_at = time.time()
         cpu_at_start = self.accounting.cpu_usage_s()
         req_id = payload.get("id") if isinstance(payload, dict) else None
         req_id = req_id if isinstance(req_id, str) else "unknown"
         self.stats.started()
-        model_name: str | None = None
-        exec_ms: float | None = None
-        carbon_g = 0.0
+        result: dict[str, Any] | None = None
         try:
-            if not isinstance(payload, dict):
-                raise InvalidMessage(f"task payload must be a map, got {type(payload).__name__}")
-            check_version(payload)
-            result = run(payload, started_at)
-            model_name, carbon_g = result.get("model"), result["carbon_g"]
-            if model_name in self._warm:
-                exec_ms = self._service_ms(result["timings"])
-            elif model_name is not None:  # a first run allocates buffers: not a typical cost
-                self._warm.add(model_name)
-            return result
-        except CarbonEdgeError as e:
-            log.warning("request %s failed: %s", req_id, e)
-            return self._error(payload, req_id, e, started_at)
-        except Exception as e:  # a model crash must become an error result, not a dead worker
-            log.exception("request %s crashed", req_id)
-            return self._error(payload, req_id, InferenceFailed(f"{type(e).__name__}: {e}"), started_at)
+            try:
+                if not isinstance(payload, dict):
+                    raise InvalidMessage(
+                        f"task payload must be a map, got {type(payload).__name__}")
+                check_version(payload)
+                result = run(payload, started_at)
+            except CarbonEdgeError as e:
+                log.warning("request %s failed: %s", req_id, e)
+                result = self._error(payload, req_id, e, started_at)
+            except Exception as e:  # a model crash must become an error result, not a dead worker
+                log.exception("request %s crashed", req_id)
+                result = self._error(payload, req_id,
+                                     InferenceFailed(f"{type(e).__name__}: {e}"), started_at)
         finally:
-            # all of the task's CPU (input fetch and decode too): S_R's background
-            # utilisation is what is left when the tasks' share is taken away
-            self.stats.finished(model_name, exec_ms,
-                                max(self.accounting.cpu_usage_s() - cpu_at_start, 0.0))
-            if isinstance(payload, dict):
-                self._bookkeeper.task_done(
-                    counted=payload.get("counted") is True,
-                    input_key=keys.input_key(req_id) if payload.get("input_ref") is True else None,
-                    carbon_g=carbon_g,
-                )
+            self._account(payload, req_id, result, started_at, cpu_at_start, sample)
+        return result
+
+    def _account(self, payload: Any, req_id: str, result: dict[str, Any] | None,
+                 started_at: float, cpu_at_start: float, sample: bool = True) -> None:
+        """Charge the task's energy and carbon, update the node's stats, and do the
+        Redis bookkeeping (in-flight count, input deletion, ledger row)."""
+        # all of the task's CPU (input fetch and decode too): it is what the task cost, and
+        # S_R's background utilisation is what is left when the tasks' share is taken away
+        task_cpu = max(self.accounting.cpu_usage_s() - cpu_at_start, 0.0)
+        wall_s = max(time.time() - started_at, 0.0)
+        model_name, exec_ms, ledger = None, None, None
+        if result is not None:
+            charge = self.energy.charge(cpu_s=task_cpu, wall_s=wall_s)
+            result.update(charge_fields(charge))
+            if result.get("status") == "ok" and sample:
+                model_name = result.get("model")
+                if model_name in self._warm:
+                    exec_ms = self._service_ms(result["timings"])
+                elif model_name is not None:  # a first run allocates buffers: not typical
+                    self._warm.add(model_name)
+            ledger = ledger_row(result, charge, cpu_s=task_cpu, wall_s=wall_s)
+        self.stats.finished(model_name, exec_ms, task_cpu)
+        if isinstance(payload, dict):
+            self._bookkeeper.task_done(
+                counted=payload.get("counted") is True,
+                input_key=keys.input_key(req_id) if payload.get("input_ref") is True else None,
+                ledger=ledger,
+            )
 
     def _infer(self, payload: dict[str, Any], started_at: float) -> dict[str, Any]:
         name = require(payload, "model", str)
@@ -178,25 +201,16 @@ class AgentRuntime:
     def _ok(
         self, payload: dict[str, Any], started_at: float, exec_ms: float, cpu_s: float
     ) -> dict[str, Any]:
-        cfg = self.config
-        energy = self.power.task_energy_kwh(cpu_s, exec_ms / 1e3, cfg.mem_limit_bytes)
+        """A success result; energy and carbon are added once the whole task is measured."""
         return {
             "v": PROTOCOL_VERSION,
             "id": payload["id"],
             "status": "ok",
             "kind": payload.get("kind", "infer"),
-            "node": cfg.node_id,
+            "node": self.config.node_id,
             "model": payload.get("model"),
             "mode": payload.get("mode"),
             "timings": self._timings(payload, started_at, exec_ms, cpu_s),
-            "energy_kwh": energy,
-            "carbon_g": carbon_grams(energy, cfg.carbon_intensity, cfg.pue),
-            "intensity_g_per_kwh": cfg.carbon_intensity,
-            "intensity_source": cfg.intensity_source,
-            "pue": cfg.pue,
-            "power_source": self.power.source,
-            "apportioning": "cgroup-cpu-time" if self.accounting.source != "process"
-            else "process-cpu-time",
             "decision": payload.get("decision"),
         }
 

@@ -9,11 +9,14 @@ import socket
 import redis
 
 from carbonedge.broker.celery_app import make_celery_app
+from carbonedge.broker.recovery import release_previous_life
 from carbonedge.carbon.power import PowerModel
 from carbonedge.node_agent.bookkeeping import TaskBookkeeper
 from carbonedge.node_agent.cgroup import CgroupAccounting
 from carbonedge.node_agent.config import AgentConfig
 from carbonedge.node_agent.consumer import install_tolerant_queue_decoder
+from carbonedge.node_agent.energy import EnergyAccountant
+from carbonedge.node_agent.guard import DeliveryGuard
 from carbonedge.node_agent.heartbeat import HeartbeatPublisher
 from carbonedge.node_agent.model_cache import ModelCache
 from carbonedge.node_agent.runtime import AgentRuntime
@@ -50,15 +53,19 @@ def run_agent(
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
     models = ModelCache(settings.model_dir)
 
+    energy = EnergyAccountant(config, power, apportioning=settings.apportioning)
     bookkeeper = TaskBookkeeper(client, config.node_id)
-    runtime = AgentRuntime(config, settings, accounting=accounting, power=power, models=models,
+    runtime = AgentRuntime(config, settings, accounting=accounting, energy=energy, models=models,
                            stats=stats, bookkeeper=bookkeeper, redis_client=client)
     for name in preload:  # before the first heartbeat: no task is routed here until ready
         runtime.warm_up(name)
     install_tolerant_queue_decoder()
     app = make_celery_app(settings, worker_consumer="carbonedge.node_agent.consumer:AgentConsumer")
-    register_tasks(app, runtime)
+    guard = DeliveryGuard(client, config.node_id, expires_s=int(app.conf.result_expires or 3600),
+                          retry_for_s=settings.result_timeout_s)
+    register_tasks(app, runtime, guard)
     heartbeat = HeartbeatPublisher(config, client, accounting=accounting, power=power,
+                                   energy=energy,
                                    stats=stats, interval_s=settings.heartbeat_interval_s,
                                    ttl_s=settings.heartbeat_ttl_s)
     stats.on_first_sample = heartbeat.nudge
@@ -75,12 +82,16 @@ def run_agent(
         quiet=True,
         loglevel=settings.log_level,
     )
+    # What a previous life of this node was running (or had queued) is re-dispatched.
+    release_previous_life(client, config.node_id)
     # Whatever waits in our queue is our in-flight work; a previous life's count is not.
     client.hset(keys.IN_FLIGHT, config.node_id, client.llen(queue))
     heartbeat.start()
-    log.info("agent %s serving %s (cpu %.2f, mem %d MiB, %s g/kWh, accounting %s)",
-             config.node_id, queue, config.cpu_quota,
-             config.mem_limit_bytes >> 20, config.carbon_intensity, accounting.source)
+    reading = energy.intensity()
+    log.info("agent %s serving %s (cpu %.2f, mem %d MiB, %.0f g/kWh from %s, accounting %s, "
+             "apportioning %s)", config.node_id, queue, config.cpu_quota,
+             config.mem_limit_bytes >> 20, reading.value.g_per_kwh, reading.source,
+             accounting.source, energy.apportioning)
     try:
         worker.start()
     finally:

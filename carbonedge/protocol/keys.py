@@ -30,6 +30,9 @@ LEDGER_STREAM = f"{PREFIX}:ledger"
 LEDGER_GROUP = f"{PREFIX}:carbon"
 """Consumer group of carbon services on :data:`LEDGER_STREAM`."""
 
+HOST_POWER = f"{PREFIX}:carbon:host"
+"""Hash: the host's latest CPU power, idle power and busy CPUs, from the carbon service."""
+
 CARBON_WINDOWS = f"{PREFIX}:carbon:windows"
 """Stream of the carbon service's reconciliation windows (host vs attributed energy)."""
 
@@ -43,6 +46,9 @@ TASK_INFER = "carbonedge.infer"
 TASK_PING = "carbonedge.ping"
 TASK_BY_KIND = {"infer": TASK_INFER, "ping": TASK_PING}
 """Celery task name an agent runs for a whole-model request."""
+
+TASK_INFER_SEGMENT = "carbonedge.infer_segment"
+"""Celery task that runs one segment of a partitioned request and hands on to the next."""
 
 REQUEST_FIELD = "p"
 """The single stream-entry field that holds the msgpack request."""
@@ -61,3 +67,40 @@ def node_queue(node_id: str) -> str:
 def input_key(request_id: str) -> str:
     """Where a large request input waits for its agent (the request says ``input_ref``)."""
     return f"{PREFIX}:input:{request_id}"
+
+
+# -- delivery guarantees (see carbonedge.broker.recovery and carbonedge.broker.delivery) ----
+
+ATTEMPTS = f"{PREFIX}:attempts"
+"""Hash request id -> how many times it was re-dispatched after its node died."""
+
+RECOVERIES = f"{PREFIX}:recoveries"
+"""Stream of re-dispatches: which node died, when, and how many requests it held."""
+
+DELIVERY_STATS = f"{PREFIX}:delivery"
+"""Hash of counters: late results dropped, moved requests skipped, requests re-dispatched."""
+
+KOMBU_UNACKED = "unacked"
+KOMBU_UNACKED_INDEX = "unacked_index"
+"""kombu's Redis transport keeps delivered, unacknowledged messages here (its defaults)."""
+
+
+def assigned_key(node_id: str) -> str:
+    """Hash request id -> request bytes of every request dispatched to a node and not
+    yet answered: what is re-dispatched when the node dies."""
+    return f"{PREFIX}:assigned:{node_id}"
+
+
+def done_key(request_id: str) -> str:
+    """Set once, by the first result delivered for a request; later ones are dropped."""
+    return f"{PREFIX}:done:{request_id}"
+
+
+def block_profile_key(model: str, node_id: str) -> str:
+    """A node's profile of ``model``'s blocks (msgpack; written once per agent and model)."""
+    return f"{PREFIX}:blocks:{model}:{node_id}"
+
+
+def activation_key(request_id: str, segment: int) -> str:
+    """The activation segment ``segment`` of a partitioned request reads (raw msgpack bin)."""
+    return f"{PREFIX}:act:{request_id}:{segment}"

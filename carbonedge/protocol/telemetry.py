@@ -22,6 +22,7 @@ NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _FLOATS = ("ts", "cpu_quota", "cpu_util", "background_util", "power_w", "active_power_w",
            "carbon_intensity", "pue")
 _INTS = ("mem_limit_bytes", "mem_used_bytes", "in_flight", "tasks_done")
+_OPTIONAL_FLOATS = ("cpu_usage_s",)
 
 
 def valid_node_id(node_id: str) -> bool:
@@ -50,9 +51,11 @@ class Heartbeat:
     intensity_source: str = "static"
     cpu_source: str = "process"
     exec_ms: Mapping[str, float] = field(default_factory=dict)
+    cpu_usage_s: float = 0.0
+    """The node's cumulative CPU-seconds (its cgroup's counter): the carbon service's input."""
 
     def to_fields(self) -> dict[str, str]:
-        out = {name: repr(float(getattr(self, name))) for name in _FLOATS}
+        out = {name: repr(float(getattr(self, name))) for name in _FLOATS + _OPTIONAL_FLOATS}
         out.update({name: str(int(getattr(self, name))) for name in _INTS})
         out["node_id"] = self.node_id
         out["intensity_source"] = self.intensity_source
@@ -71,6 +74,9 @@ class Heartbeat:
             values[name] = _number(fields, name, float)
         for name in _INTS:
             values[name] = int(_number(fields, name, int))
+        for name in _OPTIONAL_FLOATS:
+            if name in fields:
+                values[name] = _number(fields, name, float)
         if values["ts"] > now + CLOCK_SKEW_S:
             raise InvalidMessage(
                 f"heartbeat of {node_id} is {values['ts'] - now:.1f} s in the future", field="ts"

@@ -68,3 +68,48 @@ def test_replicas_give_numbered_ids(tmp_path: Path) -> None:
                  "    x-carbonedge: {role: node, carbon_intensity: {provider: static, value: 50}}\n")
     spec = load_topology(f).node("g")
     assert spec.node_ids() == ["g-1", "g-2", "g-3"] and spec.carbon_intensity == 50
+
+
+def _one_node(tmp_path: Path, intensity: str) -> Path:
+    f = tmp_path / "c.yml"
+    f.write_text("services:\n  n1:\n    cpus: 1\n    mem_limit: 1g\n"
+                 f"    x-carbonedge:\n      role: node\n      carbon_intensity: {intensity}\n")
+    return f
+
+
+def test_a_node_may_take_its_intensity_from_a_provider(tmp_path: Path) -> None:
+    import math
+    from datetime import UTC, datetime
+
+    spec = load_topology(_one_node(
+        tmp_path, "{provider: trace, file: GB_2023_week23, start: '2024-01-01T00:00:00Z', "
+                  "speedup: 60}")).nodes[0]
+    assert spec.intensity["provider"] == "trace" and math.isnan(spec.carbon_intensity)
+    reading = spec.intensity_provider().intensity_at(datetime.now(UTC))
+    assert reading.source == "trace:GB_2023_week23" and reading.value.g_per_kwh > 0
+    static = load_topology(_one_node(tmp_path, "{value: 250}")).nodes[0]
+    assert static.intensity == {"provider": "static", "value": 250}
+    assert static.carbon_intensity == 250.0
+
+
+@pytest.mark.parametrize(("intensity", "match"), [
+    ("{provider: sunshine}", "sunshine"),
+    ("{provider: trace, file: nowhere}", "start"),
+    ("-5", "non-negative"),
+    ("true", "not a number"),
+])
+def test_bad_intensity_specs_are_refused_at_load(tmp_path: Path, intensity: str,
+                                                 match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_topology(_one_node(tmp_path, intensity))
+
+
+def test_a_credential_from_the_agents_environment_need_not_be_set_to_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CE_TEST_EMAPS_TOKEN", raising=False)
+    spec = load_topology(_one_node(
+        tmp_path, "{provider: electricitymaps, zone: FR, token_env: CE_TEST_EMAPS_TOKEN}")).nodes[0]
+    assert spec.intensity["zone"] == "FR"
+    with pytest.raises(ConfigError, match="CE_TEST_EMAPS_TOKEN"):
+        spec.intensity_provider()
