@@ -23,7 +23,9 @@ import redis.asyncio as aioredis
 from celery import Celery
 
 from carbonedge.broker.celery_app import make_celery_app
+from carbonedge.broker.delivery import DELIVER_LUA, delivery_call
 from carbonedge.broker.publish import encode_task_message
+from carbonedge.broker.recovery import Watchdog
 from carbonedge.errors import (
     CarbonEdgeError,
     DispatchFailed,
@@ -50,6 +52,9 @@ class _Routed:
     node: str
     mode: str
     message: bytes
+    request_id: str
+    request: bytes
+    """The request as submitted: what is re-dispatched if the node dies."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +89,13 @@ class Dispatcher:
         try:
             await self._reclaim(r)
             beat = asyncio.create_task(self._beat(r, stop))
+            watchdog = asyncio.create_task(Watchdog(self.settings, self.name, self.handle)
+                                           .run(r, stop))
             try:
                 await self._serve(r, stop)
             finally:
                 beat.cancel()
+                watchdog.cancel()
                 with contextlib.suppress(redis.RedisError):
                     await r.hdel(keys.DISPATCHER_ALIVE, self.name)
         finally:
@@ -127,38 +135,41 @@ class Dispatcher:
     async def handle(self, r: aioredis.Redis, entries: Iterable[tuple[bytes, dict]]) -> None:
         """Route a batch, then publish, count and acknowledge it in one round trip.
 
-        Entries are acknowledged in the same MULTI as their tasks are pushed: either the
-        task is on a node's queue and the entry is gone, or neither happened and the entry
-        stays pending for a dispatcher to reclaim.
+        Entries are acknowledged in the same MULTI as their tasks are pushed, recorded in
+        their node's ``ce:assigned`` registry (for re-dispatch if it dies) and errors are
+        delivered: either all of that happened, or none did and the entries stay pending
+        for a dispatcher to reclaim.
         """
         await self._refresh_view(r)
         await self._sync_in_flight(r)
         pipe = r.pipeline(transaction=True)
         ids = []
-        errors = []
         for entry_id, fields in entries:
             ids.append(entry_id)
             outcome = self._route(entry_id, fields)
             if isinstance(outcome, _Routed):
                 pipe.lpush(keys.node_queue(outcome.node), outcome.message)
+                pipe.hset(keys.assigned_key(outcome.node), outcome.request_id, outcome.request)
                 pipe.hincrby(keys.IN_FLIGHT, outcome.node, 1)
                 pipe.hincrby(keys.DECISIONS, f"{outcome.node}|{outcome.mode}", 1)
             elif isinstance(outcome, _Rejected):
-                errors.append(outcome)
+                script_keys, args = delivery_call(
+                    outcome.request_id, error_result(outcome.request_id, outcome.error),
+                    expires_s=int(self.app.conf.result_expires or 3600))
+                pipe.eval(DELIVER_LUA, len(script_keys), *script_keys, *args)
         pipe.xack(keys.REQUEST_STREAM, keys.DISPATCH_GROUP, *ids)
         pipe.xdel(keys.REQUEST_STREAM, *ids)
         await pipe.execute()
-        for rejected in errors:  # after the ack: an answered request must not be re-run
-            self._store_error(rejected.request_id, rejected.error)
 
     def _route(self, entry_id: bytes, fields: dict) -> _Routed | _Rejected | None:
         """Where an entry goes, or the error to answer it with (None: dead-lettered)."""
         req_id = None
         try:
-            request = unpack(fields.get(keys.REQUEST_FIELD.encode(), b""),
-                             max_bytes=self.settings.max_payload_bytes)
+            raw = fields.get(keys.REQUEST_FIELD.encode(), b"")
+            request = unpack(raw, max_bytes=self.settings.max_payload_bytes)
             req_id = request.get("id") if isinstance(request.get("id"), str) else None
             validate_request(request)
+            attempt = _attempt(fields, self.settings.max_attempts)
             started = time.perf_counter()
             decision = self._decide(request)
             mode = str(request.get("mode") or self.settings.default_mode).lower()
@@ -167,7 +178,7 @@ class Dispatcher:
             request.update(node=decision.node_id, dispatched_at=time.time(),
                            decision=decision.to_wire(
                                explain=decision.candidates <= self.settings.explain_max_nodes),
-                           counted=True, mode=mode)
+                           counted=True, mode=mode, attempt=attempt)
             message = encode_task_message(
                 self.app, keys.TASK_BY_KIND[request.get("kind", "infer")], request,
                 task_id=request["id"], queue=keys.node_queue(decision.node_id))
@@ -184,7 +195,7 @@ class Dispatcher:
             return _Rejected(req_id, error)
         self._view.add_in_flight(decision.node_id, 1)  # type: ignore[union-attr]
         self.dispatched += 1
-        return _Routed(decision.node_id, mode, message)
+        return _Routed(decision.node_id, mode, message, request["id"], raw)
 
     def _decide(self, request: dict[str, Any]) -> Decision:
         if request.get("kind", "infer") == "infer" and request["model"] not in MODEL_NAMES:
@@ -208,9 +219,6 @@ class Dispatcher:
                                      ttl_s=self.settings.heartbeat_ttl_s)
         normalisation = request.get("normalisation") or self.settings.normalisation
         return select(view, request.get("model") or "", weights, normalisation)
-
-    def _store_error(self, req_id: str, error: CarbonEdgeError) -> None:
-        self.app.backend.store_result(req_id, error_result(req_id, error), "SUCCESS")
 
     def _dead_letter(self, entry_id: bytes, error: CarbonEdgeError) -> None:
         client = self.app.backend.client
@@ -301,6 +309,15 @@ class Dispatcher:
             except redis.RedisError as e:
                 log.warning("dispatcher heartbeat failed: %s", e)
             await asyncio.sleep(self.settings.heartbeat_interval_s)
+
+
+def _attempt(fields: dict, max_attempts: int) -> int:
+    """Which dispatch of the request this is (1 unless its node died while holding it)."""
+    attempt = int(fields.get(b"a", b"0")) + 1
+    if attempt > max_attempts:
+        raise DispatchFailed(f"request given up after {attempt - 1} node(s) died while "
+                             f"holding it (max_attempts={max_attempts})")
+    return attempt
 
 
 def run_dispatcher(settings: Settings,

@@ -1,4 +1,9 @@
-"""The Celery tasks an agent runs: thin wrappers around :class:`AgentRuntime`."""
+"""The Celery tasks an agent runs: thin wrappers around :class:`AgentRuntime`.
+
+Results are not stored by Celery (``ignore_result``) but delivered by the
+:class:`DeliveryGuard`, so that a request run twice (its node was declared dead, then
+finished it anyway) is answered exactly once.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,20 @@ from typing import Any
 
 from celery import Celery
 
+from carbonedge.node_agent.guard import DeliveryGuard
 from carbonedge.node_agent.runtime import AgentRuntime
 from carbonedge.protocol import keys
 
 
-def register_tasks(app: Celery, runtime: AgentRuntime) -> None:
+def register_tasks(app: Celery, runtime: AgentRuntime, guard: DeliveryGuard) -> None:
     """Bind the agent's tasks to ``runtime`` (one runtime per worker process)."""
 
-    @app.task(name=keys.TASK_INFER, acks_late=True, reject_on_worker_lost=True)
-    def infer(payload: Any) -> dict[str, Any]:
-        return runtime.infer(payload)
+    @app.task(name=keys.TASK_INFER, bind=True, acks_late=True, reject_on_worker_lost=True,
+              ignore_result=True)
+    def infer(task: Any, payload: Any) -> bool:
+        return guard.run(task.request.id, payload, runtime.infer)
 
-    @app.task(name=keys.TASK_PING, acks_late=True, reject_on_worker_lost=True)
-    def ping(payload: Any) -> dict[str, Any]:
-        return runtime.ping(payload)
+    @app.task(name=keys.TASK_PING, bind=True, acks_late=True, reject_on_worker_lost=True,
+              ignore_result=True)
+    def ping(task: Any, payload: Any) -> bool:
+        return guard.run(task.request.id, payload, runtime.ping)

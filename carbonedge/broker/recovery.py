@@ -1,0 +1,245 @@
+"""Re-dispatching the work of dead nodes and dead dispatchers.
+
+Every request a dispatcher routes is also recorded in ``ce:assigned:<node>`` (same MULTI
+as the LPUSH); the agent's result delivery removes it. When a node's heartbeat key has
+expired, :data:`TAKE_LUA` atomically, and only while the key is still absent,
+
+* puts every request of the node's registry back on the ``ce:requests`` stream with its
+  attempt number, where the normal dispatch path routes it to a live node;
+* drops those requests' Celery messages from the node's queue and from kombu's unacked
+  registry, so that neither a revived agent nor kombu's visibility-timeout restore runs
+  them again (a revived agent also checks that it still owns a request before running
+  it, and the first-writer-wins delivery drops any late result);
+* releases the node's in-flight count for them.
+
+Because the requests go back through the stream, a dispatcher that dies halfway through
+a re-dispatch leaves stream entries pending like any other, and two dispatchers running
+the watchdog cannot both move the same request: the script empties the registry.
+
+Stream entries left pending by a dispatcher whose beat has stopped are claimed with
+XCLAIM (min idle time, so only one claimer gets each) and dispatched again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import redis
+import redis.asyncio as aioredis
+
+from carbonedge.protocol import keys
+from carbonedge.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TAKE_LUA = """
+-- KEYS: heartbeat, assigned, queue, in-flight, attempts, requests stream, kombu unacked,
+--       kombu unacked index, recoveries stream
+-- ARGV: node id, queue name, now (unix seconds), reason
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0, 0, 0} end
+local flat = redis.call('HGETALL', KEYS[2])
+if #flat == 0 then return {0, 0, 0} end
+local moved = {}
+local n = 0
+for i = 1, #flat, 2 do
+  local attempt = redis.call('HINCRBY', KEYS[5], flat[i], 1)
+  redis.call('XADD', KEYS[6], '*', 'p', flat[i + 1], 'a', tostring(attempt), 'from', ARGV[1])
+  moved[flat[i]] = true
+  n = n + 1
+end
+redis.call('DEL', KEYS[2])
+local function task_id(message)
+  if type(message) == 'table' and type(message.headers) == 'table' then
+    return message.headers.id
+  end
+  return nil
+end
+local items = redis.call('LRANGE', KEYS[3], 0, -1)
+local kept = {}
+local dropped = 0
+for _, item in ipairs(items) do
+  local ok, message = pcall(cjson.decode, item)
+  local id = ok and task_id(message) or nil
+  if id ~= nil and moved[id] then dropped = dropped + 1 else kept[#kept + 1] = item end
+end
+if dropped > 0 then
+  redis.call('DEL', KEYS[3])
+  for _, item in ipairs(kept) do redis.call('RPUSH', KEYS[3], item) end
+end
+local unacked = redis.call('HGETALL', KEYS[7])
+local forgotten = 0
+for i = 1, #unacked, 2 do
+  local ok, entry = pcall(cjson.decode, unacked[i + 1])
+  if ok and type(entry) == 'table' and entry[3] == ARGV[2] then
+    local id = task_id(entry[1])
+    if id ~= nil and moved[id] then
+      redis.call('HDEL', KEYS[7], unacked[i])
+      redis.call('ZREM', KEYS[8], unacked[i])
+      forgotten = forgotten + 1
+    end
+  end
+end
+if redis.call('HINCRBY', KEYS[4], ARGV[1], -n) < 0 then
+  redis.call('HSET', KEYS[4], ARGV[1], 0)
+end
+redis.call('XADD', KEYS[9], 'MAXLEN', '~', '10000', '*', 'node', ARGV[1], 'ts', ARGV[3],
+           'requests', tostring(n), 'queued', tostring(dropped), 'running', tostring(forgotten),
+           'reason', ARGV[4])
+return {n, dropped, forgotten}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What one recovery of a node moved back to the request stream."""
+
+    node: str
+    requests: int
+    """Requests re-dispatched (everything the node held)."""
+    queued: int
+    """Of those, how many were still waiting in the node's queue."""
+    running: int
+    """Of those, how many the agent had taken and not acknowledged (kombu's unacked)."""
+
+
+def take_call(node_id: str, reason: str) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of :data:`TAKE_LUA` for one node."""
+    queue = keys.node_queue(node_id)
+    script_keys = [keys.node_key(node_id), keys.assigned_key(node_id), queue, keys.IN_FLIGHT,
+                   keys.ATTEMPTS, keys.REQUEST_STREAM, keys.KOMBU_UNACKED,
+                   keys.KOMBU_UNACKED_INDEX, keys.RECOVERIES]
+    return script_keys, [node_id, queue, repr(time.time()), reason]
+
+
+def release_previous_life(client: redis.Redis, node_id: str) -> Taken:
+    """For an agent starting under ``node_id``: re-dispatch what a previous life held.
+
+    A restart can be quicker than the heartbeat's expiry, so the watchdog may never see
+    the node dead; the new agent withdraws its heartbeat and hands the old work back
+    itself before it publishes its first beat.
+    """
+    client.delete(keys.node_key(node_id))
+    script_keys, args = take_call(node_id, "agent restarted")
+    n, queued, running = client.eval(TAKE_LUA, len(script_keys), *script_keys, *args)
+    taken = Taken(node_id, int(n), int(queued), int(running))
+    if taken.requests:
+        log.warning("re-dispatching %d request(s) held by a previous agent %s", taken.requests,
+                    node_id)
+    return taken
+
+
+Entries = list[tuple[bytes, dict]]
+
+
+class Watchdog:
+    """Runs inside a dispatcher's event loop: recovers dead nodes and dead dispatchers."""
+
+    def __init__(self, settings: Settings, name: str,
+                 dispatch: Callable[[aioredis.Redis, Entries], Awaitable[None]]) -> None:
+        self.settings = settings
+        self.name = name
+        self._dispatch = dispatch
+        self.recovered: list[Taken] = []
+        self.reclaimed = 0
+
+    async def run(self, r: aioredis.Redis, stop: asyncio.Event) -> None:
+        """Check every ``recovery_interval_s`` until ``stop`` is set; ride out Redis errors."""
+        while not stop.is_set():
+            try:
+                await self.check(r)
+            except redis.RedisError as e:
+                log.warning("recovery check failed (%s); retrying", e)
+            except Exception:  # the watchdog must outlive any one bad check
+                log.exception("recovery check crashed; retrying")
+            try:
+                await asyncio.wait_for(stop.wait(), self.settings.recovery_interval_s)
+            except TimeoutError:
+                pass
+
+    async def check(self, r: aioredis.Redis) -> list[Taken]:
+        """One pass: take dead nodes' requests, then dead dispatchers' pending entries."""
+        taken = [t for t in await self.recover_nodes(r) if t.requests]
+        await self.reclaim_dispatchers(r)
+        return taken
+
+    async def recover_nodes(self, r: aioredis.Redis) -> list[Taken]:
+        node_ids = sorted(m.decode() for m in await r.smembers(keys.NODES))
+        pipe = r.pipeline(transaction=False)
+        for node_id in node_ids:
+            pipe.exists(keys.node_key(node_id))
+            pipe.hlen(keys.assigned_key(node_id))
+        replies = await pipe.execute()
+        dead = [n for n, alive, held in zip(node_ids, replies[::2], replies[1::2], strict=True)
+                if not alive and held]
+        out = []
+        for node_id in dead:
+            script_keys, args = take_call(node_id, "heartbeat expired")
+            n, queued, running = await r.eval(TAKE_LUA, len(script_keys), *script_keys, *args)
+            taken = Taken(node_id, int(n), int(queued), int(running))
+            if taken.requests:
+                log.warning("node %s is dead (heartbeat expired): re-dispatching %d request(s) "
+                            "(%d queued, %d running)", node_id, taken.requests, taken.queued,
+                            taken.running)
+                await r.hincrby(keys.DELIVERY_STATS, "redispatched", taken.requests)
+                self.recovered.append(taken)
+            out.append(taken)
+        return out
+
+    async def reclaim_dispatchers(self, r: aioredis.Redis) -> int:
+        """Claim and dispatch entries pending on dispatchers that stopped beating."""
+        try:
+            consumers = await r.xinfo_consumers(keys.REQUEST_STREAM, keys.DISPATCH_GROUP)
+        except redis.ResponseError:  # no stream or group yet
+            return 0
+        beats = await r.hgetall(keys.DISPATCHER_ALIVE)
+        now = time.time()
+        stale_after = max(self.settings.heartbeat_ttl_s, 2 * self.settings.heartbeat_interval_s)
+        claimed = 0
+        for consumer in consumers:
+            name = _text(consumer["name"])
+            if name == self.name:
+                continue
+            beat = beats.get(name.encode())
+            if beat is not None and now - float(beat) < stale_after:
+                continue  # alive: its pending entries are its own business
+            if consumer["pending"]:
+                claimed += await self._claim_from(r, name)
+            else:
+                await r.xgroup_delconsumer(keys.REQUEST_STREAM, keys.DISPATCH_GROUP, name)
+                await r.hdel(keys.DISPATCHER_ALIVE, name)
+                log.info("removed dead dispatcher %s from the consumer group", name)
+        self.reclaimed += claimed
+        return claimed
+
+    async def _claim_from(self, r: aioredis.Redis, consumer: str) -> int:
+        pending = await r.xpending_range(keys.REQUEST_STREAM, keys.DISPATCH_GROUP, "-", "+",
+                                         1000, consumername=consumer)
+        ids = [p["message_id"] for p in pending]
+        if not ids:
+            return 0
+        idle_ms = int(self.settings.heartbeat_interval_s * 1000)
+        entries = await r.xclaim(keys.REQUEST_STREAM, keys.DISPATCH_GROUP, self.name, idle_ms,
+                                 ids)
+        live = [e for e in entries if e[1]]
+        gone = [e[0] for e in entries if not e[1]]  # deleted meanwhile: nothing to dispatch
+        if gone:
+            await r.xack(keys.REQUEST_STREAM, keys.DISPATCH_GROUP, *gone)
+        if live:
+            log.warning("dispatcher %s stopped beating: dispatching its %d pending request(s)",
+                        consumer, len(live))
+            await self._dispatch(r, live)
+        return len(live)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def recovery_log(client: redis.Redis, count: int = 100) -> Iterable[dict[str, str]]:
+    """The latest re-dispatch records, newest first (for status views and benchmarks)."""
+    for _, fields in client.xrevrange(keys.RECOVERIES, count=count):
+        yield {k.decode(): v.decode() for k, v in fields.items()}

@@ -1,0 +1,88 @@
+"""An agent's side of the delivery guarantees: run only what is still ours, deliver once.
+
+Before running a request the dispatcher routed here (``counted``), the agent checks that
+it is still in this node's ``ce:assigned`` registry: when the node was declared dead
+and came back, its queue may hold requests that were meanwhile re-dispatched elsewhere.
+After running it, the result goes through :func:`carbonedge.broker.delivery.deliver`,
+which drops it if another node's result was delivered first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from carbonedge.broker.delivery import deliver
+from carbonedge.protocol import keys
+
+log = logging.getLogger(__name__)
+
+DELIVERY_RETRY_S = 0.5
+
+
+class DeliveryGuard:
+    """Wraps an agent's task functions (one per worker process)."""
+
+    def __init__(self, client: redis.Redis, node_id: str, *, expires_s: int = 3600,
+                 retry_for_s: float = 60.0) -> None:
+        self._client = client
+        self.node_id = node_id
+        self._expires_s = expires_s
+        self._retry_for_s = retry_for_s
+        self.skipped = 0
+        self.late = 0
+
+    def run(self, task_id: str, payload: Any, work: Callable[[Any], dict[str, Any]], *,
+            assigned_node: str | None = None) -> bool:
+        """Run ``work(payload)`` if the request is still ours and deliver its result.
+
+        ``assigned_node`` is the node the dispatcher recorded the request under, when
+        that is not this one (a partitioned request finishes on another node). Returns
+        whether a result of ours was delivered.
+        """
+        owner = assigned_node or self.node_id
+        counted = isinstance(payload, dict) and payload.get("counted") is True
+        if counted and not self._owns(task_id, owner):
+            self.skipped += 1
+            log.warning("request %s was re-dispatched to another node while queued here; "
+                        "not running it", task_id)
+            self._count("skipped_moved")
+            return False
+        result = work(payload)
+        delivered = self._deliver(task_id, result, counted, owner)
+        if not delivered:
+            self.late += 1
+            log.warning("late result of request %s dropped: another node's was delivered "
+                        "first", task_id)
+        return delivered
+
+    def _owns(self, task_id: str, owner: str) -> bool:
+        try:
+            return bool(self._client.hexists(keys.assigned_key(owner), task_id))
+        except redis.RedisError as e:  # cannot tell: running it is safe, delivery is guarded
+            log.warning("could not check ownership of %s: %s", task_id, e)
+            return True
+
+    def _deliver(self, task_id: str, result: dict[str, Any], counted: bool, owner: str) -> bool:
+        """Deliver, retrying through a Redis outage (the result must not be lost)."""
+        deadline = time.monotonic() + self._retry_for_s
+        while True:
+            try:
+                return deliver(self._client, task_id, result, node=owner,
+                               counted=counted, expires_s=self._expires_s)
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                if time.monotonic() > deadline:
+                    log.error("result of %s could not be delivered for %.0f s: %s",
+                              task_id, self._retry_for_s, e)
+                    raise
+                time.sleep(DELIVERY_RETRY_S)
+
+    def _count(self, name: str) -> None:
+        try:
+            self._client.hincrby(keys.DELIVERY_STATS, name, 1)
+        except redis.RedisError:
+            pass

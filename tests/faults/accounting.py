@@ -1,0 +1,150 @@
+"""Jepsen-style accounting: every submitted request must end in exactly one outcome.
+
+A :class:`Ledger` subscribes to every result announcement (``celery-task-meta-*``)
+before anything is submitted, on a connection of its own, so it sees each result that
+was delivered, including any second one for the same request. Requests go straight onto
+the request stream (as :class:`~carbonedge.broker.client.Client` sends them), so the
+ledger can submit thousands quickly and count them independently of the client code.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import redis
+
+from carbonedge.broker.client import build_request
+from carbonedge.broker.listener import RESULT_KEY_PREFIX
+from carbonedge.protocol import keys
+from carbonedge.protocol.messages import pack
+
+
+@dataclass
+class Report:
+    """Outcome counts of one fault run."""
+
+    submitted: int
+    delivered: int
+    """Requests answered with a result."""
+    errored: int
+    """Requests answered with an error result."""
+    duplicated: int
+    """Requests answered more than once (must be 0)."""
+    lost: int
+    """Requests never answered (must be 0)."""
+    errors: Counter[str] = field(default_factory=Counter)
+    nodes: Counter[str] = field(default_factory=Counter)
+
+    def line(self) -> str:
+        return (f"submitted={self.submitted} delivered={self.delivered} errored={self.errored} "
+                f"duplicated={self.duplicated} lost={self.lost} errors={dict(self.errors)} "
+                f"nodes={dict(self.nodes)}")
+
+
+class Ledger:
+    """Submits requests and counts every result announced for them."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._client = redis.Redis.from_url(url, socket_timeout=30)
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.psubscribe(RESULT_KEY_PREFIX + "*")
+        self._pubsub.get_message(timeout=5)  # the subscription is confirmed before any submit
+        self.submitted: dict[str, float] = {}
+        self.outcomes: dict[str, list[tuple[float, dict[str, Any]]]] = defaultdict(list)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, name="ledger", daemon=True)
+        self._thread.start()
+
+    # -- submitting --------------------------------------------------------------------
+
+    def submit(self, request: dict[str, Any]) -> str:
+        self.submit_many([request])
+        return request["id"]
+
+    def submit_many(self, requests: list[dict[str, Any]]) -> list[str]:
+        pipe = self._client.pipeline(transaction=False)
+        now = time.time()
+        with self._lock:
+            for request in requests:
+                self.submitted[request["id"]] = now
+        for request in requests:
+            pipe.xadd(keys.REQUEST_STREAM, {keys.REQUEST_FIELD: pack(request)})
+        pipe.execute()
+        return [r["id"] for r in requests]
+
+    def submit_pings(self, n: int, **options: Any) -> list[str]:
+        return self.submit_many([build_request(kind="ping", **options) for _ in range(n)])
+
+    # -- waiting and counting ----------------------------------------------------------
+
+    def answered(self) -> int:
+        with self._lock:
+            return sum(1 for i in self.submitted if self.outcomes.get(i))
+
+    def wait(self, timeout_s: float, *, settle_s: float = 1.0) -> Report:
+        """Wait until every request is answered (or ``timeout_s``), then a little longer
+        so that a duplicate delivered late is seen too."""
+        deadline = time.monotonic() + timeout_s
+        while self.answered() < len(self.submitted) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(settle_s)
+        return self.report()
+
+    def report(self) -> Report:
+        with self._lock:
+            report = Report(len(self.submitted), 0, 0, 0, 0)
+            for request_id in self.submitted:
+                results = self.outcomes.get(request_id, [])
+                if not results:
+                    report.lost += 1
+                    continue
+                if len(results) > 1:
+                    report.duplicated += 1
+                first = results[0][1]
+                if first.get("status") == "ok":
+                    report.delivered += 1
+                    report.nodes[str(first.get("node"))] += 1
+                else:
+                    report.errored += 1
+                    report.errors[str((first.get("error") or {}).get("code"))] += 1
+            return report
+
+    def delivered_at(self, request_id: str) -> float | None:
+        with self._lock:
+            results = self.outcomes.get(request_id)
+            return results[0][0] if results else None
+
+    def result(self, request_id: str) -> dict[str, Any] | None:
+        """The first result delivered for ``request_id``."""
+        with self._lock:
+            results = self.outcomes.get(request_id)
+            return results[0][1] if results else None
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._pubsub.close()
+        self._client.close()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                message = self._pubsub.get_message(timeout=0.2)
+            except redis.ConnectionError:  # a Redis restart: resubscribe and carry on
+                time.sleep(0.2)
+                continue
+            if message is None or message["type"] != "pmessage":
+                continue
+            request_id = message["channel"].decode()[len(RESULT_KEY_PREFIX):]
+            meta = msgpack.unpackb(message["data"], raw=False)
+            result = meta.get("result") if isinstance(meta, dict) else None
+            with self._lock:
+                self.outcomes[request_id].append(
+                    (time.time(), result if isinstance(result, dict) else {"status": "?"}))

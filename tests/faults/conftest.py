@@ -1,0 +1,94 @@
+"""Fault fixtures: real runtimes on databases of their own, and ways to break them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from carbonedge.compose.local_runner import LocalRuntime, process_alive
+from carbonedge.protocol import keys
+from tests.conftest import TEST_REDIS
+from tests.faults.accounting import Ledger
+from tests.integration.conftest import SMALL_TOPOLOGY, start_runtime
+
+pytestmark = pytest.mark.integration
+
+FAULTS_URL = f"{TEST_REDIS}/11"
+"""Database of the fault suite's runtimes (one at a time, flushed by each)."""
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> Iterator[LocalRuntime]:
+    """Two small nodes (node-a 500 g/kWh, node-b 200 g/kWh): Green sends all to node-b."""
+    compose = tmp_path / "compose.yml"
+    compose.write_text(SMALL_TOPOLOGY)
+    runtime = start_runtime(tmp_path, FAULTS_URL, compose)
+    yield runtime
+    runtime.down()
+
+
+@pytest.fixture
+def ledger(small: LocalRuntime) -> Iterator[Ledger]:
+    book = Ledger(small.settings.redis_url)
+    yield book
+    book.close()
+
+
+def pid_of(runtime: LocalRuntime, name: str) -> int:
+    return next(p.pid for p in reversed(runtime.state.processes) if p.name == name)
+
+
+def kill(runtime: LocalRuntime, name: str, sig: int = signal.SIGKILL) -> float:
+    """Signal a runtime process and wait until it is gone; returns when it was signalled."""
+    pid = pid_of(runtime, name)
+    at = time.time()
+    os.kill(pid, sig)
+    wait_until(lambda: not process_alive(pid), 30, f"{name} to exit")
+    return at
+
+
+def restart_agent(runtime: LocalRuntime, node_id: str, timeout_s: float = 120) -> None:
+    """Start ``node_id``'s agent again (its old process must be dead) and wait for its beat."""
+    runtime.state.processes = [p for p in runtime.state.processes if p.name != node_id]
+    runtime._start_agent(node_id)  # the runner's own start path: same cgroup, same args
+    client = redis.Redis.from_url(runtime.settings.redis_url)
+    try:
+        wait_until(lambda: client.exists(keys.node_key(node_id)), timeout_s,
+                   f"{node_id}'s heartbeat")
+    finally:
+        client.close()
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> float:
+    """Poll ``predicate``; returns the seconds it took, fails the test after ``timeout_s``."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout_s:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def recoveries(url: str, node_id: str) -> list[dict[str, str]]:
+    """Re-dispatch records of ``node_id``, oldest first."""
+    client = redis.Redis.from_url(url)
+    try:
+        rows = [{k.decode(): v.decode() for k, v in fields.items()}
+                for _, fields in client.xrange(keys.RECOVERIES)]
+    finally:
+        client.close()
+    return [r for r in rows if r["node"] == node_id]
+
+
+def delivery_stats(url: str) -> dict[str, int]:
+    client = redis.Redis.from_url(url)
+    try:
+        return {k.decode(): int(v) for k, v in client.hgetall(keys.DELIVERY_STATS).items()}
+    finally:
+        client.close()
