@@ -52,8 +52,16 @@ def build_request(
     weights: Sequence[float] | None = None,
     normalisation: str | None = None,
     node: str | None = None,
+    partition: str | int | None = None,
+    route: Sequence[Any] | None = None,
+    latency_bound_ms: float | None = None,
 ) -> dict[str, Any]:
-    """A validated request map with a fresh id."""
+    """A validated request map with a fresh id.
+
+    ``partition`` (``"none"``, ``"auto"``, ``"green"`` or a segment count ``k``) or an
+    explicit ``route`` (``[(node, start, stop), ...]`` over the model's blocks) split the
+    model across nodes; ``latency_bound_ms`` bounds the ``green``/``auto`` plans.
+    """
     request: dict[str, Any] = {
         "v": PROTOCOL_VERSION,
         "id": uuid.uuid4().hex,
@@ -66,6 +74,12 @@ def build_request(
             request[name] = value
     if weights is not None:
         request["weights"] = [float(w) for w in weights]
+    if partition is not None:
+        request["partition"] = partition
+    if route is not None:
+        request["route"] = [list(s) if isinstance(s, (tuple, list)) else s for s in route]
+    if latency_bound_ms is not None:
+        request["latency_bound_ms"] = float(latency_bound_ms)
     validate_request(request)
     return request
 
@@ -141,11 +155,19 @@ class Client(_Producer):
         weights: Sequence[float] | None = None,
         normalisation: str | None = None,
         node: str | None = None,
+        partition: str | int | None = None,
+        route: Sequence[Any] | None = None,
+        latency_bound_ms: float | None = None,
     ) -> InferenceHandle:
-        """Queue one inference of ``model`` on an image (path/bytes/PIL) or a tensor."""
+        """Queue one inference of ``model`` on an image (path/bytes/PIL) or a tensor.
+
+        ``partition="auto" | "none" | "green" | k`` or ``route`` split it across nodes
+        (see :func:`build_request`); the result's ``segments`` then say where each part ran.
+        """
         tensor = to_tensor_map(image_or_tensor, self._limits)
         request = build_request(model=model, tensor=tensor, mode=mode, weights=weights,
-                                normalisation=normalisation, node=node)
+                                normalisation=normalisation, node=node, partition=partition,
+                                route=route, latency_bound_ms=latency_bound_ms)
         return self._send(request)
 
     def ping(self, *, mode: str | None = None, node: str | None = None) -> InferenceHandle:

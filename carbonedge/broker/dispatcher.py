@@ -24,6 +24,7 @@ from celery import Celery
 
 from carbonedge.broker.celery_app import make_celery_app
 from carbonedge.broker.delivery import DELIVER_LUA, delivery_call
+from carbonedge.broker.partition_route import PartitionRouter
 from carbonedge.broker.publish import encode_task_message
 from carbonedge.broker.recovery import Watchdog
 from carbonedge.errors import (
@@ -78,6 +79,7 @@ class Dispatcher:
         self._bad_heartbeats: set[str] = set()
         self.dispatched = 0
         self.rejected = 0
+        self.partitions = PartitionRouter(max_payload_bytes=settings.max_payload_bytes)
         self.on_decision: Callable[[str, float], None] | None = None
         """Called with (mode, seconds) after each decision (the metrics histogram)."""
 
@@ -142,6 +144,8 @@ class Dispatcher:
         """
         await self._refresh_view(r)
         await self._sync_in_flight(r)
+        entries = list(entries)
+        await self.partitions.prepare(r, entries, sorted(self._snapshots))
         pipe = r.pipeline(transaction=True)
         ids = []
         for entry_id, fields in entries:
@@ -179,9 +183,14 @@ class Dispatcher:
                            decision=decision.to_wire(
                                explain=decision.candidates <= self.settings.explain_max_nodes),
                            counted=True, mode=mode, attempt=attempt)
-            message = encode_task_message(
-                self.app, keys.TASK_BY_KIND[request.get("kind", "infer")], request,
-                task_id=request["id"], queue=keys.node_queue(decision.node_id))
+            node, task = decision.node_id, keys.TASK_BY_KIND[request.get("kind", "infer")]
+            if PartitionRouter.wants(request):  # split across nodes: the first segment's
+                first = self.partitions.apply(request, self._live_snapshots(), node)
+                if first is not None:
+                    node, task = first, keys.TASK_INFER_SEGMENT
+            message = encode_task_message(self.app, task, request, task_id=request["id"],
+                                          queue=keys.node_queue(node),
+                                          ignore_result=task == keys.TASK_INFER_SEGMENT)
         except Exception as e:  # one bad request must not take the dispatcher down
             error = e if isinstance(e, CarbonEdgeError) else DispatchFailed(
                 f"{type(e).__name__}: {e}")
@@ -193,9 +202,13 @@ class Dispatcher:
                 self._dead_letter(entry_id, error)
                 return None
             return _Rejected(req_id, error)
-        self._view.add_in_flight(decision.node_id, 1)  # type: ignore[union-attr]
+        self._view.add_in_flight(node, 1)  # type: ignore[union-attr]
         self.dispatched += 1
-        return _Routed(decision.node_id, mode, message, request["id"], raw)
+        return _Routed(node, mode, message, request["id"], raw)
+
+    def _live_snapshots(self) -> list[NodeSnapshot]:
+        view = self._view
+        return [self._snapshots[n] for n in view.node_ids] if view is not None else []
 
     def _decide(self, request: dict[str, Any]) -> Decision:
         if request.get("kind", "infer") == "infer" and request["model"] not in MODEL_NAMES:

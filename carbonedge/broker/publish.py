@@ -23,10 +23,15 @@ ORIGIN = f"carbonedge@{socket.gethostname()}"
 
 
 def encode_task_message(app: Celery, name: str, payload: dict[str, Any], *, task_id: str,
-                        queue: str) -> bytes:
-    """The bytes kombu's Redis transport would LPUSH for ``name(payload)`` on ``queue``."""
+                        queue: str, ignore_result: bool = False) -> bytes:
+    """The bytes kombu's Redis transport would LPUSH for ``name(payload)`` on ``queue``.
+
+    ``ignore_result`` goes into the message headers, where the worker reads it in
+    preference to the task's own ``ignore_result``: a task that delivers its results
+    itself needs it set, or Celery stores its return value over them.
+    """
     message = app.amqp.as_task_v2(
-        task_id, name, args=(payload,), kwargs={}, origin=ORIGIN,
+        task_id, name, args=(payload,), kwargs={}, origin=ORIGIN, ignore_result=ignore_result,
         # a repr of a tensor payload is slow and useless: describe the request instead
         argsrepr=f"<{payload.get('kind', 'infer')} {payload.get('model') or ''} id={task_id}>",
         kwargsrepr="{}",

@@ -6,7 +6,42 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from carbonedge.errors import CarbonEdgeError, InferenceFailed, InvalidMessage, from_wire
+from carbonedge.protocol.codec import TensorLimits, decode_tensor
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentInfo:
+    """Where one segment of a partitioned request ran, how long, what moved, its carbon."""
+
+    index: int
+    node: str
+    start: int
+    stop: int
+    queue_ms: float
+    """From the hand-off by the previous segment (or the dispatcher) to this one's start."""
+    exec_ms: float
+    cpu_s: float
+    in_bytes: int
+    out_bytes: int
+    """Bytes of the activation handed on (0 for the last segment)."""
+    energy_kwh: float
+    carbon_g: float
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> SegmentInfo:
+        try:
+            return cls(index=int(wire["index"]), node=str(wire["node"]),
+                       start=int(wire["start"]), stop=int(wire["stop"]),
+                       queue_ms=float(wire["queue_ms"]), exec_ms=float(wire["exec_ms"]),
+                       cpu_s=float(wire["cpu_s"]), in_bytes=int(wire["in_bytes"]),
+                       out_bytes=int(wire["out_bytes"]),
+                       energy_kwh=float(wire.get("energy_kwh", math.nan)),
+                       carbon_g=float(wire.get("carbon_g", math.nan)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidMessage(f"malformed segment in result: {e}", field="segments") from e
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +65,10 @@ class InferenceResult:
     random_init: bool
     decision: dict[str, Any] | None
     raw: dict[str, Any] = field(repr=False)
+    segments: tuple[SegmentInfo, ...] = ()
+    """Per segment of a partitioned request, in order; empty for a whole-model one."""
+    logits: np.ndarray | None = field(default=None, repr=False)
+    """The model's output scores, where the result carries them (partitioned requests)."""
 
     @property
     def top1(self) -> int | None:
@@ -64,6 +103,9 @@ def parse_result(result: Any, *, received_at: float) -> InferenceResult:
         random_init=bool(result.get("random_init", False)),
         decision=result.get("decision"),
         raw=result,
+        segments=tuple(SegmentInfo.from_wire(s) for s in result.get("segments") or ()),
+        logits=decode_tensor(output["logits"], TensorLimits(), field="logits")
+        if isinstance(output.get("logits"), dict) else None,
     )
 
 

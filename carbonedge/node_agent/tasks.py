@@ -10,9 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.signals import task_postrun
 
 from carbonedge.node_agent.guard import DeliveryGuard
 from carbonedge.node_agent.runtime import AgentRuntime
+from carbonedge.node_agent.segments import SegmentExecutor
 from carbonedge.protocol import keys
 
 
@@ -28,3 +30,24 @@ def register_tasks(app: Celery, runtime: AgentRuntime, guard: DeliveryGuard) -> 
               ignore_result=True)
     def ping(task: Any, payload: Any) -> bool:
         return guard.run(task.request.id, payload, runtime.ping)
+
+    register_segment_task(app, runtime, guard)
+
+
+def register_segment_task(app: Celery, runtime: AgentRuntime, guard: DeliveryGuard) -> None:
+    """The task of partitioned requests; models are profiled between tasks, once."""
+    executor = SegmentExecutor(runtime, app)
+
+    @app.task(name=keys.TASK_INFER_SEGMENT, bind=True, acks_late=True,
+              reject_on_worker_lost=True, ignore_result=True)
+    def infer_segment(task: Any, payload: Any) -> bool:
+        if not executor.owns(task.request.id, payload):
+            return False
+        outcome = executor.finish(payload, runtime.infer_segment(payload, executor.run))
+        if outcome is None:  # handed on to the next segment's node
+            return True
+        return guard.run(task.request.id, payload, lambda _: outcome)
+
+    @task_postrun.connect(weak=False)
+    def profile_new_models(**_: Any) -> None:
+        executor.profile_loaded()

@@ -13,6 +13,7 @@ from typing import Any
 import msgpack
 
 from carbonedge.errors import CarbonEdgeError, InvalidMessage, InvalidRequest
+from carbonedge.partitioner.routes import Route, check_partition
 
 PROTOCOL_VERSION = 1
 KINDS = ("infer", "ping")
@@ -85,6 +86,7 @@ def validate_request(msg: Mapping[str, Any]) -> None:
         else:
             require(msg, "input", dict)
     require(msg, "submitted_at", (float, int))
+    _validate_partition(msg)
     weights = msg.get("weights")
     if weights is not None:
         if (
@@ -98,6 +100,21 @@ def validate_request(msg: Mapping[str, Any]) -> None:
                 "weights must be five finite non-negative numbers (R, L, P, B, C), not all zero",
                 field="weights",
             )
+
+
+def _validate_partition(msg: Mapping[str, Any]) -> None:
+    """The options of a partitioned request: ``partition``, ``route``, ``latency_bound_ms``."""
+    if "partition" in msg:
+        check_partition(msg["partition"])
+    if "route" in msg:
+        Route.from_wire(msg["route"])
+    bound = msg.get("latency_bound_ms")
+    if bound is not None and (
+        not isinstance(bound, (int, float)) or isinstance(bound, bool)
+        or not math.isfinite(bound) or bound <= 0
+    ):
+        raise InvalidRequest("latency_bound_ms must be a positive number of milliseconds",
+                             field="latency_bound_ms")
 
 
 def error_result(

@@ -1,0 +1,306 @@
+"""Partitioned requests on an agent: run this node's block range, hand the activation on.
+
+A partitioned request travels as one ``carbonedge.infer_segment`` task per segment. The
+task carries the whole route; segment ``i`` runs its blocks and then, in one Redis
+round trip, stores its output activation under ``ce:act:<id>:<i+1>`` (raw msgpack bin,
+with an expiry) and pushes segment ``i+1``'s task onto the next node's queue. The next
+agent reads the activation with GETDEL, so it is gone once used. Activations never ride
+inside a Celery message: kombu's Redis transport would base64 them (+33%).
+
+The last segment stores the final result under the request's id, where the client waits
+for it: a task-level result plus ``segments``, one entry per segment with its node, block
+range, times, bytes in and out, energy and carbon. An error at any segment ends the
+request with an error result whose message names the segment and the node.
+
+Each agent also profiles a model's blocks once (the first time it needs them, or after
+the first whole-model task of the model) and stores the profile under
+``ce:blocks:<model>:<node>`` for the dispatcher's plans.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import redis
+import torch
+from celery import Celery
+
+from carbonedge.broker.publish import encode_task_message
+from carbonedge.errors import (
+    CarbonEdgeError,
+    DispatchFailed,
+    InferenceFailed,
+    InvalidRequest,
+    InvalidTensor,
+)
+from carbonedge.partitioner.blocks import (
+    Block,
+    BlockProfile,
+    flatten_model,
+    profile_blocks,
+    run_blocks,
+)
+from carbonedge.partitioner.models import INPUT_SHAPE, top_k
+from carbonedge.partitioner.routes import Route, RouteSegment
+from carbonedge.protocol import keys
+from carbonedge.protocol.codec import decode_tensor, encode_tensor
+from carbonedge.protocol.messages import PROTOCOL_VERSION, pack, require, unpack
+
+if TYPE_CHECKING:
+    from carbonedge.node_agent.runtime import AgentRuntime
+
+log = logging.getLogger(__name__)
+
+PROFILE_REPEATS = 3
+_MOVE_ASSIGNMENT_LUA = """
+-- the request is now the next node's: if that node dies, the request is re-dispatched
+local request = redis.call('HGET', KEYS[1], ARGV[1])
+if request then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('HSET', KEYS[2], ARGV[1], request)
+end
+return request and 1 or 0
+"""
+INPUT_SHAPES = (INPUT_SHAPE, INPUT_SHAPE[1:])
+_ACTIVATION = "_activation"
+"""Result-map slot of the output tensor between running a segment and handing it on."""
+
+
+class SegmentExecutor:
+    """Runs segments for one agent and keeps its flattened models and their profiles."""
+
+    def __init__(self, runtime: AgentRuntime, app: Celery) -> None:
+        self.runtime = runtime
+        self.app = app
+        self._blocks: dict[str, list[Block]] = {}
+        self._profiles: dict[str, list[BlockProfile]] = {}
+
+    # -- profiles ----------------------------------------------------------------------
+
+    def blocks(self, model: str) -> list[Block]:
+        """``model``'s blocks (flattened and profiled on first use)."""
+        if model not in self._blocks:
+            loaded = self.runtime.models.get(model)
+            blocks = flatten_model(loaded)
+            self._blocks[model] = blocks
+            self._profile(model, loaded, blocks)
+        return self._blocks[model]
+
+    def profile_loaded(self) -> None:
+        """Profile every model this agent has loaded and not profiled yet (between tasks)."""
+        for model in self.runtime.models.loaded:
+            if model not in self._blocks:
+                try:
+                    self.blocks(model)
+                except CarbonEdgeError as e:  # a model with no flattener is served whole
+                    log.info("model %s is not partitionable here: %s", model, e)
+                    self._blocks[model] = []
+
+    def _profile(self, model: str, loaded: Any, blocks: list[Block]) -> None:
+        profiles = profile_blocks(loaded, blocks, repeats=PROFILE_REPEATS)
+        self._profiles[model] = profiles
+        cfg = self.runtime.config
+        record = {
+            "v": PROTOCOL_VERSION,
+            "model": model,
+            "node": cfg.node_id,
+            "cpu_quota": cfg.cpu_quota,
+            "profiled_at": time.time(),
+            "blocks": [p.to_wire() for p in profiles],
+        }
+        try:
+            self.runtime._redis.set(keys.block_profile_key(model, cfg.node_id), pack(record))
+        except redis.RedisError as e:
+            log.warning("could not store the block profile of %s: %s", model, e)
+        log.info("profiled %s: %d blocks, %.1f ms in all", model, len(profiles),
+                 sum(p.time_ms for p in profiles))
+
+    # -- running -----------------------------------------------------------------------
+
+    def run(self, payload: dict[str, Any], started_at: float) -> dict[str, Any]:
+        """Run this node's segment (called inside the runtime's guarded accounting)."""
+        name = require(payload, "model", str)
+        index = require(payload, "segment", int)
+        route = Route.from_wire(payload.get("route"))
+        if not 0 <= index < len(route):
+            raise InvalidRequest(f"segment {index} is not in a route of {len(route)}",
+                                 field="segment")
+        seg = route[index]
+        node = self.runtime.config.node_id
+        try:
+            if seg.node != node:
+                raise InvalidRequest(f"the task was delivered to node {node}", field="route")
+            blocks = self.blocks(name)
+            if route.n_blocks != len(blocks):
+                raise InvalidRequest(f"the route covers {route.n_blocks} blocks but {name} has "
+                                     f"{len(blocks)} here", field="route")
+            x, in_bytes = self._input(payload, name, index, seg)
+            accounting = self.runtime.accounting
+            cpu0 = accounting.cpu_usage_s()
+            t0 = time.perf_counter()
+            out = run_blocks(blocks, x, seg.start, seg.stop)
+            exec_ms = (time.perf_counter() - t0) * 1e3
+            cpu_s = max(accounting.cpu_usage_s() - cpu0, 0.0)
+        except CarbonEdgeError as e:
+            e.message = f"segment {index} [{seg.start}, {seg.stop}) on node {node}: {e.message}"
+            e.args = (e.message,)
+            raise
+        except Exception as e:  # a crash in the blocks is the segment's error, named
+            raise InferenceFailed(f"segment {index} [{seg.start}, {seg.stop}) on node {node}: "
+                                  f"{type(e).__name__}: {e}") from e
+        result = self.runtime._ok(payload, started_at, exec_ms, cpu_s)
+        loaded = self.runtime.models.get(name)
+        result.update(model=name, segment=index, in_bytes=in_bytes,
+                      random_init=loaded.random_init, weights_source=loaded.weights_source)
+        if index + 1 < len(route):
+            result[_ACTIVATION] = out
+        else:
+            ids, scores = top_k(out, 5)
+            result["output"] = {"top5_ids": ids, "top5_scores": scores,
+                                "logits": encode_tensor(out.contiguous())}
+        return result
+
+    def _input(self, payload: dict[str, Any], model: str, index: int,
+               seg: RouteSegment) -> tuple[torch.Tensor, int]:
+        rt = self.runtime
+        if index == 0:
+            tensor = rt._input(payload)
+            if isinstance(tensor, dict) and tensor.get("dtype") != "float32":
+                raise InvalidTensor(f"input.dtype {tensor.get('dtype')!r}: a split model takes "
+                                    "float32 input", field="input.dtype")
+            arr = decode_tensor(tensor, rt._limits, expect_shape=INPUT_SHAPES)
+            return torch.from_numpy(np.array(arr)).reshape(INPUT_SHAPE), len(tensor["data"])
+        key = keys.activation_key(payload["id"], index)
+        raw = rt._redis.getdel(key)
+        if raw is None:
+            raise InvalidRequest(f"its input activation {key} is not in Redis (expired after "
+                                 f"{rt.settings.input_ttl_s} s, or already used)",
+                                 field="activation")
+        tensor = unpack(raw, max_bytes=rt.settings.max_payload_bytes)
+        expected = self._profiles[model][seg.start].input_shape
+        arr = decode_tensor(tensor, rt._limits, expect_shape=[expected], field="activation")
+        return torch.from_numpy(np.array(arr)), len(raw)
+
+    # -- handing on --------------------------------------------------------------------
+
+    def finish(self, payload: Any, result: dict[str, Any]) -> dict[str, Any] | None:
+        """After a segment: hand on to the next node (returns None), or the map to store
+        as the request's result (the final result, or an error result)."""
+        activation = result.pop(_ACTIVATION, None)
+        if result.get("status") != "ok" or not isinstance(payload, dict):
+            return self._failed(payload, result)
+        route = Route.from_wire(payload["route"])
+        index = payload["segment"]
+        hop = _hop(payload, result, route[index], activation)
+        hops = [*payload.get("hops", []), hop]
+        if index + 1 == len(route):
+            return _final(payload, result, route, hops)
+        try:
+            self._forward(payload, route, index + 1, hops, activation)
+        except (redis.RedisError, CarbonEdgeError) as e:
+            error = DispatchFailed(f"segment {index} on node {route[index].node} could not hand "
+                                   f"on to node {route[index + 1].node}: {e}", field="route")
+            return self._failed(payload, self.runtime._error(payload, payload["id"], error,
+                                                             result["timings"]["started_at"]))
+        return None
+
+    def _forward(self, payload: dict[str, Any], route: Route, index: int,
+                 hops: list[dict[str, Any]], activation: torch.Tensor) -> None:
+        node = route[index].node
+        request_id = payload["id"]
+        task = {k: v for k, v in payload.items() if k not in ("input", "input_ref")}
+        task.update(segment=index, hops=hops, counted=True, dispatched_at=time.time())
+        queue = keys.node_queue(node)
+        # the task id is the request id: the registry of assignments and the delivery of
+        # the final result go by it
+        message = encode_task_message(self.app, keys.TASK_INFER_SEGMENT, task,
+                                      task_id=request_id, queue=queue, ignore_result=True)
+        pipe = self.runtime._redis.pipeline(transaction=True)
+        pipe.set(keys.activation_key(request_id, index), pack(encode_tensor(activation)),
+                 ex=self.runtime.settings.input_ttl_s)
+        pipe.lpush(queue, message)
+        pipe.hincrby(keys.IN_FLIGHT, node, 1)
+        pipe.eval(_MOVE_ASSIGNMENT_LUA, 2, keys.assigned_key(self.runtime.config.node_id),
+                  keys.assigned_key(node), request_id)
+        pipe.execute()
+
+    def owns(self, request_id: str, payload: Any) -> bool:
+        """Whether a dispatched (``counted``) segment is still assigned to this node: a
+        request re-dispatched while its task waited here must not run twice."""
+        if not isinstance(payload, dict) or payload.get("counted") is not True:
+            return True
+        node = self.runtime.config.node_id
+        try:
+            return bool(self.runtime._redis.hexists(keys.assigned_key(node), request_id))
+        except redis.RedisError as e:  # cannot tell: running it is safe, delivery is guarded
+            log.warning("could not check ownership of %s: %s", request_id, e)
+            return True
+
+    def _failed(self, payload: Any, result: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(payload, dict):
+            index = payload.get("segment")
+            result.update(segment=index, route=payload.get("route"),
+                          segments=payload.get("hops", []))
+            if isinstance(index, int) and index > 0 and isinstance(payload.get("id"), str):
+                try:  # the activation this segment did not get to read
+                    self.runtime._redis.delete(keys.activation_key(payload["id"], index))
+                except redis.RedisError as e:
+                    log.warning("could not delete an activation: %s", e)
+        return result
+
+
+def _hop(payload: dict[str, Any], result: dict[str, Any], seg: RouteSegment,
+         activation: torch.Tensor | None) -> dict[str, Any]:
+    """One segment's entry in the final result's ``segments``."""
+    timings = result["timings"]
+    out_bytes = activation.numel() * activation.element_size() if activation is not None else 0
+    return {
+        "index": result["segment"],
+        "node": result["node"],
+        "start": seg.start,
+        "stop": seg.stop,
+        "dispatched_at": timings["dispatched_at"],
+        "started_at": timings["started_at"],
+        "finished_at": timings["finished_at"],
+        "queue_ms": timings["queue_ms"],
+        "exec_ms": timings["exec_ms"],
+        "cpu_s": timings["cpu_s"],
+        "in_bytes": result["in_bytes"],
+        "out_bytes": out_bytes,
+        "energy_kwh": result["energy_kwh"],
+        "carbon_g": result["carbon_g"],
+        "intensity_g_per_kwh": result["intensity_g_per_kwh"],
+    }
+
+
+def _final(payload: dict[str, Any], last: dict[str, Any], route: Route,
+           hops: list[dict[str, Any]]) -> dict[str, Any]:
+    """The request's result: the last segment's map with totals over every segment."""
+    energy = sum(h["energy_kwh"] for h in hops)
+    carbon = sum(h["carbon_g"] for h in hops)
+    first = hops[0]
+    final = {k: v for k, v in last.items() if k not in ("segment", "in_bytes")}
+    final.update(
+        kind="infer",
+        timings={
+            "submitted_at": last["timings"]["submitted_at"],
+            "dispatched_at": first["dispatched_at"],
+            "started_at": first["started_at"],
+            "finished_at": last["timings"]["finished_at"],
+            "queue_ms": first["queue_ms"],
+            "exec_ms": sum(h["exec_ms"] for h in hops),
+            "cpu_s": sum(h["cpu_s"] for h in hops),
+        },
+        energy_kwh=energy,
+        carbon_g=carbon,
+        # the energy-weighted intensity of the nodes used (PUE included)
+        intensity_g_per_kwh=carbon / energy if energy > 0 else last["intensity_g_per_kwh"],
+        intensity_source="segments" if len(hops) > 1 else last["intensity_source"],
+        route=route.to_wire(),
+        plan=payload.get("plan"),
+        segments=hops,
+    )
+    return final
