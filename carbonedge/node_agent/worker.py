@@ -86,6 +86,7 @@ def run_agent(
     release_previous_life(client, config.node_id)
     # Whatever waits in our queue is our in-flight work; a previous life's count is not.
     client.hset(keys.IN_FLIGHT, config.node_id, client.llen(queue))
+    runtime.start_charging()
     heartbeat.start()
     reading = energy.intensity()
     log.info("agent %s serving %s (cpu %.2f, mem %d MiB, %.0f g/kWh from %s, accounting %s, "
