@@ -79,6 +79,13 @@ class Ledger:
         pipe.execute()
         return [r["id"] for r in requests]
 
+    def expect(self, request_ids: list[str]) -> None:
+        """Count requests that the caller submitted some other way."""
+        now = time.time()
+        with self._lock:
+            for request_id in request_ids:
+                self.submitted[request_id] = now
+
     def submit_pings(self, n: int, **options: Any) -> list[str]:
         return self.submit_many([build_request(kind="ping", **options) for _ in range(n)])
 
