@@ -74,6 +74,26 @@ class InferenceResult:
     def top1(self) -> int | None:
         return self.top5[0][0] if self.top5 else None
 
+    @property
+    def cpu_energy_kwh(self) -> float:
+        """The CPU part of :attr:`energy_kwh` (the host's power, apportioned)."""
+        return float(self.raw.get("cpu_energy_kwh", math.nan))
+
+    @property
+    def ram_energy_kwh(self) -> float:
+        """The RAM part of :attr:`energy_kwh` (0.375 W/GB of the node's limit)."""
+        return float(self.raw.get("ram_energy_kwh", math.nan))
+
+    @property
+    def power_source(self) -> str:
+        """Where the host CPU power came from: ``host:codecarbon:<mode>`` when the carbon
+        service published it, ``estimate:<model>`` otherwise."""
+        return str(self.raw.get("power_source", "unknown"))
+
+    @property
+    def pue(self) -> float:
+        return float(self.raw.get("pue", 1.0))
+
 
 def parse_result(result: Any, *, received_at: float) -> InferenceResult:
     """Turn a result map into an :class:`InferenceResult`, raising the error it names."""

@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 
 from carbonedge.broker.client import Client, InferenceHandle
 from carbonedge.broker.results import InferenceResult
+from carbonedge.carbon.report import format_report
+from carbonedge.carbon.report import summarise as summarise_emissions
 from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.compose.topology import load_topology
 from carbonedge.experiments.workload import ModeSummary, format_table, summarise, synthetic_images
@@ -57,7 +59,7 @@ def run_demo(settings: Settings, *, inferences: int = 50, model: str = "mobilene
     topology = load_topology(settings.compose_file or None)
     topology.node(mono_node)  # fail early on a typo
     images = synthetic_images(inferences)
-    runtime = LocalRuntime(topology, settings, preload=(model,))
+    runtime = LocalRuntime(topology, settings, preload=(model,), carbon_service=True)
     print(f"bringing up {', '.join(runtime.node_ids)} (compose: {topology.source}) ...",
           file=sys.stderr)
     with runtime:
@@ -70,9 +72,15 @@ def run_demo(settings: Settings, *, inferences: int = 50, model: str = "mobilene
     print()
     print(format_table(rows, runtime.node_ids, rows[0]))
     print()
+    power = rows[-1].power_source
     print(f"monolithic = every request sent straight to {mono_node}'s queue (no scheduler); "
-          "latency is end to end (submit to result); gCO2 from each node's cgroup CPU time, "
-          "RAM 0.375 W/GB and its carbon intensity.")
+          "latency is end to end (submit to result). gCO2 per task: its agent's cgroup "
+          "CPU-seconds times the host's CPU power per busy CPU (from the carbon service's "
+          "CodeCarbon tracker), plus RAM at 0.375 W/GB, times the node's carbon intensity."
+          + (f" Host power: {power}." if power else ""))
+    print()
+    print(f"carbon service reconciliation ({runtime.emissions_csv}):")
+    print(format_report(summarise_emissions(runtime.emissions_csv)))
     if any(r.random_init for r in rows):
         print("weights: random initialisation (no pretrained weights on this machine); timings "
               "and carbon are those of the real architecture, the class ids are meaningless.")

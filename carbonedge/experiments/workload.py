@@ -49,6 +49,8 @@ class ModeSummary:
     carbon_g_per_inf: float
     energy_kwh_per_inf: float
     random_init: bool
+    power_source: str = ""
+    """Where the host CPU power that charged most of these tasks came from."""
 
     def reduction_vs(self, baseline: ModeSummary) -> float:
         """Carbon reduction against ``baseline`` in percent (negative = more carbon)."""
@@ -72,6 +74,8 @@ def summarise(name: str, results: Sequence[InferenceResult], wall_s: float) -> M
         carbon_g_per_inf=statistics.fmean(r.carbon_g for r in results),
         energy_kwh_per_inf=statistics.fmean(r.energy_kwh for r in results),
         random_init=any(r.random_init for r in results),
+        power_source=Counter(str(r.raw.get("power_source", "")) for r in results)
+        .most_common(1)[0][0] if results else "",
     )
 
 

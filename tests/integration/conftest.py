@@ -41,9 +41,10 @@ def start_runtime(tmp: Path, url: str, compose: Path | None = None,
 
 @pytest.fixture(scope="session")
 def default_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
-    """The default topology (the paper's three nodes), MobileNetV2 preloaded."""
+    """The default topology (the paper's three nodes), MobileNetV2 preloaded, and the
+    carbon service."""
     runtime = start_runtime(tmp_path_factory.mktemp("default"), DEFAULT_RUNTIME_URL,
-                            preload=("mobilenetv2",))
+                            preload=("mobilenetv2",), carbon_service=True)
     yield runtime
     runtime.down()
 

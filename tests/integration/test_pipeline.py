@@ -80,8 +80,12 @@ def test_result_carries_output_timings_breakdown_energy_and_carbon(warm_client: 
     assert len(result.top5) == 5 and all(0 <= cls < 1000 for cls, _ in result.top5)
     assert [s for _, s in result.top5] == sorted((s for _, s in result.top5), reverse=True)
     assert result.exec_ms > 0 and result.queue_ms >= 0 and result.e2e_ms >= result.exec_ms
-    assert result.cpu_s > 0 and result.apportioning == "cgroup-cpu-time"
+    assert result.cpu_s > 0 and result.apportioning == "usage"
     assert result.carbon_g == pytest.approx(result.energy_kwh * result.intensity_g_per_kwh)
+    # the session runtime runs the carbon service: tasks are charged from the host tracker
+    assert result.power_source.startswith("host:codecarbon:")
+    assert result.energy_kwh == pytest.approx(result.cpu_energy_kwh + result.ram_energy_kwh)
+    assert result.intensity_source == "static" and result.pue == 1.0
     assert result.random_init  # no pretrained weights on a machine without a download
     decision = result.decision
     assert decision is not None and decision["node_id"] == result.node
