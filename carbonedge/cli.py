@@ -40,8 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--node", required=True, help="node id (a node class, or class-N)")
     agent.add_argument("--preload", action="append", default=[], metavar="MODEL")
     agent.add_argument("--events", action="store_true", help="send Celery task events (Flower)")
-    agent.add_argument("--instance", metavar="SUFFIX|hostname",
-                       help="run as <node>-SUFFIX (`hostname`: the container id, for "
+    agent.add_argument("--instance", metavar="SUFFIX|container|hostname",
+                       help="run as <node>-SUFFIX (`container`: the container id, for "
                             "`docker compose up --scale`); settings stay the node class's")
     agent.add_argument("--check", action="store_true",
                        help="health check: exit 0 if this node's heartbeat is fresh, else 1")

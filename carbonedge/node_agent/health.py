@@ -6,9 +6,11 @@ heartbeat expiry: exactly the condition under which the dispatcher schedules it.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 
@@ -17,7 +19,13 @@ from carbonedge.protocol import keys
 from carbonedge.protocol.telemetry import Heartbeat, valid_node_id
 
 HOSTNAME = "hostname"
-"""``--instance hostname``: suffix the node class with the container's hostname."""
+"""``--instance hostname``: suffix the node class with the host name."""
+CONTAINER = "container"
+"""``--instance container``: suffix the node class with the container id (12 digits).
+
+Unlike the host name it stays distinct under ``network_mode: host``, where every replica
+would otherwise share the host's name."""
+_CONTAINER_ID = re.compile(r"(?:/containers/|docker[-/])([0-9a-f]{64})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,17 +40,35 @@ class Health:
 def instance_node_id(node_class: str, instance: str | None) -> str:
     """The node id of one replica: the class, or ``<class>-<instance>``.
 
-    ``instance="hostname"`` takes the host name, which Docker sets to the container id, so
-    every replica of ``docker compose up --scale`` gets an id (and a queue) of its own.
+    ``instance="container"`` takes the container id, so every replica of ``docker compose
+    up --scale`` gets an id (and a queue) of its own; ``"hostname"`` the host name.
     """
     if not instance:
         return node_class
-    suffix = socket.gethostname().split(".")[0] if instance == HOSTNAME else instance
+    if instance == CONTAINER:
+        suffix = container_id()[:12]
+    elif instance == HOSTNAME:
+        suffix = socket.gethostname().split(".")[0]
+    else:
+        suffix = instance
     node_id = f"{node_class}-{suffix}"
     if not valid_node_id(node_id):
         raise ConfigError(f"node id {node_id!r} (from --instance {instance!r}) must be letters, "
                           "digits, '.', '_' or '-', at most 63 characters", field="instance")
     return node_id
+
+
+def container_id(proc: Path = Path("/proc/self")) -> str:
+    """This container's id, from the files Docker mounts into it (cgroup v1 or v2)."""
+    for name in ("mountinfo", "cgroup"):
+        try:
+            found = _CONTAINER_ID.search((proc / name).read_text())
+        except OSError:
+            continue
+        if found:
+            return found.group(1)
+    raise ConfigError("--instance container: this process does not run in a Docker container "
+                      "(no container id in /proc/self/mountinfo or cgroup)", field="instance")
 
 
 def check_heartbeat(client: redis.Redis, node_id: str, ttl_s: float,

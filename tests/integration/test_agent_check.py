@@ -6,12 +6,13 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import redis
 
 from carbonedge.errors import ConfigError
-from carbonedge.node_agent.health import check_heartbeat, instance_node_id
+from carbonedge.node_agent.health import check_heartbeat, container_id, instance_node_id
 from carbonedge.protocol import keys
 from carbonedge.protocol.telemetry import Heartbeat
 from tests.conftest import SMALL_RUNTIME_URL
@@ -73,6 +74,20 @@ def test_instance_ids() -> None:
     assert instance_node_id("node-green", "hostname").startswith("node-green-")
     with pytest.raises(ConfigError) as e:
         instance_node_id("node-green", "a b")
+    assert e.value.field == "instance"
+
+
+def test_container_id_from_docker_mounts(tmp_path: Path) -> None:
+    cid = "e6ca59cf478ad13deaf10bdfcdc5a090d91115a897ef110de1ff0fd43a589c66"
+    (tmp_path / "mountinfo").write_text(
+        f"812 790 254:0 /var/lib/docker/containers/{cid}/hostname /etc/hostname rw - ext4\n")
+    assert container_id(tmp_path) == cid
+    (tmp_path / "mountinfo").write_text("1 0 254:0 / / rw - ext4\n")
+    (tmp_path / "cgroup").write_text(f"0::/system.slice/docker-{cid}.scope\n")
+    assert container_id(tmp_path) == cid
+    (tmp_path / "cgroup").write_text("0::/user.slice\n")
+    with pytest.raises(ConfigError) as e:
+        container_id(tmp_path)
     assert e.value.field == "instance"
 
 
