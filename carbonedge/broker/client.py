@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -23,7 +24,7 @@ from carbonedge.broker.images import preprocess_image
 from carbonedge.broker.listener import ResultListener, decode_meta, result_key
 from carbonedge.broker.publish import encode_task_message
 from carbonedge.broker.results import InferenceResult, parse_result
-from carbonedge.errors import NoNodeAvailable, ResultTimeout
+from carbonedge.errors import NoNodeAvailable, ResultTimeout, RuntimeUnavailable
 from carbonedge.protocol import keys
 from carbonedge.protocol.codec import TensorLimits, encode_tensor, tensor_header
 from carbonedge.protocol.messages import PROTOCOL_VERSION, pack, validate_request
@@ -55,8 +56,12 @@ def build_request(
     partition: str | int | None = None,
     route: Sequence[Any] | None = None,
     latency_bound_ms: float | None = None,
+    deadline_s: float | None = None,
 ) -> dict[str, Any]:
     """A validated request map with a fresh id.
+
+    ``deadline_s`` lets the request wait, up to that many seconds after submission, for
+    the lowest-carbon slot the nodes' intensity forecasts show (carbon-aware deferral).
 
     ``partition`` (``"none"``, ``"auto"``, ``"green"`` or a segment count ``k``) or an
     explicit ``route`` (``[(node, start, stop), ...]`` over the model's blocks) split the
@@ -80,6 +85,8 @@ def build_request(
         request["route"] = [list(s) if isinstance(s, (tuple, list)) else s for s in route]
     if latency_bound_ms is not None:
         request["latency_bound_ms"] = float(latency_bound_ms)
+    if deadline_s is not None:
+        request["deadline_s"] = deadline_s
     validate_request(request)
     return request
 
@@ -114,15 +121,25 @@ def diagnose(client: redis.Redis, request_id: str, timeout: float, ttl_s: float)
     return head + f"it is still queued or running (live nodes: {', '.join(sorted(alive))})"
 
 
+def _where(url: str) -> str:
+    """A Redis URL fit for an error message: host and port, no credentials."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}"
+
+
 class InferenceHandle:
     """A submitted request; :meth:`result` waits for its outcome."""
 
-    def __init__(self, client: Client, request_id: str) -> None:
+    def __init__(self, client: Client, request_id: str, deadline_s: float = 0.0) -> None:
         self.id = request_id
         self._client = client
+        self._deadline_s = deadline_s
 
     def result(self, timeout: float | None = None) -> InferenceResult:
-        """The result, or the error it names; :class:`ResultTimeout` after ``timeout``."""
+        """The result, or the error it names; :class:`ResultTimeout` after ``timeout``
+        (by default the result timeout, plus the deadline of a deferrable request)."""
+        if timeout is None and self._deadline_s:
+            timeout = self._client.settings.result_timeout_s + self._deadline_s
         return self._client._wait(self.id, timeout)
 
 
@@ -158,6 +175,7 @@ class Client(_Producer):
         partition: str | int | None = None,
         route: Sequence[Any] | None = None,
         latency_bound_ms: float | None = None,
+        deadline_s: float | None = None,
     ) -> InferenceHandle:
         """Queue one inference of ``model`` on an image (path/bytes/PIL) or a tensor.
 
@@ -167,12 +185,15 @@ class Client(_Producer):
         tensor = to_tensor_map(image_or_tensor, self._limits)
         request = build_request(model=model, tensor=tensor, mode=mode, weights=weights,
                                 normalisation=normalisation, node=node, partition=partition,
-                                route=route, latency_bound_ms=latency_bound_ms)
+                                route=route, latency_bound_ms=latency_bound_ms,
+                                deadline_s=deadline_s)
         return self._send(request)
 
-    def ping(self, *, mode: str | None = None, node: str | None = None) -> InferenceHandle:
+    def ping(self, *, mode: str | None = None, node: str | None = None,
+             deadline_s: float | None = None) -> InferenceHandle:
         """A request that runs no model: measures the routing path itself."""
-        return self._send(build_request(kind="ping", mode=mode, node=node))
+        return self._send(build_request(kind="ping", mode=mode, node=node,
+                                        deadline_s=deadline_s))
 
     def map(
         self, model: str, inputs: Iterable[Any], *, timeout: float | None = None, **options: Any
@@ -198,7 +219,16 @@ class Client(_Producer):
         """Store a large input under its own key, then queue the request, in one round trip.
 
         With ``queue`` the request goes straight to that Celery queue (no dispatcher).
+        A Redis that cannot be reached raises :class:`RuntimeUnavailable` at once.
         """
+        try:
+            return self._send_once(request, queue)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise RuntimeUnavailable(
+                f"Redis at {_where(self.settings.redis_url)} is unreachable ({e}): request "
+                f"{request['id']} was not submitted, or its submission not confirmed") from e
+
+    def _send_once(self, request: dict[str, Any], queue: str | None) -> InferenceHandle:
         self._listener.watch(request["id"])
         pipe = self._redis.pipeline(transaction=True)
         detach_input(request, pipe, self.settings)
@@ -211,7 +241,7 @@ class Client(_Producer):
             pipe.delete(*self._listener.to_delete)
             self._listener.to_delete.clear()
         pipe.execute()
-        return InferenceHandle(self, request["id"])
+        return InferenceHandle(self, request["id"], float(request.get("deadline_s") or 0.0))
 
     def result_for(self, request_id: str, timeout: float | None = None) -> InferenceResult:
         """The result of any request id (e.g. one sent raw), as :meth:`InferenceHandle.result`."""
@@ -219,7 +249,13 @@ class Client(_Producer):
 
     def _wait(self, request_id: str, timeout: float | None) -> InferenceResult:
         timeout = self.settings.result_timeout_s if timeout is None else timeout
-        raw = self._listener.wait(request_id, timeout)
+        try:
+            raw = self._listener.wait(request_id, timeout)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise RuntimeUnavailable(
+                f"lost Redis at {_where(self.settings.redis_url)} while waiting for request "
+                f"{request_id} ({e}); it may still complete: ask again with "
+                "result_for()") from e
         if raw is None:
             raise ResultTimeout(diagnose(self._redis, request_id, timeout,
                                          self.settings.heartbeat_ttl_s))

@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from celery import Celery
 
 from carbonedge.broker.celery_app import make_celery_app
+from carbonedge.broker.deferral import DeferralReleaser, plan_for, wants_deferral
 from carbonedge.broker.delivery import DELIVER_LUA, delivery_call
 from carbonedge.broker.partition_route import PartitionRouter
 from carbonedge.broker.publish import encode_task_message
@@ -37,7 +38,7 @@ from carbonedge.errors import (
 )
 from carbonedge.partitioner.catalog import MODEL_NAMES
 from carbonedge.protocol import keys
-from carbonedge.protocol.messages import error_result, unpack, validate_request
+from carbonedge.protocol.messages import error_result, pack, unpack, validate_request
 from carbonedge.protocol.telemetry import Heartbeat
 from carbonedge.scheduler import ClusterView, Decision, NodeSnapshot, select, weights_for
 from carbonedge.settings import Settings
@@ -59,6 +60,16 @@ class _Routed:
 
 
 @dataclass(frozen=True, slots=True)
+class _Deferred:
+    request_id: str
+    request: bytes
+    """The request to put back on the stream at ``release_at``."""
+    release_at: float
+    input_key: str | None
+    """Its detached input, which must outlive the wait."""
+
+
+@dataclass(frozen=True, slots=True)
 class _Rejected:
     request_id: str
     error: CarbonEdgeError
@@ -77,6 +88,8 @@ class Dispatcher:
         self._known_nodes: set[str] = set()
         self._snapshots: dict[str, NodeSnapshot] = {}
         self._bad_heartbeats: set[str] = set()
+        self._forecasts: dict[str, tuple[tuple[float, float], ...]] = {}
+        self.releaser = DeferralReleaser()
         self.dispatched = 0
         self.rejected = 0
         self.partitions = PartitionRouter(max_payload_bytes=settings.max_payload_bytes)
@@ -93,11 +106,13 @@ class Dispatcher:
             beat = asyncio.create_task(self._beat(r, stop))
             watchdog = asyncio.create_task(Watchdog(self.settings, self.name, self.handle)
                                            .run(r, stop))
+            releaser = asyncio.create_task(self.releaser.run(r, stop))
             try:
                 await self._serve(r, stop)
             finally:
                 beat.cancel()
                 watchdog.cancel()
+                releaser.cancel()
                 with contextlib.suppress(redis.RedisError):
                     await r.hdel(keys.DISPATCHER_ALIVE, self.name)
         finally:
@@ -156,6 +171,12 @@ class Dispatcher:
                 pipe.hset(keys.assigned_key(outcome.node), outcome.request_id, outcome.request)
                 pipe.hincrby(keys.IN_FLIGHT, outcome.node, 1)
                 pipe.hincrby(keys.DECISIONS, f"{outcome.node}|{outcome.mode}", 1)
+            elif isinstance(outcome, _Deferred):
+                pipe.zadd(keys.DEFERRED, {outcome.request: outcome.release_at})
+                pipe.incr(keys.DEFERRED_TOTAL)
+                if outcome.input_key is not None:
+                    wait_s = max(outcome.release_at - time.time(), 0.0)
+                    pipe.expire(outcome.input_key, int(wait_s + self.settings.input_ttl_s))
             elif isinstance(outcome, _Rejected):
                 script_keys, args = delivery_call(
                     outcome.request_id, error_result(outcome.request_id, outcome.error),
@@ -165,7 +186,7 @@ class Dispatcher:
         pipe.xdel(keys.REQUEST_STREAM, *ids)
         await pipe.execute()
 
-    def _route(self, entry_id: bytes, fields: dict) -> _Routed | _Rejected | None:
+    def _route(self, entry_id: bytes, fields: dict) -> _Routed | _Deferred | _Rejected | None:
         """Where an entry goes, or the error to answer it with (None: dead-lettered)."""
         req_id = None
         try:
@@ -173,6 +194,10 @@ class Dispatcher:
             request = unpack(raw, max_bytes=self.settings.max_payload_bytes)
             req_id = request.get("id") if isinstance(request.get("id"), str) else None
             validate_request(request)
+            if wants_deferral(request):
+                deferred = self._defer(request)
+                if deferred is not None:
+                    return deferred
             attempt = _attempt(fields, self.settings.max_attempts)
             started = time.perf_counter()
             decision = self._decide(request)
@@ -205,6 +230,23 @@ class Dispatcher:
         self._view.add_in_flight(node, 1)  # type: ignore[union-attr]
         self.dispatched += 1
         return _Routed(node, mode, message, request["id"], raw)
+
+    def _defer(self, request: dict[str, Any]) -> _Deferred | None:
+        """Hold ``request`` for a lower-carbon slot before its deadline, if there is one."""
+        live = self._live_snapshots()
+        plan = plan_for(request, time.time(), {s.node_id: self._forecasts.get(s.node_id, ())
+                                               for s in live},
+                        {s.node_id: s.carbon_intensity for s in live},
+                        settle_s=self.settings.heartbeat_interval_s + self.settings.view_refresh_s)
+        if not plan.deferred:
+            return None
+        held = {**request, "deferred_until": plan.release_at,
+                "deferral": {"now_g_per_kwh": plan.now_g_per_kwh,
+                             "release_g_per_kwh": plan.release_g_per_kwh}}
+        log.info("request %s deferred %.0f s: %.0f -> %.0f g/kWh", request["id"],
+                 plan.release_at - time.time(), plan.now_g_per_kwh, plan.release_g_per_kwh)
+        input_key = keys.input_key(request["id"]) if request.get("input_ref") is True else None
+        return _Deferred(request["id"], pack(held), plan.release_at, input_key)
 
     def _live_snapshots(self) -> list[NodeSnapshot]:
         view = self._view
@@ -252,6 +294,7 @@ class Dispatcher:
         *beats, in_flight = await pipe.execute()
         counts = {k.decode(): int(v) for k, v in in_flight.items()}
         snapshots = []
+        forecasts: dict[str, tuple[tuple[float, float], ...]] = {}
         for node_id, raw in zip(node_ids, beats, strict=True):
             if not raw:
                 continue
@@ -267,8 +310,10 @@ class Dispatcher:
                 continue
             self._bad_heartbeats.discard(node_id)
             snapshots.append(beat.to_snapshot(counts.get(node_id, 0)))
+            forecasts[node_id] = beat.ci_forecast
         self._known_nodes.update(node_ids)
         self._snapshots = {s.node_id: s for s in snapshots}
+        self._forecasts = forecasts
         self._view = ClusterView.build(snapshots, now=now, ttl_s=self.settings.heartbeat_ttl_s)
         self._view_at = now
 

@@ -94,6 +94,12 @@ class InferenceResult:
     def pue(self) -> float:
         return float(self.raw.get("pue", 1.0))
 
+    @property
+    def deferred_until(self) -> float | None:
+        """When a deferrable request was released to run (None: it ran at once)."""
+        value = self.raw.get("deferred_until")
+        return float(value) if isinstance(value, (int, float)) else None
+
 
 def parse_result(result: Any, *, received_at: float) -> InferenceResult:
     """Turn a result map into an :class:`InferenceResult`, raising the error it names."""

@@ -150,6 +150,11 @@ class StaticProvider:
     def intensity_at(self, when: datetime) -> IntensityReading:
         return IntensityReading(self.value, self.source, _utc(when))
 
+    def forecast(self, when: datetime, horizon: timedelta,
+                 max_points: int = 48) -> list[tuple[datetime, float]]:
+        """A static value does not change: one point."""
+        return [(_utc(when), self.value.g_per_kwh)]
+
 
 @register_provider("static")
 def _static(spec: Mapping[str, Any]) -> StaticProvider:
@@ -277,6 +282,25 @@ class TraceProvider:
             timestamp=_utc(when),
             trace_time=self.trace_start + timedelta(hours=index),
         )
+
+    def forecast(self, when: datetime, horizon: timedelta,
+                 max_points: int = 48) -> list[tuple[datetime, float]]:
+        """``(from, value)`` for the hour containing ``when`` and each later trace hour
+        that begins within ``horizon`` of it (wall time), at most ``max_points``."""
+        when = _utc(when)
+        end = when + horizon
+        points = [(when, self.values[self.hour_index(when)])]
+        elapsed_us = (when - self.start) // timedelta(microseconds=1)
+        hour = round(elapsed_us * self.speedup) // _HOUR_US
+        while len(points) < max_points:
+            hour += 1
+            # the first wall microsecond whose trace time is in the next hour
+            boundary = self.start + timedelta(microseconds=math.ceil(
+                hour * _HOUR_US / self.speedup))
+            if boundary > end:
+                break
+            points.append((boundary, self.values[self.hour_index(boundary)]))
+        return points
 
 
 def _parse_start(value: object) -> datetime:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from carbonedge.carbon.apportion import HostPower, check_method, task_cpu_energy_j
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 HOST_READING_MAX_AGE_S = 5.0
 INTENSITY_REFRESH_S = 1.0
+FORECAST_HORIZON = timedelta(hours=24)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,15 @@ class EnergyAccountant:
                 self._reading = self.config.intensity.intensity_at(datetime.now(UTC))
                 self._reading_at = now
             return self._reading
+
+    def forecast(self) -> tuple[tuple[float, float], ...]:
+        """The node's intensity steps ahead, as (unix time, g/kWh), where its provider
+        can forecast (a trace, a static value); empty where it cannot (live APIs)."""
+        forecast = getattr(self.config.intensity, "forecast", None)
+        if forecast is None:
+            return ()
+        return tuple((t.timestamp(), v) for t, v in forecast(datetime.now(UTC),
+                                                              FORECAST_HORIZON))
 
     # -- charging -------------------------------------------------------------------------
 

@@ -77,6 +77,7 @@ class HeartbeatPublisher:
             cpu_source=self._accounting.source,
             exec_ms=self._stats.exec_ms(),
             cpu_usage_s=cpu,
+            ci_forecast=self._energy.forecast(),
         )
 
     def beat(self) -> None:

@@ -226,6 +226,7 @@ class AgentRuntime:
             "mode": payload.get("mode"),
             "timings": self._timings(payload, started_at, exec_ms, cpu_s),
             "decision": payload.get("decision"),
+            "deferred_until": payload.get("deferred_until"),
         }
 
     def _timings(

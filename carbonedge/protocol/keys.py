@@ -30,6 +30,12 @@ LEDGER_STREAM = f"{PREFIX}:ledger"
 LEDGER_GROUP = f"{PREFIX}:carbon"
 """Consumer group of carbon services on :data:`LEDGER_STREAM`."""
 
+DEFERRED = f"{PREFIX}:deferred"
+"""Sorted set: requests (msgpack) held for a lower-carbon slot, scored by release time."""
+
+DEFERRED_TOTAL = f"{PREFIX}:deferred:total"
+"""Counter of requests ever deferred."""
+
 HOST_POWER = f"{PREFIX}:carbon:host"
 """Hash: the host's latest CPU power, idle power and busy CPUs, from the carbon service."""
 

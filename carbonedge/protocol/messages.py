@@ -87,6 +87,7 @@ def validate_request(msg: Mapping[str, Any]) -> None:
             require(msg, "input", dict)
     require(msg, "submitted_at", (float, int))
     _validate_partition(msg)
+    _validate_deferral(msg)
     weights = msg.get("weights")
     if weights is not None:
         if (
@@ -100,6 +101,23 @@ def validate_request(msg: Mapping[str, Any]) -> None:
                 "weights must be five finite non-negative numbers (R, L, P, B, C), not all zero",
                 field="weights",
             )
+
+
+MAX_DEADLINE_S = 7 * 24 * 3600.0
+
+
+def _validate_deferral(msg: Mapping[str, Any]) -> None:
+    """``deadline_s``: the result may come up to this many seconds after submission, so
+    the request may wait for a lower-carbon slot; ``deferred_until`` is set on release."""
+    for name, upper in (("deadline_s", MAX_DEADLINE_S), ("deferred_until", float("inf"))):
+        value = msg.get(name)
+        if value is not None and (
+            not isinstance(value, (int, float)) or isinstance(value, bool)
+            or not math.isfinite(value) or not 0 < value <= upper
+        ):
+            raise InvalidRequest(f"{name} must be a positive number of seconds"
+                                 + (f" up to {upper:.0f}" if math.isfinite(upper) else ""),
+                                 field=name)
 
 
 def _validate_partition(msg: Mapping[str, Any]) -> None:

@@ -16,6 +16,8 @@ from carbonedge.errors import InvalidMessage
 from carbonedge.scheduler import NodeSnapshot
 
 EXEC_PREFIX = "exec_ms."
+FORECAST_FIELD = "ci_forecast"
+MAX_FORECAST_POINTS = 64
 CLOCK_SKEW_S = 5.0
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -53,6 +55,9 @@ class Heartbeat:
     exec_ms: Mapping[str, float] = field(default_factory=dict)
     cpu_usage_s: float = 0.0
     """The node's cumulative CPU-seconds (its cgroup's counter): the carbon service's input."""
+    ci_forecast: tuple[tuple[float, float], ...] = ()
+    """``(from unix time, gCO2/kWh)`` steps of the node's intensity ahead, where its
+    provider can tell (traces, static values): what deferral plans with."""
 
     def to_fields(self) -> dict[str, str]:
         out = {name: repr(float(getattr(self, name))) for name in _FLOATS + _OPTIONAL_FLOATS}
@@ -61,6 +66,8 @@ class Heartbeat:
         out["intensity_source"] = self.intensity_source
         out["cpu_source"] = self.cpu_source
         out.update({EXEC_PREFIX + m: repr(float(v)) for m, v in self.exec_ms.items()})
+        if self.ci_forecast:
+            out[FORECAST_FIELD] = ";".join(f"{t!r}:{v!r}" for t, v in self.ci_forecast)
         return out
 
     @classmethod
@@ -88,6 +95,7 @@ class Heartbeat:
                    for key, raw in fields.items() if key.startswith(EXEC_PREFIX)}
         return cls(
             node_id=node_id,
+            ci_forecast=_forecast(fields.get(FORECAST_FIELD, "")),
             intensity_source=fields.get("intensity_source", "unknown"),
             cpu_source=fields.get("cpu_source", "unknown"),
             exec_ms=exec_ms,
@@ -112,6 +120,25 @@ class Heartbeat:
             heartbeat_ts=self.ts,
             pue=self.pue,
         )
+
+
+def _forecast(raw: str) -> tuple[tuple[float, float], ...]:
+    """Parse ``t:v;t:v``: ascending times, finite non-negative values."""
+    if not raw:
+        return ()
+    steps = raw.split(";")
+    if len(steps) > MAX_FORECAST_POINTS:
+        raise InvalidMessage(f"heartbeat forecast has {len(steps)} points, over "
+                             f"{MAX_FORECAST_POINTS}", field=FORECAST_FIELD)
+    out: list[tuple[float, float]] = []
+    for step in steps:
+        t_raw, _, v_raw = step.partition(":")
+        t = _parse(FORECAST_FIELD, t_raw, float)
+        v = _parse(FORECAST_FIELD, v_raw, float)
+        if out and t <= out[-1][0]:
+            raise InvalidMessage("heartbeat forecast times must ascend", field=FORECAST_FIELD)
+        out.append((t, v))
+    return tuple(out)
 
 
 def _number(fields: Mapping[str, str], name: str, kind: type) -> float:
