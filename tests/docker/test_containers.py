@@ -193,6 +193,11 @@ def test_compose_topology_in_containers(project: Project) -> None:
         (node_id,) = found
         assert samples[("ce_node_alive", (("node", node_id),))] == 1
         assert ("ce_node_queue_length", (("node", node_id),)) in samples
+    if "carbon" in p.services:  # the carbon service's reconciliation windows reach Prometheus
+        wait_until("a reconciliation window", lambda: scrape(p.metrics_port).get(
+            ("ce_carbon_windows", ()), 0) >= 1, 90, p.logs)
+        latest = scrape(p.metrics_port)
+        assert latest[("ce_carbon_window_latest", (("field", "cpu_energy"),))] >= 0
 
 
 def _flower_nodes(base: str, auth: str) -> set[str]:
