@@ -91,6 +91,12 @@ class RuntimeUnavailable(CarbonEdgeError):
     code = "runtime_unavailable"
 
 
+class CarbonBudgetExceeded(CarbonEdgeError):
+    """A tenant has spent its carbon budget for the current period."""
+
+    code = "carbon_budget_exceeded"
+
+
 class IntensityUnavailable(CarbonEdgeError):
     """A live carbon-intensity source did not answer with a usable value.
 

@@ -47,6 +47,9 @@ class Settings:
     carbon_csv: str = ""
     host_country: str = "USA"
     host_region: str = ""
+    carbon_budgets: str = ""
+    """Per-tenant carbon budgets, ``tenant=grams,...``, per ``carbon_budget_period_s``."""
+    carbon_budget_period_s: float = 86400.0
     log_level: str = "INFO"
     flower_basic_auth: str = ""
     """``user:password`` that `carbonedge flower` requires (it refuses to run without)."""

@@ -57,11 +57,13 @@ def build_request(
     route: Sequence[Any] | None = None,
     latency_bound_ms: float | None = None,
     deadline_s: float | None = None,
+    tenant: str | None = None,
 ) -> dict[str, Any]:
     """A validated request map with a fresh id.
 
     ``deadline_s`` lets the request wait, up to that many seconds after submission, for
     the lowest-carbon slot the nodes' intensity forecasts show (carbon-aware deferral).
+    ``tenant`` charges the request's carbon to that tenant's budget (if one is set).
 
     ``partition`` (``"none"``, ``"auto"``, ``"green"`` or a segment count ``k``) or an
     explicit ``route`` (``[(node, start, stop), ...]`` over the model's blocks) split the
@@ -74,7 +76,7 @@ def build_request(
         "submitted_at": time.time(),
     }
     for name, value in (("model", model), ("input", tensor), ("mode", mode),
-                        ("normalisation", normalisation), ("node", node)):
+                        ("normalisation", normalisation), ("node", node), ("tenant", tenant)):
         if value is not None:
             request[name] = value
     if weights is not None:
@@ -176,6 +178,7 @@ class Client(_Producer):
         route: Sequence[Any] | None = None,
         latency_bound_ms: float | None = None,
         deadline_s: float | None = None,
+        tenant: str | None = None,
     ) -> InferenceHandle:
         """Queue one inference of ``model`` on an image (path/bytes/PIL) or a tensor.
 
@@ -186,14 +189,14 @@ class Client(_Producer):
         request = build_request(model=model, tensor=tensor, mode=mode, weights=weights,
                                 normalisation=normalisation, node=node, partition=partition,
                                 route=route, latency_bound_ms=latency_bound_ms,
-                                deadline_s=deadline_s)
+                                deadline_s=deadline_s, tenant=tenant)
         return self._send(request)
 
     def ping(self, *, mode: str | None = None, node: str | None = None,
-             deadline_s: float | None = None) -> InferenceHandle:
+             deadline_s: float | None = None, tenant: str | None = None) -> InferenceHandle:
         """A request that runs no model: measures the routing path itself."""
         return self._send(build_request(kind="ping", mode=mode, node=node,
-                                        deadline_s=deadline_s))
+                                        deadline_s=deadline_s, tenant=tenant))
 
     def map(
         self, model: str, inputs: Iterable[Any], *, timeout: float | None = None, **options: Any

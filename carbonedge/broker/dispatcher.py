@@ -41,6 +41,7 @@ from carbonedge.protocol import keys
 from carbonedge.protocol.messages import error_result, pack, unpack, validate_request
 from carbonedge.protocol.telemetry import Heartbeat
 from carbonedge.scheduler import ClusterView, Decision, NodeSnapshot, select, weights_for
+from carbonedge.scheduler.budgets import BudgetVerdict, judge, parse_budgets, period_index
 from carbonedge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,9 @@ class Dispatcher:
         self._bad_heartbeats: set[str] = set()
         self._forecasts: dict[str, tuple[tuple[float, float], ...]] = {}
         self.releaser = DeferralReleaser()
+        self._budgets = parse_budgets(settings.carbon_budgets)
+        self._spent: dict[str, float] = {}
+        self._spent_at = 0.0
         self.dispatched = 0
         self.rejected = 0
         self.partitions = PartitionRouter(max_payload_bytes=settings.max_payload_bytes)
@@ -159,6 +163,7 @@ class Dispatcher:
         """
         await self._refresh_view(r)
         await self._sync_in_flight(r)
+        await self._refresh_spend(r)
         entries = list(entries)
         await self.partitions.prepare(r, entries, sorted(self._snapshots))
         pipe = r.pipeline(transaction=True)
@@ -194,6 +199,7 @@ class Dispatcher:
             request = unpack(raw, max_bytes=self.settings.max_payload_bytes)
             req_id = request.get("id") if isinstance(request.get("id"), str) else None
             validate_request(request)
+            verdict = self._budget_verdict(request)
             if wants_deferral(request):
                 deferred = self._defer(request)
                 if deferred is not None:
@@ -204,9 +210,10 @@ class Dispatcher:
             mode = str(request.get("mode") or self.settings.default_mode).lower()
             if self.on_decision is not None:
                 self.on_decision(mode, time.perf_counter() - started)
-            request.update(node=decision.node_id, dispatched_at=time.time(),
-                           decision=decision.to_wire(
-                               explain=decision.candidates <= self.settings.explain_max_nodes),
+            wire = decision.to_wire(explain=decision.candidates <= self.settings.explain_max_nodes)
+            if verdict is not None:
+                wire["budget"] = verdict.to_wire()
+            request.update(node=decision.node_id, dispatched_at=time.time(), decision=wire,
                            counted=True, mode=mode, attempt=attempt)
             node, task = decision.node_id, keys.TASK_BY_KIND[request.get("kind", "infer")]
             if PartitionRouter.wants(request):  # split across nodes: the first segment's
@@ -230,6 +237,26 @@ class Dispatcher:
         self._view.add_in_flight(node, 1)  # type: ignore[union-attr]
         self.dispatched += 1
         return _Routed(node, mode, message, request["id"], raw)
+
+    def _budget_verdict(self, request: dict[str, Any]) -> BudgetVerdict | None:
+        """Refuse a tenant over its carbon budget; route one near it in Green mode."""
+        period = self.settings.carbon_budget_period_s
+        verdict = judge(request.get("tenant"), self._budgets, self._spent,
+                        period_ends_at=(period_index(time.time(), period) + 1) * period)
+        if verdict is not None and verdict.force_green:
+            request["mode"] = "green"
+            request.pop("weights", None)
+        return verdict
+
+    async def _refresh_spend(self, r: aioredis.Redis) -> None:
+        """Tenants' spend this period, re-read as often as the node view."""
+        now = time.time()
+        if not self._budgets or now - self._spent_at < self.settings.view_refresh_s:
+            return
+        key = keys.budget_spend_key(period_index(now, self.settings.carbon_budget_period_s))
+        raw = await r.hgetall(key)
+        self._spent = {k.decode(): float(v) for k, v in raw.items()}
+        self._spent_at = now
 
     def _defer(self, request: dict[str, Any]) -> _Deferred | None:
         """Hold ``request`` for a lower-carbon slot before its deadline, if there is one."""

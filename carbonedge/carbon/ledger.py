@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
 from carbonedge.errors import InvalidMessage
 
@@ -45,6 +45,8 @@ class LedgerRow:
     pue: float
     power_source: str
     apportioning: str
+    tenant: str = ""
+    """Whose carbon budget the task counts against ("" for none)."""
 
     def to_fields(self) -> dict[str, str]:
         return {k: repr(v) if isinstance(v, float) else str(v) for k, v in asdict(self).items()}
@@ -55,6 +57,8 @@ class LedgerRow:
         f = {_text(k): _text(v) for k, v in raw.items()}
         values: dict[str, object] = {}
         for spec in fields(cls):
+            if spec.name not in f and spec.default is not MISSING:
+                continue
             if spec.name not in f:
                 raise InvalidMessage(f"ledger row lacks {spec.name}", field=spec.name)
             if spec.name in _FLOATS:

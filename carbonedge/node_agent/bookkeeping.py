@@ -10,6 +10,7 @@ import redis
 
 from carbonedge.carbon.ledger import LEDGER_MAXLEN, LedgerRow
 from carbonedge.protocol import keys
+from carbonedge.scheduler.budgets import period_index
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +24,11 @@ class TaskBookkeeper:
     shares one pipeline.
     """
 
-    def __init__(self, client: redis.Redis, node_id: str) -> None:
+    def __init__(self, client: redis.Redis, node_id: str,
+                 budget_period_s: float = 86400.0) -> None:
         self._client = client
         self._node_id = node_id
+        self._budget_period_s = budget_period_s
         self._later: queue.SimpleQueue[tuple[str | None, LedgerRow | None] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ce-bookkeeping", daemon=True)
         self._thread.start()
@@ -60,6 +63,18 @@ class TaskBookkeeper:
                 batch.append(more)
             self._flush(batch)
 
+    def _count_budgets(self, pipe: redis.client.Pipeline, rows: list[LedgerRow]) -> None:
+        """Add tenants' carbon to the spend of the budget period each task finished in."""
+        spend: dict[tuple[int, str], float] = {}
+        for row in rows:
+            if row.tenant:
+                key = (period_index(row.ts, self._budget_period_s), row.tenant)
+                spend[key] = spend.get(key, 0.0) + row.carbon_g
+        for (period, tenant), grams in spend.items():
+            key = keys.budget_spend_key(period)
+            pipe.hincrbyfloat(key, tenant, grams)
+            pipe.expire(key, int(self._budget_period_s * 2))
+
     def _flush(self, batch: list[tuple[str | None, LedgerRow | None]]) -> None:
         inputs = [key for key, _ in batch if key]
         rows = [row for _, row in batch if row is not None]
@@ -75,6 +90,7 @@ class TaskBookkeeper:
             if rows:
                 pipe.hincrbyfloat(keys.CARBON_TOTALS, self._node_id, carbon)
                 pipe.hincrbyfloat(keys.ENERGY_TOTALS, self._node_id, energy)
+            self._count_budgets(pipe, rows)
             pipe.execute()
         except redis.RedisError as e:
             log.warning("post-task bookkeeping failed (%d inputs, %d ledger rows): %s",

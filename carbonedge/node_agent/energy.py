@@ -149,7 +149,7 @@ def charge_fields(charge: TaskCharge) -> dict[str, Any]:
 
 
 def ledger_row(result: Mapping[str, Any], charge: TaskCharge, *, cpu_s: float,
-               wall_s: float) -> LedgerRow:
+               wall_s: float, tenant: str = "") -> LedgerRow:
     """The ledger row of a finished task (its result map already built)."""
     return LedgerRow(
         task_id=str(result.get("id") or "unknown"),
@@ -170,4 +170,5 @@ def ledger_row(result: Mapping[str, Any], charge: TaskCharge, *, cpu_s: float,
         pue=charge.pue,
         power_source=charge.power_source,
         apportioning=charge.apportioning,
+        tenant=tenant,
     )

@@ -145,7 +145,9 @@ class AgentRuntime:
                     exec_ms = self._service_ms(result["timings"])
                 elif model_name is not None:  # a first run allocates buffers: not typical
                     self._warm.add(model_name)
-            ledger = ledger_row(result, charge, cpu_s=charged_cpu, wall_s=wall_s)
+            tenant = payload.get("tenant") if isinstance(payload, dict) else None
+            ledger = ledger_row(result, charge, cpu_s=charged_cpu, wall_s=wall_s,
+                                tenant=tenant if isinstance(tenant, str) else "")
         self.stats.finished(model_name, exec_ms, task_cpu)
         if isinstance(payload, dict):
             self._bookkeeper.task_done(

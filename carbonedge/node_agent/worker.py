@@ -54,7 +54,7 @@ def run_agent(
     models = ModelCache(settings.model_dir)
 
     energy = EnergyAccountant(config, power, apportioning=settings.apportioning)
-    bookkeeper = TaskBookkeeper(client, config.node_id)
+    bookkeeper = TaskBookkeeper(client, config.node_id, settings.carbon_budget_period_s)
     runtime = AgentRuntime(config, settings, accounting=accounting, energy=energy, models=models,
                            stats=stats, bookkeeper=bookkeeper, redis_client=client)
     for name in preload:  # before the first heartbeat: no task is routed here until ready

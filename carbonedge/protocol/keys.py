@@ -60,6 +60,11 @@ REQUEST_FIELD = "p"
 """The single stream-entry field that holds the msgpack request."""
 
 
+def budget_spend_key(period: int) -> str:
+    """Hash tenant -> grams of CO2 spent in budget period ``period``."""
+    return f"{PREFIX}:budget:{period}"
+
+
 def node_key(node_id: str) -> str:
     """The heartbeat hash of a node (expires after the missed-beat limit)."""
     return f"{PREFIX}:node:{node_id}"

@@ -14,6 +14,7 @@ import msgpack
 
 from carbonedge.errors import CarbonEdgeError, InvalidMessage, InvalidRequest
 from carbonedge.partitioner.routes import Route, check_partition
+from carbonedge.scheduler.budgets import valid_tenant
 
 PROTOCOL_VERSION = 1
 KINDS = ("infer", "ping")
@@ -88,6 +89,10 @@ def validate_request(msg: Mapping[str, Any]) -> None:
     require(msg, "submitted_at", (float, int))
     _validate_partition(msg)
     _validate_deferral(msg)
+    tenant = msg.get("tenant")
+    if tenant is not None and not valid_tenant(tenant):
+        raise InvalidRequest("tenant must be 1 to 64 letters, digits, '.', '_' or '-'",
+                             field="tenant")
     weights = msg.get("weights")
     if weights is not None:
         if (

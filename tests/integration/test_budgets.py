@@ -1,0 +1,52 @@
+"""A tenant over its carbon budget is refused by name; others keep being served."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from carbonedge.broker.client import Client
+from carbonedge.compose.local_runner import LocalRuntime
+from carbonedge.compose.topology import load_topology
+from carbonedge.errors import CarbonBudgetExceeded
+from carbonedge.protocol import keys
+from carbonedge.scheduler.budgets import period_index
+from carbonedge.settings import Settings
+from tests.conftest import CGROUP_PARENT, SMALL_RUNTIME_URL, _redis_or_fail
+from tests.integration.conftest import SMALL_TOPOLOGY
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+def test_tenant_budget_is_enforced_from_the_agents_ledger(tmp_path: Path) -> None:
+    _redis_or_fail(SMALL_RUNTIME_URL).flushdb()
+    compose = tmp_path / "compose.yml"
+    compose.write_text(SMALL_TOPOLOGY)
+    # one ping's RAM energy alone (~1e-7 g) overspends a 1e-12 g budget
+    settings = Settings.load(env={}, redis_url=SMALL_RUNTIME_URL, run_dir=str(tmp_path / "run"),
+                             cgroup_parent=CGROUP_PARENT, carbon_budgets="tiny=1e-12,ample=1e6")
+    runtime = LocalRuntime(load_topology(compose), settings)
+    r = redis.Redis.from_url(SMALL_RUNTIME_URL)
+    try:
+        runtime.up(wait_s=120)
+        with Client(settings) as client:
+            first = client.ping(tenant="tiny").result(30)
+            assert first.decision["budget"] == {"tenant": "tiny", "budget_g": 1e-12,
+                                                "spent_g": 0.0, "force_green": False}
+            key = keys.budget_spend_key(period_index(time.time(), 86400))
+            deadline = time.monotonic() + 15
+            while float(r.hget(key, "tiny") or 0) <= 1e-12:  # the agent's bookkeeping
+                assert time.monotonic() < deadline, "the ping's carbon never reached the budget"
+                time.sleep(0.1)
+            time.sleep(0.5)  # the dispatcher re-reads spend with its node view
+            with pytest.raises(CarbonBudgetExceeded, match="tiny"):
+                client.ping(tenant="tiny").result(30)
+            ample = client.ping(tenant="ample").result(30)
+            assert ample.decision["budget"]["force_green"] is False
+            assert client.ping().result(30).decision.get("budget") is None
+    finally:
+        runtime.down()
+        r.close()
