@@ -58,12 +58,14 @@ def build_request(
     latency_bound_ms: float | None = None,
     deadline_s: float | None = None,
     tenant: str | None = None,
+    latency_slo_ms: float | None = None,
 ) -> dict[str, Any]:
     """A validated request map with a fresh id.
 
     ``deadline_s`` lets the request wait, up to that many seconds after submission, for
     the lowest-carbon slot the nodes' intensity forecasts show (carbon-aware deferral).
     ``tenant`` charges the request's carbon to that tenant's budget (if one is set).
+    ``latency_slo_ms`` picks the least-carbon node predicted to answer within it.
 
     ``partition`` (``"none"``, ``"auto"``, ``"green"`` or a segment count ``k``) or an
     explicit ``route`` (``[(node, start, stop), ...]`` over the model's blocks) split the
@@ -89,6 +91,8 @@ def build_request(
         request["latency_bound_ms"] = float(latency_bound_ms)
     if deadline_s is not None:
         request["deadline_s"] = deadline_s
+    if latency_slo_ms is not None:
+        request["latency_slo_ms"] = latency_slo_ms
     validate_request(request)
     return request
 
@@ -179,6 +183,7 @@ class Client(_Producer):
         latency_bound_ms: float | None = None,
         deadline_s: float | None = None,
         tenant: str | None = None,
+        latency_slo_ms: float | None = None,
     ) -> InferenceHandle:
         """Queue one inference of ``model`` on an image (path/bytes/PIL) or a tensor.
 
@@ -189,7 +194,8 @@ class Client(_Producer):
         request = build_request(model=model, tensor=tensor, mode=mode, weights=weights,
                                 normalisation=normalisation, node=node, partition=partition,
                                 route=route, latency_bound_ms=latency_bound_ms,
-                                deadline_s=deadline_s, tenant=tenant)
+                                deadline_s=deadline_s, tenant=tenant,
+                                latency_slo_ms=latency_slo_ms)
         return self._send(request)
 
     def ping(self, *, mode: str | None = None, node: str | None = None,

@@ -42,6 +42,7 @@ from carbonedge.protocol.messages import error_result, pack, unpack, validate_re
 from carbonedge.protocol.telemetry import Heartbeat
 from carbonedge.scheduler import ClusterView, Decision, NodeSnapshot, select, weights_for
 from carbonedge.scheduler.budgets import BudgetVerdict, judge, parse_budgets, period_index
+from carbonedge.scheduler.slo import apply_latency_slo
 from carbonedge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,12 @@ class Dispatcher:
             mode = str(request.get("mode") or self.settings.default_mode).lower()
             if self.on_decision is not None:
                 self.on_decision(mode, time.perf_counter() - started)
+            slo = None
+            if request.get("latency_slo_ms") is not None:
+                decision, slo = apply_latency_slo(decision, float(request["latency_slo_ms"]))
             wire = decision.to_wire(explain=decision.candidates <= self.settings.explain_max_nodes)
+            if slo is not None:
+                wire["slo"] = slo
             if verdict is not None:
                 wire["budget"] = verdict.to_wire()
             request.update(node=decision.node_id, dispatched_at=time.time(), decision=wire,

@@ -89,6 +89,11 @@ def validate_request(msg: Mapping[str, Any]) -> None:
     require(msg, "submitted_at", (float, int))
     _validate_partition(msg)
     _validate_deferral(msg)
+    slo = msg.get("latency_slo_ms")
+    if slo is not None and (not isinstance(slo, (int, float)) or isinstance(slo, bool)
+                            or not math.isfinite(slo) or slo <= 0):
+        raise InvalidRequest("latency_slo_ms must be a positive number of milliseconds",
+                             field="latency_slo_ms")
     tenant = msg.get("tenant")
     if tenant is not None and not valid_tenant(tenant):
         raise InvalidRequest("tenant must be 1 to 64 letters, digits, '.', '_' or '-'",

@@ -144,3 +144,12 @@ def test_status_shows_every_node_with_its_carbon_so_far(
                          capture_output=True, text=True, check=True, timeout=60).stdout
     assert all(node in out for node in default_runtime.node_ids) and "mobilenetv2" in out
     r.close()
+
+
+def test_latency_slo_picks_the_least_carbon_node_that_meets_it(warm_client: Client) -> None:
+    image = synthetic_images(1, seed=4)[0]
+    # every node meets a minute: the least carbon one runs it, even in Performance mode
+    relaxed = warm_client.submit(MODEL, image, mode="performance",
+                                 latency_slo_ms=60_000).result(60)
+    assert relaxed.node == "node-green", relaxed.decision
+    assert relaxed.decision["slo"]["met"] is True and relaxed.decision["slo"]["meeting"] == 3
