@@ -6,7 +6,7 @@ its output bytes); node speeds from telemetry (the model's service time, else th
 node's own profile). Plans are pure (:mod:`carbonedge.partitioner.plans`); they are
 cached per model, options and topology version (the live nodes with their speed, power
 and carbon intensity rounded to two significant digits), so a steady cluster plans a
-model once.
+model once; a cached plan's predictions are those of the telemetry it was made from.
 """
 
 from __future__ import annotations
@@ -120,10 +120,8 @@ class PartitionRouter:
                 exec_ms = sum(b["time_ms"] for b in own[s.node_id])
             if exec_ms is None or not math.isfinite(exec_ms) or exec_ms <= 0:
                 continue
-            nodes.append(PlanNode(s.node_id, speed=1.0 / _round2(exec_ms),
-                                  power_w=_round2(s.active_power_w),
-                                  carbon_intensity=_round2(s.carbon_intensity),
-                                  pue=_round2(s.pue)))
+            nodes.append(PlanNode(s.node_id, speed=1.0 / exec_ms, power_w=s.active_power_w,
+                                  carbon_intensity=s.carbon_intensity, pue=s.pue))
         return nodes
 
     # -- routing -----------------------------------------------------------------------
@@ -173,7 +171,10 @@ class PartitionRouter:
     def _plan(self, model: str, partition: str | int, costs: list[BlockCost],
               nodes: list[PlanNode], selected: str,
               bound: float | None) -> tuple[Plan | None, str]:
-        key = (model, partition, selected, bound, tuple(nodes))
+        # the topology version: numbers that jitter from beat to beat do not re-plan
+        version = tuple((n.node_id, _round2(n.speed), _round2(n.power_w),
+                         _round2(n.carbon_intensity), _round2(n.pue)) for n in nodes)
+        key = (model, partition, selected, bound, version)
         cached = self._plans.get(key)
         if cached is None:
             cached = choose_route(partition, costs, nodes, selected=selected,

@@ -22,7 +22,7 @@ from carbonedge.partitioner.blocks import flatten_model
 from carbonedge.partitioner.models import create_model, run_inference
 from carbonedge.protocol import keys
 from carbonedge.protocol.codec import encode_tensor
-from carbonedge.protocol.messages import PROTOCOL_VERSION, pack
+from carbonedge.protocol.messages import PROTOCOL_VERSION, pack, unpack
 from tests.conftest import TEST_REDIS
 from tests.integration.conftest import start_runtime
 
@@ -142,6 +142,26 @@ def test_partition_one_and_auto_give_the_model_output(
     assert float(np.max(np.abs(one.logits - expected))) <= TOL
     auto = client.submit("efficientnet_b0", _image(0), partition="auto").result(120)
     assert auto.top1 == int(np.argmax(expected))
+
+
+def test_every_agent_stores_its_block_profile(
+    runtime: LocalRuntime, client: Client, reference: dict[str, tuple[int, np.ndarray]]
+) -> None:
+    r = _redis(runtime)
+    try:
+        for model in MODELS:
+            n, _ = reference[model]
+            for node in NODES:
+                record = unpack(r.get(keys.block_profile_key(model, node)), max_bytes=1 << 24)
+                assert record["node"] == node and record["cpu_quota"] == 0.5
+                blocks = record["blocks"]
+                assert [b["index"] for b in blocks] == list(range(n))
+                for b in blocks:
+                    assert b["time_ms"] > 0 and b["activation_bytes"] > 0
+                    assert b["flops"] >= 0 and b["layer_cost"] >= 0 and b["params"] >= 0
+                assert sum(b["flops"] for b in blocks) > 1e8  # every model is 0.2+ GFLOPs
+    finally:
+        r.close()
 
 
 def test_activations_are_deleted_once_used(runtime: LocalRuntime, client: Client) -> None:
