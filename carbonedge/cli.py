@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="local: processes in cgroups (default); docker: containers via the "
                          "Docker SDK with nano_cpus and mem_limit")
     up.add_argument("--image", default="carbonedge:latest", help="image of --runtime docker")
+    up.add_argument("--metrics-port", type=int,
+                    help="the local dispatcher exports Prometheus metrics on 127.0.0.1:PORT")
     sub.add_parser("down", help="stop what `carbonedge up` started")
 
     agent = with_compose(sub.add_parser("agent", help="run one node agent (a Celery worker)"))
@@ -128,8 +130,10 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         print(f"up in containers ({args.image}): {', '.join(containers.node_ids)} and a "
               f"dispatcher on {settings.redis_url}; stop with `carbonedge down`")
         return 0
+    metrics = ("--metrics-port", str(args.metrics_port)) if args.metrics_port else ()
     runtime = LocalRuntime(load_topology(settings.compose_file or None), settings,
-                           scale=_parse_scale(args.scale), preload=tuple(args.preload))
+                           scale=_parse_scale(args.scale), preload=tuple(args.preload),
+                           dispatcher_args=metrics)
     runtime.up(wait_s=args.wait)
     print(f"up: {', '.join(runtime.node_ids)} and a dispatcher on {settings.redis_url}"
           f"{'' if runtime.state.constrained else ' (no cgroup limits: not permitted here)'}")
@@ -191,7 +195,7 @@ def _dispatcher(args: argparse.Namespace, settings: Settings) -> int:
     if args.metrics_port is not None:
         from carbonedge.broker.metrics import DecisionLatency, serve_metrics
 
-        registry = serve_metrics(settings.redis_url, args.metrics_port, args.metrics_address)
+        registry = serve_metrics(settings, args.metrics_port, args.metrics_address)
         latency = DecisionLatency(registry)
 
         def setup(dispatcher: Dispatcher) -> None:
@@ -204,7 +208,7 @@ def _dispatcher(args: argparse.Namespace, settings: Settings) -> int:
 def _metrics(args: argparse.Namespace, settings: Settings) -> int:
     from carbonedge.broker.metrics import run_exporter
 
-    run_exporter(settings.redis_url, args.metrics_port, args.metrics_address)
+    run_exporter(settings, args.metrics_port, args.metrics_address)
     return 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import redis
@@ -21,6 +21,8 @@ from prometheus_client.registry import Collector
 
 from carbonedge.broker.status import collect_status
 from carbonedge.protocol import keys
+from carbonedge.scheduler.budgets import parse_budgets, period_index
+from carbonedge.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +33,19 @@ LATENCY_BUCKETS = (5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1
 
 
 class RedisStateCollector(Collector):
-    """Per-node queues, decisions, energy, carbon and telemetry, read from Redis per scrape."""
+    """Per-node queues, decisions, energy, carbon and telemetry, deferred requests and budget
+    spend, read from Redis per scrape."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, *, budgets: Mapping[str, float] | None = None,
+                 budget_period_s: float = 86400.0) -> None:
         self._client = redis.Redis.from_url(redis_url, socket_timeout=5)
+        self._budgets = dict(budgets or {})
+        self._budget_period_s = budget_period_s
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisStateCollector:
+        return cls(settings.redis_url, budgets=parse_budgets(settings.carbon_budgets),
+                   budget_period_s=settings.carbon_budget_period_s)
 
     def close(self) -> None:
         self._client.close()
@@ -61,7 +72,11 @@ class RedisStateCollector(Collector):
         pipe.xlen(keys.DEAD_LETTER_STREAM)
         pipe.xlen(keys.CARBON_WINDOWS)
         pipe.xrevrange(keys.CARBON_WINDOWS, count=1)
-        decisions, energy, pending, dead, n_windows, last_window = pipe.execute()
+        pipe.zcard(keys.DEFERRED)
+        pipe.get(keys.DEFERRED_TOTAL)
+        pipe.hgetall(keys.budget_spend_key(period_index(time.time(), self._budget_period_s)))
+        (decisions, energy, pending, dead, n_windows, last_window, held, ever_deferred,
+         spend) = pipe.execute()
 
         def gauge(name: str, doc: str) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, doc, labels=["node"])
@@ -112,8 +127,21 @@ class RedisStateCollector(Collector):
                     latest.add_metric([name.decode()], float(raw))
                 except ValueError:
                     continue  # text fields (node names, sources) are not samples
+        deferred = GaugeMetricFamily("ce_deferred_requests",
+                                     "Requests held for a lower-carbon slot right now")
+        deferred.add_metric([], held)
+        deferred_total = CounterMetricFamily("ce_deferrals", "Requests ever deferred")
+        deferred_total.add_metric([], int(ever_deferred or 0))
+        spent = GaugeMetricFamily("ce_budget_spent_grams",
+                                  "Tenant's gCO2 in the current budget period", labels=["tenant"])
+        for tenant, grams in sorted(spend.items()):
+            spent.add_metric([tenant.decode()], float(grams))
+        budget = GaugeMetricFamily("ce_budget_grams", "Tenant's gCO2 budget per period",
+                                   labels=["tenant"])
+        for tenant, grams in sorted(self._budgets.items()):
+            budget.add_metric([tenant], grams)
         return [queue, in_flight, alive, intensity, power, util, carbon, kwh, decided,
-                waiting, dead_letters, windows, latest]
+                waiting, dead_letters, windows, latest, deferred, deferred_total, spent, budget]
 
 
 class DecisionLatency:
@@ -129,18 +157,18 @@ class DecisionLatency:
         self.histogram.labels(mode=mode).observe(seconds)
 
 
-def serve_metrics(redis_url: str, port: int, address: str = DEFAULT_ADDRESS,
+def serve_metrics(settings: Settings, port: int, address: str = DEFAULT_ADDRESS,
                   *, registry: CollectorRegistry | None = None) -> CollectorRegistry:
     """Start an HTTP exporter (a daemon thread) of the Redis state; returns its registry."""
     registry = registry or CollectorRegistry()
-    registry.register(RedisStateCollector(redis_url))
+    registry.register(RedisStateCollector.from_settings(settings))
     start_http_server(port, addr=address, registry=registry)
     log.info("metrics on http://%s:%d/metrics", address, port)
     return registry
 
 
-def run_exporter(redis_url: str, port: int, address: str = DEFAULT_ADDRESS) -> None:
+def run_exporter(settings: Settings, port: int, address: str = DEFAULT_ADDRESS) -> None:
     """Export the Redis state until interrupted (``carbonedge metrics``)."""
-    serve_metrics(redis_url, port, address)
+    serve_metrics(settings, port, address)
     while True:
         time.sleep(3600)

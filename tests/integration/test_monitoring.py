@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from carbonedge.broker.client import Client
 from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.protocol import keys
+from carbonedge.scheduler.budgets import period_index
 from tests.conftest import SMALL_RUNTIME_URL
 from tests.integration.conftest import SMALL_TOPOLOGY, start_runtime
 
@@ -88,8 +89,9 @@ def ran(monitored: tuple[LocalRuntime, int]) -> dict[str, int]:
     runtime, _ = monitored
     x = np.random.default_rng(0).standard_normal((3, 224, 224)).astype(np.float32)
     with Client(runtime.settings) as client:
-        for mode in ("green", "performance", "green"):
+        for mode in ("green", "performance"):
             client.submit(MODEL, x, mode=mode).result(120)
+        client.submit(MODEL, x, mode="green", tenant="team-a").result(120)
         client.ping(mode="performance").result(60)
     return {"green": 2, "performance": 2}
 
@@ -121,6 +123,35 @@ def test_metrics_after_real_tasks(monitored: tuple[LocalRuntime, int],
         assert samples[("ce_decision_latency_seconds_count", (("mode", mode),))] >= count
         assert 0 < samples[("ce_decision_latency_seconds_sum", (("mode", mode),))] < count
     assert samples[("ce_requests_waiting", ())] == 0
+
+
+def test_exporter_reports_budget_spend_and_deferrals(monitored: tuple[LocalRuntime, int],
+                                                    ran: dict[str, int]) -> None:
+    runtime, _ = monitored
+    r = redis.Redis.from_url(runtime.settings.redis_url)
+    period = period_index(time.time(), runtime.settings.carbon_budget_period_s)
+    deadline = time.monotonic() + 30  # agents charge tenants in a batch after the result
+    while not r.hget(keys.budget_spend_key(period), "team-a") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    spent = float(r.hget(keys.budget_spend_key(period), "team-a") or 0)
+    assert spent > 0
+    port = free_port()
+    env = {**os.environ, "CARBONEDGE_REDIS_URL": runtime.settings.redis_url,
+           "CARBONEDGE_CARBON_BUDGETS": "team-a=50,team-b=5"}
+    proc = subprocess.Popen([sys.executable, "-m", "carbonedge.cli", "metrics",
+                             "--metrics-port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc)
+        samples = scrape(port)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert samples[("ce_budget_spent_grams", (("tenant", "team-a"),))] == pytest.approx(spent)
+    assert samples[("ce_budget_grams", (("tenant", "team-a"),))] == 50
+    assert samples[("ce_budget_grams", (("tenant", "team-b"),))] == 5
+    assert samples[("ce_deferred_requests", ())] == r.zcard(keys.DEFERRED)
+    assert samples[("ce_deferrals_total", ())] == int(r.get(keys.DEFERRED_TOTAL) or 0)
 
 
 def test_metrics_exporter_binds_loopback_and_reports_redis_down(tmp_path: Path) -> None:
