@@ -191,6 +191,10 @@ def test_compose_topology_in_containers(project: Project) -> None:
     workers = wait_until("Flower listing the three agents", lambda: _flower_nodes(
         flower, p.flower_auth) >= {n for found in ids.values() for n in found}, 60)
     assert workers
+    status, body = http_get(flower + "/api/queues/length", auth=p.flower_auth)
+    assert status == 200
+    lengths = {q["name"]: q["messages"] for q in json.loads(body)["active_queues"]}
+    assert {keys.node_queue(n) for found in ids.values() for n in found} <= set(lengths)
     samples = scrape(p.metrics_port)
     for found in ids.values():
         (node_id,) = found
@@ -235,7 +239,8 @@ def test_scale_green_to_two_and_back(project: Project) -> None:
         (gone,) = both - {kept}
         assert len(p.containers("node-green")) == 1
         # out of scheduling: a request pinned to it is refused, green work goes to the other
-        time.sleep(settings.heartbeat_ttl_s)
+        # (once the dispatcher has re-read telemetry, every view_refresh_s)
+        time.sleep(settings.view_refresh_s * 5)
         with pytest.raises(NoNodeAvailable):
             client.ping(node=gone).result(60)
         assert client.ping(mode="green").result(60).node == kept
