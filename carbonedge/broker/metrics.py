@@ -149,12 +149,16 @@ class DecisionLatency:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.histogram = Histogram("ce_decision_latency_seconds",
-                                   "Time to validate, score and select a node for one request",
+                                   "Time to weigh, score and select a node for one request",
                                    labelnames=["mode"], buckets=LATENCY_BUCKETS,
                                    registry=registry)
+        self._by_mode: dict[str, Any] = {}
 
     def observe(self, mode: str, seconds: float) -> None:
-        self.histogram.labels(mode=mode).observe(seconds)
+        child = self._by_mode.get(mode)
+        if child is None:  # labels() costs more than the observation itself
+            child = self._by_mode[mode] = self.histogram.labels(mode=mode)
+        child.observe(seconds)
 
 
 def serve_metrics(settings: Settings, port: int, address: str = DEFAULT_ADDRESS,
