@@ -276,6 +276,11 @@ def test_docker_sdk_runtime(engine: Engine, tmp_path: Path) -> None:
         with Client(settings) as c:
             assert c.ping(node="node-b-2").result(120).node == "node-b-2"
             assert c.ping(mode="green").result(120).node in ("node-b-1", "node-b-2")
+        # `carbonedge down`, another process, stops what the state file records
+        down = subprocess.run([sys.executable, "-m", "carbonedge.cli", "down"],
+                              env={**os.environ, "CARBONEDGE_RUN_DIR": settings.run_dir},
+                              capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0 and down.stdout.strip() == "down", down.stderr
     finally:
         runtime.down()
     assert not client.containers.list(all=True, filters={"label": f"org.carbonedge.project="
