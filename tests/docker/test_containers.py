@@ -1,14 +1,12 @@
-"""The topology in real containers: `docker compose` (scaling included) and the Docker SDK
-runtime, on a Docker engine this test provisions and stops again."""
+"""The topology in real containers with `docker compose`: limits, health checks, routing,
+Flower, Prometheus and scaling, on the engine the session provisions (and stops again)."""
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +25,8 @@ from carbonedge.errors import NoNodeAvailable
 from carbonedge.protocol import keys
 from carbonedge.protocol.telemetry import Heartbeat
 from carbonedge.settings import Settings
-from tests.docker.engine import ROOT, Engine, EngineUnavailable, provision
+from tests.docker.conftest import cgroup_limits
+from tests.docker.engine import ROOT, Engine
 from tests.integration.test_monitoring import free_port, scrape
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.timeout(900)]
@@ -36,18 +35,6 @@ COMPOSE = ROOT / "compose" / "docker-compose.yml"
 OVERRIDE = ROOT / "tests" / "docker" / "compose.test.yml"
 NODE_CLASSES = ("node-high", "node-medium", "node-green")
 MODEL = "mobilenetv2"
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[Engine]:
-    if sys.version_info[:2] != (3, 11):
-        pytest.skip("the test image runs the project's virtualenv on Debian's Python 3.11")
-    try:
-        engine = provision()
-    except EngineUnavailable as e:
-        pytest.skip(f"no Docker engine for the container tests: {e}")
-    yield engine
-    engine.stop()
 
 
 class Project:
@@ -112,17 +99,6 @@ def wait_until(what: str, check: Any, timeout: float, on_fail: Any = None) -> An
             detail = on_fail() if on_fail else ""
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{detail}")
         time.sleep(0.5)
-
-
-def cgroup_limits(container_id: str) -> tuple[float, int]:
-    """CPU quota (cores) and memory limit as the cgroup files inside the container say."""
-    script = ("if [ -f /sys/fs/cgroup/cpu.max ]; then cat /sys/fs/cgroup/cpu.max "
-              "/sys/fs/cgroup/memory.max; else cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us "
-              "/sys/fs/cgroup/cpu/cpu.cfs_period_us /sys/fs/cgroup/memory/memory.limit_in_bytes; fi")
-    out = subprocess.run(["docker", "exec", container_id, "sh", "-c", script],
-                         capture_output=True, text=True, check=True, timeout=60).stdout.split()
-    quota, period, mem = out  # v2 "quota period" + memory.max; v1 the same three files
-    return int(quota) / int(period), int(mem)
 
 
 def http_get(url: str, auth: str | None = None) -> tuple[int, bytes]:
@@ -244,46 +220,3 @@ def test_scale_green_to_two_and_back(project: Project) -> None:
         with pytest.raises(NoNodeAvailable):
             client.ping(node=gone).result(60)
         assert client.ping(mode="green").result(60).node == kept
-
-
-def test_docker_sdk_runtime(engine: Engine, tmp_path: Path) -> None:
-    """`carbonedge up --runtime docker`: the same topology through the Docker SDK."""
-    from carbonedge.compose.docker_runner import NANO, DockerRuntime, docker_client
-    from tests.conftest import SMALL_RUNTIME_URL, _redis_or_fail
-    from tests.integration.conftest import SMALL_TOPOLOGY
-
-    _redis_or_fail(SMALL_RUNTIME_URL).flushdb()
-    compose = tmp_path / "compose.yml"
-    compose.write_text(SMALL_TOPOLOGY)
-    settings = Settings.load(env={}, redis_url=SMALL_RUNTIME_URL, run_dir=str(tmp_path / "run"),
-                             result_timeout_s=120.0)
-    runtime = DockerRuntime(load_topology(compose), settings, scale={"node-b": 2},
-                            image=engine.test_image, project=f"cesdk{os.getpid()}",
-                            volumes={str(ROOT): {"bind": "/src", "mode": "ro"}})
-    client = docker_client()
-    try:
-        runtime.up(wait_s=240)
-        assert runtime.node_ids == ["node-a", "node-b-1", "node-b-2"]
-        for container in runtime.containers():
-            container.reload()
-            host = container.attrs["HostConfig"]
-            if container.labels["org.carbonedge.node"] == "dispatcher":
-                assert host["NanoCpus"] == 0
-                continue
-            assert host["NanoCpus"] == round(0.5 * NANO) and host["Memory"] == 768 << 20
-            assert host["MemorySwap"] == 768 << 20 and host["Init"] is True
-            assert cgroup_limits(container.id) == (pytest.approx(0.5), 768 << 20)
-        with Client(settings) as c:
-            assert c.ping(node="node-b-2").result(120).node == "node-b-2"
-            assert c.ping(mode="green").result(120).node in ("node-b-1", "node-b-2")
-        # `carbonedge down`, another process, stops what the state file records
-        down = subprocess.run([sys.executable, "-m", "carbonedge.cli", "down"],
-                              env={**os.environ, "CARBONEDGE_RUN_DIR": settings.run_dir},
-                              capture_output=True, text=True, timeout=120)
-        assert down.returncode == 0 and down.stdout.strip() == "down", down.stderr
-    finally:
-        runtime.down()
-    assert not client.containers.list(all=True, filters={"label": f"org.carbonedge.project="
-                                                                  f"{runtime.project}"})
-    r = redis.Redis.from_url(SMALL_RUNTIME_URL)
-    assert not any(r.exists(keys.node_key(n)) for n in runtime.node_ids)

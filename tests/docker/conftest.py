@@ -1,0 +1,34 @@
+"""Container-test fixtures: one provisioned Docker engine per test session."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from tests.docker.engine import Engine, EngineUnavailable, provision
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[Engine]:
+    if sys.version_info[:2] != (3, 11):
+        pytest.skip("the test image runs the project's virtualenv on Debian's Python 3.11")
+    try:
+        engine = provision()
+    except EngineUnavailable as e:
+        pytest.skip(f"no Docker engine for the container tests: {e}")
+    yield engine
+    engine.stop()
+
+
+def cgroup_limits(container_id: str) -> tuple[float, int]:
+    """CPU quota (cores) and memory limit as the cgroup files inside the container say."""
+    script = ("if [ -f /sys/fs/cgroup/cpu.max ]; then cat /sys/fs/cgroup/cpu.max "
+              "/sys/fs/cgroup/memory.max; else cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us "
+              "/sys/fs/cgroup/cpu/cpu.cfs_period_us /sys/fs/cgroup/memory/memory.limit_in_bytes; fi")
+    out = subprocess.run(["docker", "exec", container_id, "sh", "-c", script],
+                         capture_output=True, text=True, check=True, timeout=60).stdout.split()
+    quota, period, mem = out  # v2 "quota period" + memory.max; v1 the same three files
+    return int(quota) / int(period), int(mem)

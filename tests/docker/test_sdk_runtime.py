@@ -1,0 +1,62 @@
+"""`carbonedge up --runtime docker`: the topology as containers through the Docker SDK."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from carbonedge.broker.client import Client
+from carbonedge.compose.docker_runner import NANO, DockerRuntime, docker_client
+from carbonedge.compose.topology import load_topology
+from carbonedge.protocol import keys
+from carbonedge.settings import Settings
+from tests.conftest import SMALL_RUNTIME_URL, _redis_or_fail
+from tests.docker.conftest import cgroup_limits
+from tests.docker.engine import ROOT, Engine
+from tests.integration.conftest import SMALL_TOPOLOGY
+
+pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.timeout(900)]
+
+
+def test_docker_sdk_runtime(engine: Engine, tmp_path: Path) -> None:
+    """Limits, routing and `carbonedge down` from another process."""
+    _redis_or_fail(SMALL_RUNTIME_URL).flushdb()
+    compose = tmp_path / "compose.yml"
+    compose.write_text(SMALL_TOPOLOGY)
+    settings = Settings.load(env={}, redis_url=SMALL_RUNTIME_URL, run_dir=str(tmp_path / "run"),
+                             result_timeout_s=120.0)
+    runtime = DockerRuntime(load_topology(compose), settings, scale={"node-b": 2},
+                            image=engine.test_image, project=f"cesdk{os.getpid()}",
+                            volumes={str(ROOT): {"bind": "/src", "mode": "ro"}})
+    client = docker_client()
+    try:
+        runtime.up(wait_s=240)
+        assert runtime.node_ids == ["node-a", "node-b-1", "node-b-2"]
+        for container in runtime.containers():
+            container.reload()
+            host = container.attrs["HostConfig"]
+            if container.labels["org.carbonedge.node"] == "dispatcher":
+                assert host["NanoCpus"] == 0
+                continue
+            assert host["NanoCpus"] == round(0.5 * NANO) and host["Memory"] == 768 << 20
+            assert host["MemorySwap"] == 768 << 20 and host["Init"] is True
+            assert cgroup_limits(container.id) == (pytest.approx(0.5), 768 << 20)
+        with Client(settings) as c:
+            assert c.ping(node="node-b-2").result(120).node == "node-b-2"
+            assert c.ping(mode="green").result(120).node in ("node-b-1", "node-b-2")
+        # `carbonedge down`, another process, stops what the state file records
+        down = subprocess.run([sys.executable, "-m", "carbonedge.cli", "down"],
+                              env={**os.environ, "CARBONEDGE_RUN_DIR": settings.run_dir},
+                              capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0 and down.stdout.strip() == "down", down.stderr
+    finally:
+        runtime.down()
+    assert not client.containers.list(all=True, filters={"label": f"org.carbonedge.project="
+                                                                  f"{runtime.project}"})
+    r = redis.Redis.from_url(SMALL_RUNTIME_URL)
+    assert not any(r.exists(keys.node_key(n)) for n in runtime.node_ids)
