@@ -154,6 +154,12 @@ class LocalRuntime:
         log.info("started %s (pid %d%s)", name, proc.pid,
                  f", cgroup {cgroup.name}" if cgroup else ", unconstrained")
 
+    def restart_agent(self, node_id: str) -> None:
+        """Start ``node_id``'s agent again after it died (same cgroup, same arguments)."""
+        self.state.processes = [p for p in self.state.processes if p.name != node_id]
+        self._start_agent(node_id)
+        self.state.save(self.run_dir / STATE_FILE)
+
     def wait_ready(self, timeout_s: float) -> None:
         """Block until every agent's heartbeat and the dispatcher's beat are visible."""
         client = redis.Redis.from_url(self.settings.redis_url)

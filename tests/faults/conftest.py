@@ -12,9 +12,9 @@ import pytest
 import redis
 
 from carbonedge.compose.local_runner import LocalRuntime, process_alive
+from carbonedge.experiments.accounting import OutcomeLedger
 from carbonedge.protocol import keys
 from tests.conftest import TEST_REDIS
-from tests.faults.accounting import Ledger
 from tests.integration.conftest import SMALL_TOPOLOGY, start_runtime
 
 pytestmark = pytest.mark.integration
@@ -34,8 +34,8 @@ def small(tmp_path: Path) -> Iterator[LocalRuntime]:
 
 
 @pytest.fixture
-def ledger(small: LocalRuntime) -> Iterator[Ledger]:
-    book = Ledger(small.settings.redis_url)
+def ledger(small: LocalRuntime) -> Iterator[OutcomeLedger]:
+    book = OutcomeLedger(small.settings.redis_url)
     yield book
     book.close()
 
@@ -55,8 +55,7 @@ def kill(runtime: LocalRuntime, name: str, sig: int = signal.SIGKILL) -> float:
 
 def restart_agent(runtime: LocalRuntime, node_id: str, timeout_s: float = 120) -> None:
     """Start ``node_id``'s agent again (its old process must be dead) and wait for its beat."""
-    runtime.state.processes = [p for p in runtime.state.processes if p.name != node_id]
-    runtime._start_agent(node_id)  # the runner's own start path: same cgroup, same args
+    runtime.restart_agent(node_id)
     client = redis.Redis.from_url(runtime.settings.redis_url)
     try:
         wait_until(lambda: client.exists(keys.node_key(node_id)), timeout_s,

@@ -17,9 +17,9 @@ import redis
 from carbonedge.broker.client import build_request
 from carbonedge.compose.cgroups import NodeCgroup
 from carbonedge.compose.local_runner import LocalRuntime, process_alive
+from carbonedge.experiments.accounting import OutcomeLedger
 from carbonedge.protocol import keys
 from carbonedge.protocol.codec import encode_tensor
-from tests.faults.accounting import Ledger
 from tests.faults.conftest import delivery_stats, kill, pid_of, recoveries, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -44,7 +44,7 @@ def _running_on(url: str, node_id: str) -> bool:
         client.close()
 
 
-def _pinger(ledger: Ledger, stop: threading.Event, per_batch: int = 10) -> threading.Thread:
+def _pinger(ledger: OutcomeLedger, stop: threading.Event, per_batch: int = 10) -> threading.Thread:
     def run() -> None:
         while not stop.is_set():
             ledger.submit_pings(per_batch, mode="green")
@@ -54,7 +54,7 @@ def _pinger(ledger: Ledger, stop: threading.Event, per_batch: int = 10) -> threa
     return thread
 
 
-def test_kill_9_under_load_loses_nothing(small: LocalRuntime, ledger: Ledger) -> None:
+def test_kill_9_under_load_loses_nothing(small: LocalRuntime, ledger: OutcomeLedger) -> None:
     stop = threading.Event()
     pinger = _pinger(ledger, stop)
     try:
@@ -78,7 +78,7 @@ def test_kill_9_under_load_loses_nothing(small: LocalRuntime, ledger: Ledger) ->
     assert report.nodes["node-a"] > 0
 
 
-def test_kill_9_mid_inference_is_redispatched(small: LocalRuntime, ledger: Ledger) -> None:
+def test_kill_9_mid_inference_is_redispatched(small: LocalRuntime, ledger: OutcomeLedger) -> None:
     url = small.settings.redis_url
     request_id = ledger.submit(_infer_green())
     wait_until(lambda: _running_on(url, "node-b"), 60, "node-b to take the request")
@@ -100,7 +100,7 @@ def test_kill_9_mid_inference_is_redispatched(small: LocalRuntime, ledger: Ledge
 
 
 def test_oom_kill_in_the_memory_cgroup_is_redispatched(small: LocalRuntime,
-                                                        ledger: Ledger) -> None:
+                                                        ledger: OutcomeLedger) -> None:
     if not small.state.constrained:
         pytest.skip("agents run without cgroups here")
     record = next(p for p in small.state.processes if p.name == "node-b")
@@ -149,7 +149,7 @@ def _freezer(name: str, pid: int) -> Iterator[Path]:
 
 
 def test_frozen_agent_is_recovered_and_its_late_result_dropped(small: LocalRuntime,
-                                                               ledger: Ledger) -> None:
+                                                               ledger: OutcomeLedger) -> None:
     url = small.settings.redis_url
     with _freezer("node-b", pid_of(small, "node-b")) as state:
         request_id = ledger.submit(_infer_green())
@@ -170,7 +170,7 @@ def test_frozen_agent_is_recovered_and_its_late_result_dropped(small: LocalRunti
     client = redis.Redis.from_url(url)
     try:
         wait_until(lambda: client.exists(keys.node_key("node-b")), 30, "node-b's heartbeat")
-        later = Ledger(url)
+        later = OutcomeLedger(url)
         try:
             later.submit_pings(20, mode="green")
             again = later.wait(60, settle_s=0.5)
@@ -182,7 +182,7 @@ def test_frozen_agent_is_recovered_and_its_late_result_dropped(small: LocalRunti
         client.close()
 
 
-def test_sigterm_mid_stream_loses_nothing(small: LocalRuntime, ledger: Ledger) -> None:
+def test_sigterm_mid_stream_loses_nothing(small: LocalRuntime, ledger: OutcomeLedger) -> None:
     stop = threading.Event()
     pinger = _pinger(ledger, stop)
     try:

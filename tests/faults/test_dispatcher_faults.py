@@ -10,9 +10,9 @@ import redis
 
 from carbonedge.broker.client import build_request
 from carbonedge.compose.local_runner import LocalRuntime
+from carbonedge.experiments.accounting import OutcomeLedger
 from carbonedge.protocol import keys
 from carbonedge.protocol.messages import pack
-from tests.faults.accounting import Ledger
 from tests.faults.conftest import delivery_stats, kill, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -31,7 +31,7 @@ def _start_dispatcher(runtime: LocalRuntime) -> None:
 
 
 def test_entries_read_by_a_dead_dispatcher_are_reclaimed(small: LocalRuntime,
-                                                        ledger: Ledger) -> None:
+                                                        ledger: OutcomeLedger) -> None:
     """A dispatcher that read a batch and died before acknowledging it leaves the batch
     pending under its name; a live dispatcher claims and dispatches it."""
     url = small.settings.redis_url
@@ -57,7 +57,7 @@ def test_entries_read_by_a_dead_dispatcher_are_reclaimed(small: LocalRuntime,
 
 
 def test_kill_9_dispatcher_under_load_loses_nothing(small: LocalRuntime,
-                                                    ledger: Ledger) -> None:
+                                                    ledger: OutcomeLedger) -> None:
     stop = threading.Event()
 
     def pinger() -> None:
@@ -85,7 +85,7 @@ def test_kill_9_dispatcher_under_load_loses_nothing(small: LocalRuntime,
     assert _decisions(small.settings.redis_url) == report.submitted  # each routed once
 
 
-def test_two_dispatchers_route_each_request_once(small: LocalRuntime, ledger: Ledger) -> None:
+def test_two_dispatchers_route_each_request_once(small: LocalRuntime, ledger: OutcomeLedger) -> None:
     url = small.settings.redis_url
     _start_dispatcher(small)
     client = redis.Redis.from_url(url)

@@ -19,8 +19,8 @@ import redis
 from carbonedge.broker.client import Client
 from carbonedge.compose.local_runner import LocalRuntime, process_alive
 from carbonedge.errors import RuntimeUnavailable
+from carbonedge.experiments.accounting import OutcomeLedger
 from carbonedge.protocol import keys
-from tests.faults.accounting import Ledger
 from tests.faults.conftest import wait_until
 from tests.faults.servers import RedisServer, persistent
 from tests.integration.conftest import SMALL_TOPOLOGY, start_runtime
@@ -56,7 +56,7 @@ def _all_alive(url: str, node_ids: list[str]) -> bool:
 
 
 def test_redis_kill_9_and_restart(server: RedisServer, runtime: LocalRuntime) -> None:
-    ledger = Ledger(server.url)
+    ledger = OutcomeLedger(server.url)
     client = Client(runtime.settings)
     try:
         ledger.submit_pings(200)

@@ -1,6 +1,6 @@
 """Jepsen-style accounting: every submitted request must end in exactly one outcome.
 
-A :class:`Ledger` subscribes to every result announcement (``celery-task-meta-*``)
+A :class:`OutcomeLedger` subscribes to every result announcement (``celery-task-meta-*``)
 before anything is submitted, on a connection of its own, so it sees each result that
 was delivered, including any second one for the same request. Requests go straight onto
 the request stream (as :class:`~carbonedge.broker.client.Client` sends them), so the
@@ -46,7 +46,7 @@ class Report:
                 f"nodes={dict(self.nodes)}")
 
 
-class Ledger:
+class OutcomeLedger:
     """Submits requests and counts every result announced for them."""
 
     def __init__(self, url: str) -> None:
