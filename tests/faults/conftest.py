@@ -19,7 +19,7 @@ from tests.integration.conftest import SMALL_TOPOLOGY, start_runtime
 
 pytestmark = pytest.mark.integration
 
-FAULTS_URL = f"{TEST_REDIS}/11"
+FAULTS_URL = f"{TEST_REDIS}/9"
 """Database of the fault suite's runtimes (one at a time, flushed by each)."""
 
 

@@ -15,7 +15,7 @@ from tests.integration.conftest import start_runtime
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
-LOAD_URL = f"{TEST_REDIS}/10"
+LOAD_URL = f"{TEST_REDIS}/8"
 
 
 @pytest.fixture
