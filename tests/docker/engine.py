@@ -62,6 +62,21 @@ class Engine:
         os.kill(self.started_pid, signal.SIGKILL)
 
 
+TEST_PROJECT_PREFIXES = ("cetest", "cesdk")
+"""Compose / SDK project names of the container tests (leftovers of a crashed run go)."""
+
+
+def remove_leftovers() -> list[str]:
+    """Remove containers a crashed earlier test run left (they would restart with dockerd)."""
+    listing = _run(["docker", "ps", "-a", "--format", '{{.ID}} {{.Label "com.docker.compose.'
+                    'project"}} {{.Label "org.carbonedge.project"}}'], 60).stdout
+    stale = [fields[0] for fields in (line.split() for line in listing.splitlines())
+             if any(f.startswith(TEST_PROJECT_PREFIXES) for f in fields[1:])]
+    if stale:
+        _run(["docker", "rm", "-f", "-v", *stale], 120)
+    return stale
+
+
 def provision() -> Engine:
     """Install, start and build whatever is missing; returns the engine to use."""
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -69,6 +84,7 @@ def provision() -> Engine:
     compose = _ensure_compose()
     pid = _ensure_daemon()
     try:
+        remove_leftovers()
         _ensure_base_image()
         image = _ensure_test_image()
     except BaseException:
