@@ -65,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     carbon.add_argument("--window", type=float, help="reconciliation window, seconds")
     carbon.add_argument("--apportioning", choices=("usage", "quota"),
                         help="share host CPU power by measured CPU time or by quota")
+    _metrics_options(carbon, "also export Prometheus metrics (energy, carbon, windows) here")
     report = sub.add_parser("report", help="summarise an emissions CSV")
     report.add_argument("csv", nargs="?", help="emissions CSV (default <run_dir>/emissions.csv)")
 
@@ -223,6 +224,10 @@ def _carbon(args: argparse.Namespace, settings: Settings) -> int:
 
     changes = {"carbon_csv": args.csv, "carbon_window_s": args.window,
                "apportioning": args.apportioning}
+    if args.metrics_port is not None:
+        from carbonedge.broker.metrics import serve_metrics
+
+        serve_metrics(settings, args.metrics_port, args.metrics_address)
     run_carbon_service(settings.replace(**{k: v for k, v in changes.items() if v is not None}))
     return 0
 

@@ -45,14 +45,16 @@ class Project:
         self.name = f"cetest{secrets.token_hex(3)}"
         self.password = secrets.token_urlsafe(16)
         self.flower_auth = f"ops:{secrets.token_urlsafe(8)}"
-        self.redis_port, self.metrics_port, self.flower_port = (free_port() for _ in range(3))
+        self.redis_port, self.metrics_port, self.flower_port, self.carbon_metrics_port = (
+            free_port() for _ in range(4))
         self.env_file = tmp / "test.env"
         self.env_file.write_text("\n".join([
             f"CARBONEDGE_REDIS_PASSWORD={self.password}",
             f"CARBONEDGE_FLOWER_BASIC_AUTH={self.flower_auth}",
             f"CE_TEST_IMAGE={engine.test_image}", f"CE_TEST_SRC={ROOT}",
             f"CE_TEST_REDIS_PORT={self.redis_port}", f"CE_TEST_METRICS_PORT={self.metrics_port}",
-            f"CE_TEST_FLOWER_PORT={self.flower_port}", ""]))
+            f"CE_TEST_FLOWER_PORT={self.flower_port}",
+            f"CE_TEST_CARBON_METRICS_PORT={self.carbon_metrics_port}", ""]))
         self.redis_url = f"redis://:{self.password}@127.0.0.1:{self.redis_port}/0"
         # the carbon service joins once the `carbonedge carbon` command exists
         self.services = ["redis", "dispatcher", "flower", *NODE_CLASSES]
@@ -176,11 +178,12 @@ def test_compose_topology_in_containers(project: Project) -> None:
         (node_id,) = found
         assert samples[("ce_node_alive", (("node", node_id),))] == 1
         assert ("ce_node_queue_length", (("node", node_id),)) in samples
-    if "carbon" in p.services:  # the carbon service's reconciliation windows reach Prometheus
-        wait_until("a reconciliation window", lambda: scrape(p.metrics_port).get(
+    if "carbon" in p.services:  # the carbon service exports its windows and the carbon so far
+        wait_until("a reconciliation window", lambda: scrape(p.carbon_metrics_port).get(
             ("ce_carbon_windows", ()), 0) >= 1, 90, p.logs)
-        latest = scrape(p.metrics_port)
-        assert latest[("ce_carbon_window_latest", (("field", "cpu_energy"),))] >= 0
+        carbon = scrape(p.carbon_metrics_port)
+        assert carbon[("ce_carbon_window_latest", (("field", "cpu_energy"),))] >= 0
+        assert carbon[("ce_node_carbon_grams_total", (("node", green.node),))] > 0
 
 
 def _flower_nodes(base: str, auth: str) -> set[str]:
