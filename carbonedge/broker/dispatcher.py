@@ -404,7 +404,11 @@ class Dispatcher:
 
 def _attempt(fields: dict, max_attempts: int) -> int:
     """Which dispatch of the request this is (1 unless its node died while holding it)."""
-    attempt = int(fields.get(b"a", b"0")) + 1
+    try:
+        attempt = int(fields.get(b"a", b"0")) + 1
+    except ValueError:
+        raise InvalidMessage("stream entry field 'a' (attempt) must be an integer",
+                             field="a") from None
     if attempt > max_attempts:
         raise DispatchFailed(f"request given up after {attempt - 1} node(s) died while "
                              f"holding it (max_attempts={max_attempts})")

@@ -1,0 +1,312 @@
+"""More malformed inputs, each answered by a clear error; the system serves afterwards.
+
+tests/integration/test_bad_inputs.py holds the first cases (unknown model, mode and node,
+wrong shape and dtype, truncated bytes, NaN, bad envelopes, undecodable stream entries,
+pickle and other foreign messages on a node queue, ...); these are the ones it lacks:
+huge payloads, infinities, every envelope field of the wrong type, forged recovery
+entries, forged heartbeats. An input with a request id is answered with an error result
+naming the field; one without an id cannot be answered and is dead-lettered with the
+reason instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+import redis
+
+from carbonedge.broker.client import Client
+from carbonedge.broker.publish import encode_task_message
+from carbonedge.compose.local_runner import LocalRuntime
+from carbonedge.errors import (
+    CarbonEdgeError,
+    DispatchFailed,
+    InvalidMessage,
+    InvalidRequest,
+    InvalidTensor,
+    NoNodeAvailable,
+    UnknownMode,
+    UnknownNode,
+)
+from carbonedge.protocol import keys
+from carbonedge.protocol.codec import encode_tensor
+from carbonedge.protocol.messages import pack
+from carbonedge.protocol.telemetry import Heartbeat
+from tests.conftest import TEST_REDIS
+from tests.integration.conftest import SMALL_TOPOLOGY, start_runtime
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+GOOD = np.zeros((1, 3, 224, 224), np.float32)
+URL = f"{TEST_REDIS}/9"
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
+    tmp: Path = tmp_path_factory.mktemp("malformed")
+    compose = tmp / "compose.yml"
+    compose.write_text(SMALL_TOPOLOGY)
+    rt = start_runtime(tmp, URL, compose, preload=("mobilenetv2",))
+    yield rt
+    rt.down()
+
+
+@pytest.fixture
+def client(runtime: LocalRuntime) -> Iterator[Client]:
+    c = Client(runtime.settings)
+    yield c
+    assert c.ping().result(60).node  # still serving after the bad input
+    c.close()
+
+
+@pytest.fixture
+def r(runtime: LocalRuntime) -> Iterator[redis.Redis]:
+    conn = redis.Redis.from_url(runtime.settings.redis_url)
+    yield conn
+    conn.close()
+
+
+def _request(**fields: object) -> dict:
+    req = {"v": 1, "id": uuid.uuid4().hex, "kind": "infer", "model": "mobilenetv2",
+           "input": encode_tensor(GOOD), "submitted_at": time.time()}
+    req.update(fields)
+    return {k: v for k, v in req.items() if v is not None}
+
+
+def _answer(client: Client, request: dict, extra: dict | None = None) -> CarbonEdgeError:
+    """Send a request map raw (past the client's checks) and return the error it gets."""
+    entry = {keys.REQUEST_FIELD: pack(request), **(extra or {})}
+    client._redis.xadd(keys.REQUEST_STREAM, entry)
+    with pytest.raises(CarbonEdgeError) as e:
+        client.result_for(request["id"], 60)
+    return e.value
+
+
+def _dead_lettered(r: redis.Redis, send, match: bytes) -> None:
+    before = r.xlen(keys.DEAD_LETTER_STREAM)
+    send()
+    deadline = time.monotonic() + 30
+    while r.xlen(keys.DEAD_LETTER_STREAM) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert r.xlen(keys.DEAD_LETTER_STREAM) == before + 1
+    last = r.xrevrange(keys.DEAD_LETTER_STREAM, count=1)[0][1]
+    assert match in last[b"error"], last
+
+
+# -- payloads -----------------------------------------------------------------------------
+
+
+def test_100_mb_payload_is_refused_not_parsed(client: Client, r: redis.Redis) -> None:
+    huge = pack(_request(input={"dtype": "float32", "shape": [1, 3, 224, 224],
+                                "data": bytes(100 << 20)}))
+    _dead_lettered(r, lambda: client.submit_raw(huge), b"over the limit")
+
+
+def test_100_mb_tensor_is_refused_before_sending(client: Client) -> None:
+    with pytest.raises(InvalidTensor, match="over the limit"):
+        client.submit("mobilenetv2", np.zeros((1, 3, 2900, 2900), np.float32))  # ~100 MB
+
+
+def test_infinity_in_the_input(client: Client) -> None:
+    x = GOOD.copy()
+    x[0, 1, 2, 3] = np.inf
+    err = _answer(client, _request(input=encode_tensor(x)))
+    assert isinstance(err, InvalidTensor) and err.field == "input.data"
+
+
+def test_unknown_tensor_dtype(client: Client) -> None:
+    tensor = encode_tensor(GOOD)
+    tensor["dtype"] = "complex64"
+    err = _answer(client, _request(input=tensor))
+    assert isinstance(err, InvalidTensor) and "complex64" in str(err)
+
+
+def test_tensor_data_is_not_bytes(client: Client) -> None:
+    tensor = encode_tensor(GOOD)
+    tensor["data"] = [0.0] * 16
+    err = _answer(client, _request(input=tensor))
+    assert isinstance(err, InvalidTensor) and err.field == "input.data"
+
+
+def test_tensor_shape_is_nonsense(client: Client) -> None:
+    tensor = encode_tensor(GOOD)
+    tensor["shape"] = [-1, 3, 224, 224]
+    err = _answer(client, _request(input=tensor))
+    assert isinstance(err, InvalidTensor) and err.field.startswith("input")
+
+
+def test_tensor_map_without_shape(client: Client) -> None:
+    tensor = encode_tensor(GOOD)
+    del tensor["shape"]
+    err = _answer(client, _request(input=tensor))
+    assert isinstance(err, InvalidTensor) and err.field.startswith("input")
+
+
+def test_input_is_not_a_tensor_map(client: Client) -> None:
+    err = _answer(client, _request(input="a picture of a cat"))
+    assert isinstance(err, InvalidMessage) and err.field == "input"
+
+
+def test_input_reference_to_garbage(client: Client, r: redis.Redis) -> None:
+    request = _request(input=None, input_ref=True)
+    r.set(keys.input_key(request["id"]), b"\xc1 not msgpack", ex=60)
+    err = _answer(client, request)
+    assert isinstance(err, InvalidMessage) and "msgpack" in str(err)
+
+
+# -- envelope fields ----------------------------------------------------------------------
+
+
+def test_unknown_request_kind(client: Client) -> None:
+    err = _answer(client, _request(kind="train"))
+    assert isinstance(err, InvalidRequest) and err.field == "kind"
+
+
+def test_model_is_not_a_string(client: Client) -> None:
+    err = _answer(client, _request(model=42))
+    assert isinstance(err, InvalidMessage) and err.field == "model"
+
+
+def test_request_id_too_long(client: Client) -> None:
+    request = _request()
+    request["id"] = "x" * 200
+    err = _answer(client, request)
+    assert isinstance(err, InvalidMessage) and err.field == "id"
+
+
+def test_request_id_not_a_string_is_dead_lettered(client: Client, r: redis.Redis) -> None:
+    _dead_lettered(r, lambda: client.submit_raw(pack(_request(id=12345))), b"'id'")
+
+
+def test_stream_entry_without_the_request_field(client: Client, r: redis.Redis) -> None:
+    _dead_lettered(r, lambda: client._redis.xadd(keys.REQUEST_STREAM, {"q": b"x"}),
+                   b"msgpack")
+
+
+def test_mode_of_the_wrong_type(client: Client) -> None:
+    err = _answer(client, _request(mode=["green"]))
+    assert isinstance(err, UnknownMode) and err.field == "mode"
+
+
+def test_weights_with_nan(client: Client) -> None:
+    err = _answer(client, _request(weights=[1.0, float("nan"), 1.0, 1.0, 1.0]))
+    assert isinstance(err, InvalidRequest) and err.field == "weights"
+
+
+def test_weights_all_zero(client: Client) -> None:
+    err = _answer(client, _request(weights=[0, 0, 0, 0, 0]))
+    assert isinstance(err, InvalidRequest) and err.field == "weights"
+
+
+def test_unknown_normalisation(client: Client) -> None:
+    err = _answer(client, _request(normalisation="zscore-ish"))
+    assert isinstance(err, InvalidRequest) and err.field == "normalisation"
+
+
+def test_node_id_with_path_characters(client: Client) -> None:
+    err = _answer(client, _request(node="../../etc/passwd"))
+    assert isinstance(err, UnknownNode) and err.field == "node"
+
+
+def test_forged_recovery_entries(client: Client) -> None:
+    """Only the recovery script writes attempt numbers; nonsense or spent ones are refused."""
+    err = _answer(client, _request(), {"a": b"not a number"})
+    assert isinstance(err, InvalidMessage) and err.field == "a"
+    err = _answer(client, _request(), {"a": b"99"})
+    assert isinstance(err, DispatchFailed) and "given up" in str(err)
+
+
+# -- node queues --------------------------------------------------------------------------
+
+
+def _envelope(task: str, body: bytes, content_type: str, queue: str,
+              headers: dict | None = None) -> tuple[str, bytes]:
+    task_id = uuid.uuid4().hex
+    hdrs = {"lang": "py", "task": task, "id": task_id, "root_id": task_id, "parent_id": None,
+            "group": None, "retries": 0, "timelimit": [None, None], "eta": None,
+            "expires": None, "shadow": None, "argsrepr": "", "kwargsrepr": "", "origin": "t"}
+    if headers is not None:
+        hdrs = headers | {"id": task_id}
+    props = {"correlation_id": task_id, "reply_to": "", "delivery_mode": 2,
+             "delivery_info": {"exchange": "", "routing_key": queue}, "priority": 0,
+             "body_encoding": "base64", "delivery_tag": uuid.uuid4().hex}
+    return task_id, json.dumps({"body": base64.b64encode(body).decode(),
+                                "content-encoding": "utf-8", "content-type": content_type,
+                                "headers": hdrs, "properties": props}).encode()
+
+
+def test_json_task_on_a_node_queue_is_refused(client: Client, r: redis.Redis) -> None:
+    queue = keys.node_queue("node-a")
+    task_id, message = _envelope(keys.TASK_PING, json.dumps([[{"v": 1}], {}, {}]).encode(),
+                                 "application/json", queue)
+    r.lpush(queue, message)
+    with pytest.raises(CarbonEdgeError, match="decod|disallowed|content"):
+        client.result_for(task_id, 60)
+
+
+def test_task_payload_of_a_future_protocol_on_a_node_queue(client: Client,
+                                                          r: redis.Redis) -> None:
+    queue = keys.node_queue("node-a")
+    task_id = uuid.uuid4().hex
+    r.lpush(queue, encode_task_message(client._app, keys.TASK_INFER,
+                                       {"v": 2, "id": task_id, "model": "mobilenetv2"},
+                                       task_id=task_id, queue=queue))
+    with pytest.raises(InvalidMessage, match="protocol version") as e:
+        client.result_for(task_id, 60)
+    assert e.value.field == "v"
+
+
+def test_message_without_a_task_name(client: Client, r: redis.Redis) -> None:
+    queue = keys.node_queue("node-a")
+    _, message = _envelope("", msgpack.packb([[{}], {}, {}]), "application/x-msgpack", queue,
+                           headers={"lang": "py"})
+    _dead_lettered(r, lambda: r.lpush(queue, message), b"not a CarbonEdge task")
+
+
+# -- heartbeats ---------------------------------------------------------------------------
+
+
+def _beat(**changes: object) -> dict[str, str]:
+    beat = Heartbeat(node_id="node-evil", ts=time.time(), cpu_quota=4.0,
+                     mem_limit_bytes=8 << 30, mem_used_bytes=0, cpu_util=0.0, power_w=0.1,
+                     active_power_w=0.1, carbon_intensity=1.0).to_fields()
+    beat.update({k: str(v) for k, v in changes.items()})
+    return beat
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        _beat(power_w="nan"),
+        _beat(cpu_quota="-4"),
+        _beat(ts=repr(time.time() + 3600)),
+        _beat(node_id="node-a"),  # one node's telemetry under another's key
+        _beat(node_id="evil node; rm -rf"),
+        _beat(carbon_intensity="inf"),
+    ],
+    ids=["nan-power", "negative-quota", "future-timestamp", "impersonation", "bad-id", "inf-ci"],
+)
+def test_forged_heartbeats_are_ignored(client: Client, r: redis.Redis,
+                                       fields: dict[str, str]) -> None:
+    """A forged node that claimed 1 g/kWh would win every Green decision if believed."""
+    key = keys.node_key("node-evil")
+    r.hset(key, mapping=fields)
+    r.expire(key, 30)
+    r.sadd(keys.NODES, "node-evil")
+    try:
+        time.sleep(0.5)  # a few of the dispatcher's telemetry refreshes
+        nodes = {client.ping(mode="green").result(60).node for _ in range(5)}
+        assert nodes == {"node-b"}
+        with pytest.raises((UnknownNode, NoNodeAvailable)):
+            client.ping(node="node-evil").result(60)
+    finally:
+        r.delete(key)
+        r.srem(keys.NODES, "node-evil")
