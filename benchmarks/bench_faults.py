@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from benchmarks._runtime import bench_runtime
+from _runtime import bench_runtime
+
 from carbonedge.experiments.fault_load import run_fault_load
 
 

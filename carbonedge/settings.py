@@ -58,6 +58,9 @@ class Settings:
     max_attempts: int = 3
     """Nodes a request may be dispatched to before it is answered with an error (each
     one died while holding it)."""
+    node_allowlist: str = ""
+    """Node ids (or ``fnmatch`` patterns such as ``node-high-*``), comma-separated, whose
+    heartbeats the dispatcher believes; empty: any well-formed id."""
 
     @property
     def heartbeat_ttl_s(self) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import logging
 import os
 import socket
@@ -336,6 +337,8 @@ class Dispatcher:
                 beat = Heartbeat.from_fields(fields, now=now)
                 if beat.node_id != node_id:
                     raise InvalidMessage(f"heartbeat under {node_id} names {beat.node_id}")
+                if not node_allowed(node_id, self.settings.node_allowlist):
+                    raise UnknownNode(f"node {node_id} is not in node_allowlist", field="node")
             except CarbonEdgeError as e:
                 if node_id not in self._bad_heartbeats:
                     log.error("ignoring invalid heartbeat of %s: %s", node_id, e)
@@ -400,6 +403,12 @@ class Dispatcher:
             except redis.RedisError as e:
                 log.warning("dispatcher heartbeat failed: %s", e)
             await asyncio.sleep(self.settings.heartbeat_interval_s)
+
+
+def node_allowed(node_id: str, allowlist: str) -> bool:
+    """Whether ``node_id`` matches the comma-separated ids or patterns (empty: all do)."""
+    patterns = [p.strip() for p in allowlist.split(",") if p.strip()]
+    return not patterns or any(fnmatch.fnmatchcase(node_id, p) for p in patterns)
 
 
 def _attempt(fields: dict, max_attempts: int) -> int:

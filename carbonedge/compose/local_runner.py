@@ -107,6 +107,8 @@ class LocalRuntime:
             raise RuntimeUnavailable(
                 f"a runtime is already recorded in {state_path}; run `carbonedge down` first")
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if not self.settings.node_allowlist:  # the dispatcher believes our nodes only
+            self.settings = self.settings.replace(node_allowlist=",".join(self.node_ids))
         try:
             owned = ensure_redis(self.settings.redis_url, self.run_dir)
             self.state.redis_pid = owned.pid if owned else None

@@ -291,8 +291,10 @@ def _beat(**changes: object) -> dict[str, str]:
         _beat(node_id="node-a"),  # one node's telemetry under another's key
         _beat(node_id="evil node; rm -rf"),
         _beat(carbon_intensity="inf"),
+        _beat(),  # well-formed, but no such node in the topology (the allowlist)
     ],
-    ids=["nan-power", "negative-quota", "future-timestamp", "impersonation", "bad-id", "inf-ci"],
+    ids=["nan-power", "negative-quota", "future-timestamp", "impersonation", "bad-id", "inf-ci",
+         "unknown-node"],
 )
 def test_forged_heartbeats_are_ignored(client: Client, r: redis.Redis,
                                        fields: dict[str, str]) -> None:
