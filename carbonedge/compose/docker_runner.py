@@ -124,6 +124,9 @@ class DockerRuntime:
                        "CARBONEDGE_COMPOSE_FILE": TOPOLOGY_IN_CONTAINER,
                        "CARBONEDGE_HEARTBEAT_INTERVAL_S": str(self.settings.heartbeat_interval_s),
                        "CARBONEDGE_HEARTBEAT_MISSED_BEATS": str(self.settings.heartbeat_missed_beats),
+                       # the dispatcher believes heartbeats of this runtime's nodes only
+                       "CARBONEDGE_NODE_ALLOWLIST": (self.settings.node_allowlist
+                                                     or ",".join(self.node_ids)),
                        "PYTHONUNBUFFERED": "1", **self.environment}
         if "mem_limit" in limits:  # swap must not dodge the node's memory limit
             limits["memswap_limit"] = limits["mem_limit"]

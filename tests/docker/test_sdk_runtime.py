@@ -49,6 +49,10 @@ def test_docker_sdk_runtime(engine: Engine, tmp_path: Path) -> None:
         with Client(settings) as c:
             assert c.ping(node="node-b-2").result(120).node == "node-b-2"
             assert c.ping(mode="green").result(120).node in ("node-b-1", "node-b-2")
+        dispatcher = next(c for c in runtime.containers()
+                          if c.labels["org.carbonedge.node"] == "dispatcher")
+        assert "CARBONEDGE_NODE_ALLOWLIST=node-a,node-b-1,node-b-2" in dispatcher.attrs[
+            "Config"]["Env"]
         # `carbonedge down`, another process, stops what the state file records
         down = subprocess.run([sys.executable, "-m", "carbonedge.cli", "down"],
                               env={**os.environ, "CARBONEDGE_RUN_DIR": settings.run_dir},
