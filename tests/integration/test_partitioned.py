@@ -164,13 +164,18 @@ def test_every_agent_stores_its_block_profile(
         r.close()
 
 
-def test_activations_are_deleted_once_used(runtime: LocalRuntime, client: Client) -> None:
+def test_a_finished_route_leaves_nothing_behind(runtime: LocalRuntime, client: Client) -> None:
+    """No activation key, no assignment (recovery would re-run the request), no in-flight
+    count."""
     n = 21
     client.submit("mobilenetv2", _image(1), route=[("part-a", 0, 1), ("part-b", 1, 7),
                                                    ("part-c", 7, n)]).result(120)
     r = _redis(runtime)
     try:
         assert list(r.scan_iter(match=f"{keys.PREFIX}:act:*")) == []
+        for node in NODES:
+            assert r.hlen(keys.assigned_key(node)) == 0
+            assert int(r.hget(keys.IN_FLIGHT, node) or 0) == 0
     finally:
         r.close()
 
