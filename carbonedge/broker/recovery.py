@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 TAKE_LUA = """
 -- KEYS: heartbeat, assigned, queue, in-flight, attempts, requests stream, kombu unacked,
 --       kombu unacked index, recoveries stream
--- ARGV: node id, queue name, now (unix seconds), reason
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0, 0, 0} end
+-- ARGV: node id, queue name, now (unix seconds), reason, '1' to act on a live node
+if ARGV[5] ~= '1' and redis.call('EXISTS', KEYS[1]) == 1 then return {0, 0, 0} end
 local flat = redis.call('HGETALL', KEYS[2])
 if #flat == 0 then return {0, 0, 0} end
 local moved = {}
@@ -106,30 +106,37 @@ class Taken:
     """Of those, how many the agent had taken and not acknowledged (kombu's unacked)."""
 
 
-def take_call(node_id: str, reason: str) -> tuple[list[str], list[str]]:
-    """KEYS and ARGV of :data:`TAKE_LUA` for one node."""
+def take_call(node_id: str, reason: str, *,
+              force: bool = False) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of :data:`TAKE_LUA` for one node (``force``: even if it beats)."""
     queue = keys.node_queue(node_id)
     script_keys = [keys.node_key(node_id), keys.assigned_key(node_id), queue, keys.IN_FLIGHT,
                    keys.ATTEMPTS, keys.REQUEST_STREAM, keys.KOMBU_UNACKED,
                    keys.KOMBU_UNACKED_INDEX, keys.RECOVERIES]
-    return script_keys, [node_id, queue, repr(time.time()), reason]
+    return script_keys, [node_id, queue, repr(time.time()), reason, "1" if force else "0"]
 
 
-def release_previous_life(client: redis.Redis, node_id: str) -> Taken:
-    """For an agent starting under ``node_id``: re-dispatch what a previous life held.
+def hand_back(client: redis.Redis, node_id: str, reason: str) -> Taken:
+    """For a live agent that runs nothing right now: re-dispatch everything assigned to it.
 
-    A restart can be quicker than the heartbeat's expiry, so the watchdog may never see
-    the node dead; the new agent withdraws its heartbeat and hands the old work back
-    itself before it publishes its first beat.
+    Used when nothing assigned to the node can be running: an agent starting (a restart
+    can be quicker than the heartbeat's expiry, so the watchdog may never see the node
+    dead), and an agent whose broker connection broke (Celery drops the messages it had
+    fetched, and kombu would restore them only after its hour-long visibility timeout).
     """
-    client.delete(keys.node_key(node_id))
-    script_keys, args = take_call(node_id, "agent restarted")
+    script_keys, args = take_call(node_id, reason, force=True)
     n, queued, running = client.eval(TAKE_LUA, len(script_keys), *script_keys, *args)
     taken = Taken(node_id, int(n), int(queued), int(running))
     if taken.requests:
-        log.warning("re-dispatching %d request(s) held by a previous agent %s", taken.requests,
-                    node_id)
+        log.warning("%s: re-dispatching the %d request(s) assigned to %s", reason,
+                    taken.requests, node_id)
+        client.hincrby(keys.DELIVERY_STATS, "redispatched", taken.requests)
     return taken
+
+
+def release_previous_life(client: redis.Redis, node_id: str) -> Taken:
+    """For an agent starting under ``node_id``: re-dispatch what a previous life held."""
+    return hand_back(client, node_id, "agent restarted")
 
 
 Entries = list[tuple[bytes, dict]]

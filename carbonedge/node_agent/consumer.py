@@ -11,6 +11,7 @@ import base64
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import kombu.transport.redis as kombu_redis
@@ -26,6 +27,25 @@ log = logging.getLogger(__name__)
 
 class AgentConsumer(Consumer):  # type: ignore[misc]
     """Celery's worker consumer with dead-lettering of bad messages."""
+
+    on_reconnect: Callable[[], object] | None = None
+    """Set by the agent: hands back the requests a broken broker connection orphaned."""
+
+    def connect(self) -> Any:
+        """Connect; after a lost connection, first hand back what this agent held.
+
+        On a connection loss Celery forgets the messages it had fetched (kombu's Redis
+        transport would restore them only after the visibility timeout, an hour), and a
+        message popped just as Redis died may be gone altogether. A solo-pool agent runs
+        nothing while it reconnects, so whatever is still assigned to it is re-dispatched.
+        """
+        connection = super().connect()
+        if self.restart_count > 0 and self.on_reconnect is not None:
+            try:
+                self.on_reconnect()
+            except Exception:  # Redis may still be flaky: the watchdog remains
+                log.exception("could not hand back requests after reconnecting")
+        return connection
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         self._dead_letter(message, InvalidMessage(f"message could not be decoded: {exc}"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import socket
@@ -9,12 +10,12 @@ import socket
 import redis
 
 from carbonedge.broker.celery_app import make_celery_app
-from carbonedge.broker.recovery import release_previous_life
+from carbonedge.broker.recovery import hand_back, release_previous_life
 from carbonedge.carbon.power import PowerModel
 from carbonedge.node_agent.bookkeeping import TaskBookkeeper
 from carbonedge.node_agent.cgroup import CgroupAccounting
 from carbonedge.node_agent.config import AgentConfig
-from carbonedge.node_agent.consumer import install_tolerant_queue_decoder
+from carbonedge.node_agent.consumer import AgentConsumer, install_tolerant_queue_decoder
 from carbonedge.node_agent.energy import EnergyAccountant
 from carbonedge.node_agent.guard import DeliveryGuard
 from carbonedge.node_agent.heartbeat import HeartbeatPublisher
@@ -84,6 +85,8 @@ def run_agent(
     )
     # What a previous life of this node was running (or had queued) is re-dispatched.
     release_previous_life(client, config.node_id)
+    AgentConsumer.on_reconnect = functools.partial(hand_back, client, config.node_id,
+                                                   "agent reconnected to Redis")
     # Whatever waits in our queue is our in-flight work; a previous life's count is not.
     client.hset(keys.IN_FLIGHT, config.node_id, client.llen(queue))
     runtime.start_charging()
