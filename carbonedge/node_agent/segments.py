@@ -55,14 +55,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROFILE_REPEATS = 3
-_MOVE_ASSIGNMENT_LUA = """
--- the request is now the next node's: if that node dies, the request is re-dispatched
-local request = redis.call('HGET', KEYS[1], ARGV[1])
-if request then
+HAND_ON_LUA = """
+-- KEYS: this node's assigned hash, the next node's, the activation, the next queue, in-flight
+-- ARGV: request id, counted '1'/'0', activation, expiry s, task message, next node id
+-- A dispatched request moves to the next node's registry with its task (if that node dies,
+-- the request is re-dispatched); one taken from this node meanwhile is not handed on.
+if ARGV[2] == '1' then
+  local request = redis.call('HGET', KEYS[1], ARGV[1])
+  if not request then return 0 end
   redis.call('HDEL', KEYS[1], ARGV[1])
   redis.call('HSET', KEYS[2], ARGV[1], request)
+  redis.call('HINCRBY', KEYS[5], ARGV[6], 1)
 end
-return request and 1 or 0
+redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
+redis.call('LPUSH', KEYS[4], ARGV[5])
+return 1
 """
 INPUT_SHAPES = (INPUT_SHAPE, INPUT_SHAPE[1:])
 _ACTIVATION = "_activation"
@@ -77,6 +84,7 @@ class SegmentExecutor:
         self.app = app
         self._blocks: dict[str, list[Block]] = {}
         self._profiles: dict[str, list[BlockProfile]] = {}
+        self._hand_on = runtime._redis.register_script(HAND_ON_LUA)
 
     # -- profiles ----------------------------------------------------------------------
 
@@ -168,12 +176,16 @@ class SegmentExecutor:
         rt = self.runtime
         if index == 0:
             tensor = rt._input(payload)
+            if payload.pop("input_ref", None) is True:
+                # the input stays until the request ends (not deleted after this task): a
+                # request re-dispatched when a later node dies starts again from it
+                payload["input_held"] = True
             if isinstance(tensor, dict) and tensor.get("dtype") != "float32":
                 raise InvalidTensor(f"input.dtype {tensor.get('dtype')!r}: a split model takes "
                                     "float32 input", field="input.dtype")
             arr = decode_tensor(tensor, rt._limits, expect_shape=INPUT_SHAPES)
             return torch.from_numpy(np.array(arr)).reshape(INPUT_SHAPE), len(tensor["data"])
-        key = keys.activation_key(payload["id"], index)
+        key = _activation_key(payload, index)
         raw = rt._redis.getdel(key)
         if raw is None:
             raise InvalidRequest(f"its input activation {key} is not in Redis (expired after "
@@ -197,9 +209,12 @@ class SegmentExecutor:
         hop = _hop(payload, result, route[index], activation)
         hops = [*payload.get("hops", []), hop]
         if index + 1 == len(route):
+            self._release(payload, None)
             return _final(payload, result, route, hops)
         try:
-            self._forward(payload, route, index + 1, hops, activation)
+            if not self._forward(payload, route, index + 1, hops, activation):
+                log.warning("request %s was re-dispatched while its segment %d ran here; "
+                            "not handing it on", payload["id"], index)
         except (redis.RedisError, CarbonEdgeError) as e:
             error = DispatchFailed(f"segment {index} on node {route[index].node} could not hand "
                                    f"on to node {route[index + 1].node}: {e}", field="route")
@@ -208,24 +223,30 @@ class SegmentExecutor:
         return None
 
     def _forward(self, payload: dict[str, Any], route: Route, index: int,
-                 hops: list[dict[str, Any]], activation: torch.Tensor) -> None:
+                 hops: list[dict[str, Any]], activation: torch.Tensor) -> bool:
+        """Store the activation and queue segment ``index``, in one script; False if the
+        request is no longer this node's."""
         node = route[index].node
         request_id = payload["id"]
-        task = {k: v for k, v in payload.items() if k not in ("input", "input_ref")}
-        task.update(segment=index, hops=hops, counted=True, dispatched_at=time.time())
+        counted = payload.get("counted") is True
+        task = {k: v for k, v in payload.items() if k != "input"}
+        task.update(segment=index, hops=hops, dispatched_at=time.time())
         queue = keys.node_queue(node)
         # the task id is the request id: the registry of assignments and the delivery of
         # the final result go by it
         message = encode_task_message(self.app, keys.TASK_INFER_SEGMENT, task,
                                       task_id=request_id, queue=queue, ignore_result=True)
-        pipe = self.runtime._redis.pipeline(transaction=True)
-        pipe.set(keys.activation_key(request_id, index), pack(encode_tensor(activation)),
-                 ex=self.runtime.settings.input_ttl_s)
-        pipe.lpush(queue, message)
-        pipe.hincrby(keys.IN_FLIGHT, node, 1)
-        pipe.eval(_MOVE_ASSIGNMENT_LUA, 2, keys.assigned_key(self.runtime.config.node_id),
-                  keys.assigned_key(node), request_id)
-        pipe.execute()
+        script_keys = [keys.assigned_key(self.runtime.config.node_id), keys.assigned_key(node),
+                       _activation_key(payload, index), queue, keys.IN_FLIGHT]
+        args = [request_id, "1" if counted else "0", pack(encode_tensor(activation)),
+                int(self.runtime.settings.input_ttl_s), message, node]
+        return bool(self._hand_on(keys=script_keys, args=args))
+
+    def discard(self, payload: Any) -> None:
+        """Drop the activation of a segment that will not run (its request was taken from
+        this node and re-dispatched; the input stays for the new route)."""
+        if isinstance(payload, dict):
+            self._release(payload, payload.get("segment"), input_too=False)
 
     def owns(self, request_id: str, payload: Any) -> bool:
         """Whether a dispatched (``counted``) segment is still assigned to this node: a
@@ -244,12 +265,29 @@ class SegmentExecutor:
             index = payload.get("segment")
             result.update(segment=index, route=payload.get("route"),
                           segments=payload.get("hops", []))
-            if isinstance(index, int) and index > 0 and isinstance(payload.get("id"), str):
-                try:  # the activation this segment did not get to read
-                    self.runtime._redis.delete(keys.activation_key(payload["id"], index))
-                except redis.RedisError as e:
-                    log.warning("could not delete an activation: %s", e)
+            self._release(payload, index)
         return result
+
+    def _release(self, payload: dict[str, Any], index: Any, *, input_too: bool = True) -> None:
+        """Delete the activation segment ``index`` did not read, and a held input."""
+        request_id = payload.get("id")
+        if not isinstance(request_id, str):
+            return
+        held = input_too and payload.get("input_held") is True
+        stale = [keys.input_key(request_id)] if held else []
+        if isinstance(index, int) and index > 0:
+            stale.append(_activation_key(payload, index))
+        if stale:
+            try:
+                self.runtime._redis.delete(*stale)
+            except redis.RedisError as e:
+                log.warning("could not delete %s: %s", ", ".join(stale), e)
+
+
+def _activation_key(payload: dict[str, Any], index: int) -> str:
+    attempt = payload.get("attempt")
+    attempt = attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 1
+    return keys.activation_key(payload["id"], index, attempt)
 
 
 def _hop(payload: dict[str, Any], result: dict[str, Any], seg: RouteSegment,

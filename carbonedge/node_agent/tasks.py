@@ -42,6 +42,7 @@ def register_segment_task(app: Celery, runtime: AgentRuntime, guard: DeliveryGua
               reject_on_worker_lost=True, ignore_result=True)
     def infer_segment(task: Any, payload: Any) -> bool:
         if not executor.owns(task.request.id, payload):
+            executor.discard(payload)
             return False
         outcome = executor.finish(payload, runtime.infer_segment(payload, executor.run))
         if outcome is None:  # handed on to the next segment's node

@@ -112,6 +112,7 @@ def block_profile_key(model: str, node_id: str) -> str:
     return f"{PREFIX}:blocks:{model}:{node_id}"
 
 
-def activation_key(request_id: str, segment: int) -> str:
-    """The activation segment ``segment`` of a partitioned request reads (raw msgpack bin)."""
-    return f"{PREFIX}:act:{request_id}:{segment}"
+def activation_key(request_id: str, segment: int, attempt: int = 1) -> str:
+    """The activation segment ``segment`` of a partitioned request reads (raw msgpack bin);
+    a re-dispatched request (``attempt`` > 1) never reads one of an earlier route."""
+    return f"{PREFIX}:act:{request_id}:{attempt}:{segment}"

@@ -6,6 +6,8 @@ resident, over the 512 MiB of the paper's smaller nodes), on a database of their
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -242,3 +244,41 @@ def test_bad_routes_are_rejected_by_the_dispatcher(client: Client) -> None:
     with pytest.raises(InvalidRequest) as too_many:
         client.submit("mobilenetv2", _image(0), partition=4).result(60)
     assert too_many.value.field == "k"
+
+
+def test_a_node_frozen_mid_route_ends_the_request_with_a_clear_error(
+    runtime: LocalRuntime, client: Client, reference: dict[str, tuple[int, np.ndarray]]
+) -> None:
+    """part-b freezes (SIGSTOP) while segment 0 runs on part-a: its heartbeat expires, the
+    request, now assigned to part-b, is re-dispatched, and its route names a dead node.
+    The client gets an error naming it instead of waiting forever, and part-b, thawed,
+    does not run the old segment (the watchdog took it off its queue) and serves again."""
+    n, expected = reference["mobilenetv2"]
+    agent = next(p for p in runtime.state.processes if p.name == "part-b")
+    route = [("part-a", 0, n - 1), ("part-b", n - 1, n)]
+    os.kill(agent.pid, signal.SIGSTOP)
+    try:
+        handle = client.submit("mobilenetv2", _image(0), route=route)
+        with pytest.raises(NoNodeAvailable) as info:
+            handle.result(120)
+        assert "part-b" in info.value.message and info.value.field == "route"
+    finally:
+        os.kill(agent.pid, signal.SIGCONT)
+    r = _redis(runtime)
+    try:
+        deadline = time.monotonic() + 60
+        while not r.exists(keys.node_key("part-b")):
+            assert time.monotonic() < deadline, "part-b never came back"
+            time.sleep(0.2)
+        assert r.hlen(keys.assigned_key("part-b")) == 0
+    finally:
+        r.close()
+    while True:  # until the dispatcher sees part-b alive again
+        try:
+            client.ping(node="part-b").result(60)
+            break
+        except NoNodeAvailable:
+            assert time.monotonic() < deadline, "the dispatcher never saw part-b again"
+            time.sleep(0.5)
+    result = client.submit("mobilenetv2", _image(0), route=route).result(120)
+    assert float(np.max(np.abs(result.logits - expected))) <= TOL
