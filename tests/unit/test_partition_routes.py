@@ -194,3 +194,15 @@ def test_wants() -> None:
     assert not PartitionRouter.wants({"partition": "none"})
     assert not PartitionRouter.wants({})
     assert not PartitionRouter.wants({"kind": "ping", "partition": 2})
+
+
+def test_the_dispatcher_spots_partitioned_requests_without_decoding_them() -> None:
+    from carbonedge.broker.partition_route import _MARKERS
+    from carbonedge.protocol.messages import pack
+
+    tensor = encode_tensor(np.zeros((1, 3, 224, 224), np.float32))
+    for options in ({"partition": 2}, {"partition": "auto"}, {"route": [("a", 0, 21)]}):
+        packed = pack(build_request(model="mobilenetv2", tensor=tensor, **options))
+        assert any(m in packed for m in _MARKERS)
+    plain = pack(build_request(model="mobilenetv2", tensor=tensor))
+    assert not any(m in plain for m in _MARKERS)
