@@ -158,8 +158,9 @@ class PartitionRouter:
             nodes = self.plan_nodes(model, snapshots)
             if partition == "auto" and selected not in {n.node_id for n in nodes}:
                 return None
-            plan, reason = self._plan(model, partition, costs, nodes, selected,
-                                      request.get("latency_bound_ms"))
+            # a request's latency SLO bounds its plan too, unless it gives a bound of its own
+            bound = request.get("latency_bound_ms", request.get("latency_slo_ms"))
+            plan, reason = self._plan(model, partition, costs, nodes, selected, bound)
             if plan is None:
                 request["plan"] = {"reason": reason}
                 return None

@@ -206,3 +206,16 @@ def test_the_dispatcher_spots_partitioned_requests_without_decoding_them() -> No
         assert any(m in packed for m in _MARKERS)
     plain = pack(build_request(model="mobilenetv2", tensor=tensor))
     assert not any(m in plain for m in _MARKERS)
+
+
+def test_a_latency_slo_bounds_the_green_plan() -> None:
+    router = _router({"a": [1.0] * 6, "b": [1.0] * 6})
+    snaps = [_snapshot("a", {"m": 6.0}, 500), _snapshot("b", {"m": 12.0}, 100)]
+    loose = {"model": "m", "partition": "green", "latency_slo_ms": 100.0}
+    assert router.apply(loose, snaps, "a") == "b"  # the clean node alone meets 100 ms
+    tight = {"model": "m", "partition": "green", "latency_slo_ms": 100.0,
+             "latency_bound_ms": 7.0}
+    assert router.apply(tight, snaps, "a") == "a"  # its own bound wins: a alone (6 ms)
+    with pytest.raises(InvalidRequest) as info:
+        router.apply({"model": "m", "partition": "green", "latency_slo_ms": 1.0}, snaps, "a")
+    assert info.value.field == "latency_bound_ms"
