@@ -124,6 +124,12 @@ def diagnose(client: redis.Redis, request_id: str, timeout: float, ttl_s: float)
         return head + "no dispatcher is running (start `carbonedge up` or `carbonedge dispatcher`)"
     if not alive:
         return head + "no node agent is alive (every heartbeat under ce:node:* has expired)"
+    holder = next((n for n in nodes if client.hexists(keys.assigned_key(n), request_id)), None)
+    if holder is not None:
+        return head + f"it is queued or running on {holder}"
+    if client.xlen(keys.REQUEST_STREAM) == 0 and not client.exists(keys.done_key(request_id)):
+        return head + ("Redis holds no trace of it (not waiting for a dispatcher, not assigned "
+                       "to a node, not answered): was Redis restarted without persistence?")
     return head + f"it is still queued or running (live nodes: {', '.join(sorted(alive))})"
 
 
@@ -305,6 +311,16 @@ class AsyncClient(_Producer):
                                            for x in inputs)))
 
     async def _roundtrip(self, request: dict[str, Any], timeout: float | None) -> InferenceResult:
+        try:
+            return await self._roundtrip_once(request, timeout)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise RuntimeUnavailable(
+                f"Redis at {_where(self.settings.redis_url)} is unreachable ({e}) for request "
+                f"{request['id']}: it was not submitted, or its result may still come "
+                "(stored under its id)") from e
+
+    async def _roundtrip_once(self, request: dict[str, Any],
+                              timeout: float | None) -> InferenceResult:
         timeout = self.settings.result_timeout_s if timeout is None else timeout
         key = result_key(request["id"])
         async with self._redis.pubsub() as pubsub:

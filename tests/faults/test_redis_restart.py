@@ -18,7 +18,7 @@ import redis
 
 from carbonedge.broker.client import Client
 from carbonedge.compose.local_runner import LocalRuntime, process_alive
-from carbonedge.errors import RuntimeUnavailable
+from carbonedge.errors import CarbonEdgeError, RuntimeUnavailable
 from carbonedge.experiments.accounting import OutcomeLedger
 from carbonedge.protocol import keys
 from tests.faults.conftest import wait_until
@@ -88,3 +88,36 @@ def test_redis_kill_9_and_restart(server: RedisServer, runtime: LocalRuntime) ->
     finally:
         client.close()
         ledger.close()
+
+
+def test_without_persistence_every_request_still_ends_in_an_answer(tmp_path: Path) -> None:
+    """A restart of a Redis that keeps nothing empties it: requests it held are gone,
+    and their producers must learn so (an error), not wait forever."""
+    server = RedisServer(tmp_path / "volatile", [], "")
+    port = server.port
+    server.args = ["--port", str(port), "--save", "", "--appendonly", "no"]
+    server.url = f"redis://127.0.0.1:{port}/0"
+    server.start()
+    compose = tmp_path / "compose.yml"
+    compose.write_text(SMALL_TOPOLOGY)
+    rt = start_runtime(tmp_path, server.url, compose)
+    client = Client(rt.settings)
+    try:
+        handles = [client.ping() for _ in range(20)]
+        server.kill()
+        server.start()
+        outcomes: dict[str, int] = {"result": 0}
+        for handle in handles:
+            try:
+                handle.result(3.0)
+                outcomes["result"] += 1
+            except CarbonEdgeError as e:  # ResultTimeout saying why, or Redis unreachable
+                reason = "no trace" if "no trace" in str(e) else f"{type(e).__name__}: {e}"
+                outcomes[reason] = outcomes.get(reason, 0) + 1
+        print("volatile Redis restart:", outcomes)
+        assert sum(outcomes.values()) == len(handles)
+        assert client.ping().result(60).node in rt.node_ids  # and it serves again
+    finally:
+        client.close()
+        rt.down()
+        server.stop()
