@@ -103,13 +103,13 @@ def test_without_persistence_every_request_still_ends_in_an_answer(tmp_path: Pat
     rt = start_runtime(tmp_path, server.url, compose)
     client = Client(rt.settings)
     try:
-        handles = [client.ping() for _ in range(20)]
+        handles = [client.ping() for _ in range(10)]
         server.kill()
         server.start()
         outcomes: dict[str, int] = {"result": 0}
         for handle in handles:
             try:
-                handle.result(3.0)
+                handle.result(2.0)
                 outcomes["result"] += 1
             except CarbonEdgeError as e:  # ResultTimeout saying why, or Redis unreachable
                 reason = "no trace" if "no trace" in str(e) else f"{type(e).__name__}: {e}"
