@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
-import redis
-
+from carbonedge.compose.readiness import clear_stale_in_flight, wait_until_ready
 from carbonedge.compose.redis_server import ensure_redis, stop_pid
 from carbonedge.compose.topology import Topology
 from carbonedge.errors import RuntimeUnavailable
-from carbonedge.protocol import keys
 from carbonedge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -102,7 +99,7 @@ class DockerRuntime:
             owned = ensure_redis(self.settings.redis_url, self.run_dir)
             self.redis_pid = owned.pid if owned else None
             self._write_state(state_path)
-            self._clear_stale_telemetry()
+            clear_stale_in_flight(self.settings.redis_url)
             self._run("dispatcher", ["dispatcher"])
             for node_id in self.node_ids:
                 spec = self.topology.node(node_id)
@@ -143,33 +140,15 @@ class DockerRuntime:
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until every agent's heartbeat and the dispatcher's beat are visible."""
-        r = redis.Redis.from_url(self.settings.redis_url)
-        deadline = time.monotonic() + timeout_s
-        try:
-            while True:
-                missing = [n for n in self.node_ids if not r.exists(keys.node_key(n))]
-                if not missing and r.hlen(keys.DISPATCHER_ALIVE):
-                    return
-                for container in self.containers():
-                    if container.status in ("exited", "dead"):
-                        tail = container.logs(tail=20).decode(errors="replace")
-                        raise RuntimeUnavailable(
-                            f"container {container.name} exited during start-up; its log "
-                            f"ends:\n{tail}")
-                if time.monotonic() > deadline:
-                    raise RuntimeUnavailable(
-                        f"not ready after {timeout_s:.0f} s: waiting for "
-                        f"{', '.join(missing) or 'the dispatcher'}")
-                time.sleep(0.25)
-        finally:
-            r.close()
+        wait_until_ready(self.settings.redis_url, self.node_ids, timeout_s,
+                         check_started=self._check_started, poll_s=0.25)
 
-    def _clear_stale_telemetry(self) -> None:
-        r = redis.Redis.from_url(self.settings.redis_url)
-        try:
-            r.delete(keys.IN_FLIGHT)
-        finally:
-            r.close()
+    def _check_started(self) -> None:
+        for container in self.containers():
+            if container.status in ("exited", "dead"):
+                tail = container.logs(tail=20).decode(errors="replace")
+                raise RuntimeUnavailable(
+                    f"container {container.name} exited during start-up; its log ends:\n{tail}")
 
     def _write_state(self, path: Path) -> None:
         path.write_text(json.dumps({"project": self.project, "redis_pid": self.redis_pid}))

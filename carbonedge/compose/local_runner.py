@@ -19,13 +19,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from carbonedge.compose.cgroups import DEFAULT_PARENT, NodeCgroup, cgroups_available
+from carbonedge.compose.readiness import clear_stale_in_flight, wait_until_ready
 from carbonedge.compose.redis_server import ensure_redis, stop_pid
 from carbonedge.compose.topology import Topology
 from carbonedge.errors import CarbonEdgeError, RuntimeUnavailable
-from carbonedge.protocol import keys
 from carbonedge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -112,7 +110,7 @@ class LocalRuntime:
         try:
             owned = ensure_redis(self.settings.redis_url, self.run_dir)
             self.state.redis_pid = owned.pid if owned else None
-            self._clear_stale_telemetry()
+            clear_stale_in_flight(self.settings.redis_url)
             ok, why = cgroups_available(self.settings.cgroup_parent)
             self.state.constrained = ok
             if not ok:
@@ -164,35 +162,14 @@ class LocalRuntime:
 
     def wait_ready(self, timeout_s: float) -> None:
         """Block until every agent's heartbeat and the dispatcher's beat are visible."""
-        client = redis.Redis.from_url(self.settings.redis_url)
-        deadline = time.monotonic() + timeout_s
-        try:
-            while True:
-                missing = [n for n in self.node_ids if not client.exists(keys.node_key(n))]
-                dispatcher_up = bool(client.hlen(keys.DISPATCHER_ALIVE))
-                if self.carbon_service and not client.exists(keys.HOST_POWER):
-                    missing.append("the carbon service")
-                if not missing and dispatcher_up:
-                    return
-                for rec in self.state.processes:
-                    if not process_alive(rec.pid):
-                        raise RuntimeUnavailable(
-                            f"{rec.name} exited during start-up; its log ends:\n{_tail(rec.log)}")
-                if time.monotonic() > deadline:
-                    raise RuntimeUnavailable(
-                        f"not ready after {timeout_s:.0f} s: waiting for "
-                        f"{', '.join(missing) or 'the dispatcher'}")
-                time.sleep(0.1)
-        finally:
-            client.close()
+        wait_until_ready(self.settings.redis_url, self.node_ids, timeout_s,
+                         check_started=self._check_started, carbon_service=self.carbon_service)
 
-    def _clear_stale_telemetry(self) -> None:
-        """Forget in-flight counts of a previous run so they do not bias the scheduler."""
-        client = redis.Redis.from_url(self.settings.redis_url)
-        try:
-            client.delete(keys.IN_FLIGHT)
-        finally:
-            client.close()
+    def _check_started(self) -> None:
+        for rec in self.state.processes:
+            if not process_alive(rec.pid):
+                raise RuntimeUnavailable(
+                    f"{rec.name} exited during start-up; its log ends:\n{_tail(rec.log)}")
 
     # -- down --------------------------------------------------------------------------
 

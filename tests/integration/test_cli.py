@@ -12,7 +12,7 @@ import redis
 
 from carbonedge.compose.cgroups import NodeCgroup
 from carbonedge.protocol import keys
-from tests.conftest import SMALL_RUNTIME_URL, _redis_or_fail
+from tests.conftest import CGROUP_PARENT, SMALL_RUNTIME_URL, _redis_or_fail
 from tests.integration.conftest import SMALL_TOPOLOGY
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -35,7 +35,7 @@ def test_up_then_down_from_separate_processes(tmp_path: Path) -> None:
         assert "node-a, node-b-1, node-b-2" in up.stdout
         r = redis.Redis.from_url(SMALL_RUNTIME_URL)
         assert all(r.exists(keys.node_key(n)) for n in ("node-a", "node-b-1", "node-b-2"))
-        assert NodeCgroup.attach("node-b-2").limits().cpus == pytest.approx(0.5)
+        assert NodeCgroup.attach("node-b-2", CGROUP_PARENT).limits().cpus == pytest.approx(0.5)
         again = _cli("up", "--compose", str(compose), env=env)
         assert again.returncode == 2 and "carbonedge down" in again.stderr
     finally:
@@ -43,5 +43,5 @@ def test_up_then_down_from_separate_processes(tmp_path: Path) -> None:
     assert down.returncode == 0 and down.stdout.strip() == "down", down.stderr
     assert not (tmp_path / "run" / "state.json").exists()
     assert not any(r.exists(keys.node_key(n)) for n in ("node-a", "node-b-1", "node-b-2"))
-    assert not NodeCgroup.attach("node-a").exists()
+    assert not NodeCgroup.attach("node-a", CGROUP_PARENT).exists()
     assert _cli("down", env=env).stdout.startswith("nothing recorded")
