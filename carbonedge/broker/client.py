@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 from urllib.parse import urlsplit
 
 import redis
@@ -42,6 +42,21 @@ def to_tensor_map(x: Any, limits: TensorLimits) -> dict[str, Any]:
     tensor = encode_tensor(x)
     tensor_header(tensor, limits)
     return tensor
+
+
+class RequestOptions(TypedDict, total=False):
+    """The options a request may carry (see :func:`build_request`)."""
+
+    mode: str
+    weights: Sequence[float]
+    normalisation: str
+    node: str
+    partition: str | int
+    route: Sequence[Any]
+    latency_bound_ms: float
+    deadline_s: float
+    tenant: str
+    latency_slo_ms: float
 
 
 def build_request(
@@ -175,33 +190,15 @@ class Client(_Producer):
         self._app = make_celery_app(self.settings)
         self._listener = ResultListener(self._redis)
 
-    def submit(
-        self,
-        model: str,
-        image_or_tensor: Any,
-        *,
-        mode: str | None = None,
-        weights: Sequence[float] | None = None,
-        normalisation: str | None = None,
-        node: str | None = None,
-        partition: str | int | None = None,
-        route: Sequence[Any] | None = None,
-        latency_bound_ms: float | None = None,
-        deadline_s: float | None = None,
-        tenant: str | None = None,
-        latency_slo_ms: float | None = None,
-    ) -> InferenceHandle:
+    def submit(self, model: str, image_or_tensor: Any,
+               **options: Unpack[RequestOptions]) -> InferenceHandle:
         """Queue one inference of ``model`` on an image (path/bytes/PIL) or a tensor.
 
         ``partition="auto" | "none" | "green" | k`` or ``route`` split it across nodes
         (see :func:`build_request`); the result's ``segments`` then say where each part ran.
         """
         tensor = to_tensor_map(image_or_tensor, self._limits)
-        request = build_request(model=model, tensor=tensor, mode=mode, weights=weights,
-                                normalisation=normalisation, node=node, partition=partition,
-                                route=route, latency_bound_ms=latency_bound_ms,
-                                deadline_s=deadline_s, tenant=tenant,
-                                latency_slo_ms=latency_slo_ms)
+        request = build_request(model=model, tensor=tensor, **options)
         return self._send(request)
 
     def ping(self, *, mode: str | None = None, node: str | None = None,
@@ -211,7 +208,8 @@ class Client(_Producer):
                                         deadline_s=deadline_s, tenant=tenant))
 
     def map(
-        self, model: str, inputs: Iterable[Any], *, timeout: float | None = None, **options: Any
+        self, model: str, inputs: Iterable[Any], *, timeout: float | None = None,
+        **options: Unpack[RequestOptions],
     ) -> list[InferenceResult]:
         """Submit every input, then collect results in order (errors raise)."""
         handles = [self.submit(model, x, **options) for x in inputs]
@@ -296,7 +294,7 @@ class AsyncClient(_Producer):
         self._redis = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=10)
 
     async def infer(self, model: str, image_or_tensor: Any, *, timeout: float | None = None,
-                    **options: Any) -> InferenceResult:
+                    **options: Unpack[RequestOptions]) -> InferenceResult:
         """Submit one request and wait for its result."""
         tensor = to_tensor_map(image_or_tensor, self._limits)
         request = build_request(model=model, tensor=tensor, **options)
@@ -306,7 +304,7 @@ class AsyncClient(_Producer):
         return await self._roundtrip(build_request(kind="ping", **options), timeout)
 
     async def map(self, model: str, inputs: Iterable[Any], *, timeout: float | None = None,
-                  **options: Any) -> list[InferenceResult]:
+                  **options: Unpack[RequestOptions]) -> list[InferenceResult]:
         return list(await asyncio.gather(*(self.infer(model, x, timeout=timeout, **options)
                                            for x in inputs)))
 

@@ -74,13 +74,11 @@ class DockerRuntime:
         self.run_dir = Path(run_dir or settings.run_dir).resolve()
         self.client = client
         self.redis_pid: int | None = None
-        unknown = set(self.scale) - set(topology.names)
-        if unknown:
-            topology.node(sorted(unknown)[0])  # raises UnknownNode listing the classes
+        topology.node_ids(self.scale)  # an unknown class fails here, naming the known ones
 
     @property
     def node_ids(self) -> list[str]:
-        return [i for spec in self.topology.nodes for i in spec.node_ids(self.scale.get(spec.name))]
+        return self.topology.node_ids(self.scale)
 
     # -- up ----------------------------------------------------------------------------
 

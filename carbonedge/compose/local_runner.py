@@ -82,9 +82,7 @@ class LocalRuntime:
         """Also run `carbonedge carbon` (the host tracker, ledger and reconciliation)."""
         self.run_dir = Path(run_dir or settings.run_dir).resolve()
         self.state = RuntimeState(redis_url=settings.redis_url)
-        unknown = set(self.scale) - set(topology.names)
-        if unknown:
-            topology.node(sorted(unknown)[0])  # raises UnknownNode listing the classes
+        topology.node_ids(self.scale)  # an unknown class fails here, naming the known ones
 
     @property
     def emissions_csv(self) -> Path:
@@ -94,7 +92,7 @@ class LocalRuntime:
 
     @property
     def node_ids(self) -> list[str]:
-        return [i for spec in self.topology.nodes for i in spec.node_ids(self.scale.get(spec.name))]
+        return self.topology.node_ids(self.scale)
 
     # -- up ----------------------------------------------------------------------------
 

@@ -86,6 +86,15 @@ class Topology:
     def names(self) -> list[str]:
         return [n.name for n in self.nodes]
 
+    def node_ids(self, scale: Mapping[str, int] | None = None) -> list[str]:
+        """Every agent's id, with ``scale`` giving some classes more than one agent;
+        an unknown class in ``scale`` raises UnknownNode listing the known ones."""
+        scale = scale or {}
+        unknown = sorted(set(scale) - set(self.names))
+        if unknown:
+            self.node(unknown[0])
+        return [i for spec in self.nodes for i in spec.node_ids(scale.get(spec.name))]
+
 
 def find_compose_file(explicit: str | Path | None = None) -> Path:
     """The compose file: explicit path, else ``compose/docker-compose.yml`` of the checkout."""
