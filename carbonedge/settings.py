@@ -55,6 +55,9 @@ class Settings:
     """``user:password`` that `carbonedge flower` requires (it refuses to run without)."""
     recovery_interval_s: float = 0.5
     """How often a dispatcher looks for dead nodes and dead dispatchers to recover from."""
+    orphan_after_s: float = 10.0
+    """How long a request may stay assigned to a live node while it is in neither the
+    node's queue nor kombu's unacked registry before a dispatcher re-dispatches it."""
     max_attempts: int = 3
     """Nodes a request may be dispatched to before it is answered with an error (each
     one died while holding it)."""

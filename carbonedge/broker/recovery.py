@@ -18,6 +18,21 @@ the watchdog cannot both move the same request: the script empties the registry.
 
 Stream entries left pending by a dispatcher whose beat has stopped are claimed with
 XCLAIM (min idle time, so only one claimer gets each) and dispatched again.
+
+A live node can also lose a request: kombu's Redis transport pops a message with BRPOP
+and records it in its unacked registry with a second command, so a Redis killed between
+the two (or a reply lost with it) leaves the message only in the agent's memory, which
+Celery drops when it reconnects. The agent's hand-back runs only when Celery notices the
+broken connection, and kombu can drop one quietly (a BRPOP socket that closes while the
+channel has no credit, e.g. after a failed ack, is just disconnected and reopened), so
+:data:`ORPHANS_LUA` covers these cases by construction. Every step that moves a
+request's Celery message (dispatch, segment hand-on, kombu's restore) does so in the same
+atomic step as its registry entry, and a delivery removes the entry, so a request assigned
+to a node is always in that node's queue or in kombu's unacked registry, except for the
+moment between BRPOP and the unacked record. One that stays in neither for
+``orphan_after_s`` is re-dispatched by the watchdog. Moving one that the agent does still
+hold is safe: the agent runs nothing that is no longer in its registry, and delivery keeps
+the first result only.
 """
 
 from __future__ import annotations
@@ -93,6 +108,69 @@ return {n, dropped, forgotten}
 """
 
 
+ORPHANS_LUA = """
+-- KEYS: assigned, queue, in-flight, attempts, requests stream, kombu unacked, recoveries
+-- ARGV: node id, queue name, now, 'find' or 'move', request ids (for 'move')
+-- 'find' returns the ids assigned to the node that are in neither its queue nor kombu's
+-- unacked registry (for its queue); 'move' re-dispatches those of the given ids that
+-- still are, like TAKE_LUA does for a dead node, and returns how many it moved.
+local function task_id(message)
+  if type(message) == 'table' and type(message.headers) == 'table' then
+    return message.headers.id
+  end
+  return nil
+end
+local held = {}
+for _, item in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  local ok, message = pcall(cjson.decode, item)
+  local id = ok and task_id(message) or nil
+  if id ~= nil then held[id] = true end
+end
+for _, raw in ipairs(redis.call('HVALS', KEYS[6])) do
+  local ok, entry = pcall(cjson.decode, raw)
+  if ok and type(entry) == 'table' and entry[3] == ARGV[2] then
+    local id = task_id(entry[1])
+    if id ~= nil then held[id] = true end
+  end
+end
+if ARGV[4] == 'find' then
+  local orphans = {}
+  for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do
+    if not held[id] then orphans[#orphans + 1] = id end
+  end
+  return orphans
+end
+local n = 0
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  local request = redis.call('HGET', KEYS[1], id)
+  if request and not held[id] then
+    local attempt = redis.call('HINCRBY', KEYS[4], id, 1)
+    redis.call('XADD', KEYS[5], '*', 'p', request, 'a', tostring(attempt), 'from', ARGV[1])
+    redis.call('HDEL', KEYS[1], id)
+    n = n + 1
+  end
+end
+if n > 0 then
+  if redis.call('HINCRBY', KEYS[3], ARGV[1], -n) < 0 then
+    redis.call('HSET', KEYS[3], ARGV[1], 0)
+  end
+  redis.call('XADD', KEYS[7], 'MAXLEN', '~', '10000', '*', 'node', ARGV[1], 'ts', ARGV[3],
+             'requests', tostring(n), 'queued', '0', 'running', '0', 'reason', 'orphaned')
+end
+return n
+"""
+
+
+def orphans_call(node_id: str, mode: str,
+                 request_ids: Iterable[str] = ()) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of :data:`ORPHANS_LUA` for one node (``mode``: 'find' or 'move')."""
+    script_keys = [keys.assigned_key(node_id), keys.node_queue(node_id), keys.IN_FLIGHT,
+                   keys.ATTEMPTS, keys.REQUEST_STREAM, keys.KOMBU_UNACKED, keys.RECOVERIES]
+    return script_keys, [node_id, keys.node_queue(node_id), repr(time.time()), mode,
+                         *request_ids]
+
+
 @dataclass(frozen=True, slots=True)
 class Taken:
     """What one recovery of a node moved back to the request stream."""
@@ -152,6 +230,10 @@ class Watchdog:
         self._dispatch = dispatch
         self.recovered: list[Taken] = []
         self.reclaimed = 0
+        self.orphans_moved = 0
+        self._orphans_at = 0.0
+        self._suspects: dict[tuple[str, str], float] = {}
+        """(node, request id) seen orphaned -> when it was first seen so (monotonic)."""
 
     async def run(self, r: aioredis.Redis, stop: asyncio.Event) -> None:
         """Check every ``recovery_interval_s`` until ``stop`` is set; ride out Redis errors."""
@@ -168,8 +250,10 @@ class Watchdog:
                 pass
 
     async def check(self, r: aioredis.Redis) -> list[Taken]:
-        """One pass: take dead nodes' requests, then dead dispatchers' pending entries."""
+        """One pass: take dead nodes' requests, live nodes' orphans, then dead dispatchers'
+        pending entries."""
         taken = [t for t in await self.recover_nodes(r) if t.requests]
+        await self.rescue_orphans(r)
         await self.reclaim_dispatchers(r)
         return taken
 
@@ -195,6 +279,53 @@ class Watchdog:
                 self.recovered.append(taken)
             out.append(taken)
         return out
+
+    async def rescue_orphans(self, r: aioredis.Redis) -> int:
+        """Re-dispatch requests of live nodes that were orphaned for ``orphan_after_s``.
+
+        Runs every half ``orphan_after_s`` (it reads whole queues). A request is moved
+        only when it was orphaned at two looks at least ``orphan_after_s`` apart, far
+        longer than the moment between a BRPOP and kombu's unacked record, and the
+        script checks again before it moves anything.
+        """
+        bound = self.settings.orphan_after_s
+        now = time.monotonic()
+        if now - self._orphans_at < bound / 2:
+            return 0
+        self._orphans_at = now
+        node_ids = sorted(m.decode() for m in await r.smembers(keys.NODES))
+        pipe = r.pipeline(transaction=False)
+        for node_id in node_ids:
+            pipe.exists(keys.node_key(node_id))
+            pipe.hlen(keys.assigned_key(node_id))
+        replies = await pipe.execute()
+        live = [n for n, alive, held in zip(node_ids, replies[::2], replies[1::2], strict=True)
+                if alive and held]  # a dead node's requests are taken by recover_nodes
+        suspects: dict[tuple[str, str], float] = {}
+        moved = 0
+        for node_id in live:
+            script_keys, args = orphans_call(node_id, "find")
+            found = [_text(i) for i in await r.eval(ORPHANS_LUA, len(script_keys),
+                                                     *script_keys, *args)]
+            for request_id in found:
+                suspects[node_id, request_id] = self._suspects.get((node_id, request_id), now)
+            due = [i for i in found if now - suspects[node_id, i] >= bound]
+            if not due:
+                continue
+            script_keys, args = orphans_call(node_id, "move", due)
+            n = int(await r.eval(ORPHANS_LUA, len(script_keys), *script_keys, *args))
+            for request_id in due:
+                suspects.pop((node_id, request_id), None)
+            if n:
+                log.warning("node %s is alive but %d request(s) assigned to it were in neither "
+                            "its queue nor kombu's unacked registry for %.0f s (a message lost "
+                            "in a broker connection loss): re-dispatching them", node_id, n,
+                            bound)
+                await r.hincrby(keys.DELIVERY_STATS, "redispatched", n)
+                moved += n
+        self._suspects = suspects
+        self.orphans_moved += moved
+        return moved
 
     async def reclaim_dispatchers(self, r: aioredis.Redis) -> int:
         """Claim and dispatch entries pending on dispatchers that stopped beating."""

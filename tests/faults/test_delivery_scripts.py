@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 
 import msgpack
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from carbonedge.broker.celery_app import make_celery_app, split_tls
 from carbonedge.broker.delivery import deliver
 from carbonedge.broker.listener import result_key
 from carbonedge.broker.publish import encode_task_message
-from carbonedge.broker.recovery import TAKE_LUA, release_previous_life, take_call
+from carbonedge.broker.recovery import (
+    ORPHANS_LUA,
+    TAKE_LUA,
+    Watchdog,
+    orphans_call,
+    release_previous_life,
+    take_call,
+)
 from carbonedge.errors import ConfigError
 from carbonedge.node_agent.guard import DeliveryGuard
 from carbonedge.protocol import keys
@@ -89,6 +98,49 @@ def test_a_restarting_agent_hands_back_its_previous_life(redis_client: redis.Red
     r.hset(keys.assigned_key("node-x"), "old", b"request")
     taken = release_previous_life(r, "node-x")
     assert (taken.requests, r.xlen(keys.REQUEST_STREAM)) == (1, 1)
+
+
+def test_a_live_nodes_orphaned_request_is_re_dispatched(redis_client: redis.Redis,
+                                                        redis_url: str) -> None:
+    """A request assigned to a live node but in neither its queue nor kombu's unacked
+    registry (its message was popped as Redis died) is moved after ``orphan_after_s``."""
+    r = redis_client
+    app = make_celery_app(Settings.load(env={}))
+    queue = keys.node_queue("node-x")
+    for name in ("queued", "running", "orphan"):
+        r.hset(keys.assigned_key("node-x"), name, f"request-{name}".encode())
+    r.lpush(queue, _queued_message(app, "queued", "node-x"))
+    running = json.dumps([json.loads(_queued_message(app, "running", "node-x")), "", queue])
+    elsewhere = json.dumps([json.loads(_queued_message(app, "orphan", "node-y")), "",
+                            "ce.node.node-y"])  # the same id unacked on another queue
+    r.hset(keys.KOMBU_UNACKED, mapping={"tag1": running, "tag2": elsewhere})
+    r.hset(keys.IN_FLIGHT, "node-x", 3)
+    r.sadd(keys.NODES, "node-x")
+    r.hset(keys.node_key("node-x"), "ts", "1")  # alive: recover_nodes leaves it alone
+
+    script_keys, args = orphans_call("node-x", "find")
+    assert r.eval(ORPHANS_LUA, len(script_keys), *script_keys, *args) == [b"orphan"]
+    script_keys, args = orphans_call("node-x", "move", ["queued", "running"])
+    assert r.eval(ORPHANS_LUA, len(script_keys), *script_keys, *args) == 0  # held: stay
+
+    async def sweep(watchdog: Watchdog) -> int:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            return await watchdog.rescue_orphans(client)
+        finally:
+            await client.aclose()
+
+    watchdog = Watchdog(Settings.load(env={}, orphan_after_s=0.4), "d", lambda *_: None)
+    assert asyncio.run(sweep(watchdog)) == 0  # first seen orphaned: not moved yet
+    assert asyncio.run(sweep(watchdog)) == 0  # checked again too soon: nothing happens
+    asyncio.run(asyncio.sleep(0.45))
+    assert asyncio.run(sweep(watchdog)) == 1
+    entries = r.xrange(keys.REQUEST_STREAM)
+    assert [(f[b"p"], f[b"a"]) for _, f in entries] == [(b"request-orphan", b"1")]
+    assert sorted(r.hkeys(keys.assigned_key("node-x"))) == [b"queued", b"running"]
+    assert r.hget(keys.IN_FLIGHT, "node-x") == b"2"
+    assert r.xrevrange(keys.RECOVERIES, count=1)[0][1][b"reason"] == b"orphaned"
+    app.close()
 
 
 def test_guard_skips_moved_requests_and_answers_crashes(redis_client: redis.Redis) -> None:
