@@ -257,15 +257,19 @@ class Watchdog:
         await self.reclaim_dispatchers(r)
         return taken
 
-    async def recover_nodes(self, r: aioredis.Redis) -> list[Taken]:
+    async def _nodes_holding_requests(self, r: aioredis.Redis, *, alive: bool) -> list[str]:
+        """Nodes with requests assigned to them whose heartbeat is (``alive``) or is not."""
         node_ids = sorted(m.decode() for m in await r.smembers(keys.NODES))
         pipe = r.pipeline(transaction=False)
         for node_id in node_ids:
             pipe.exists(keys.node_key(node_id))
             pipe.hlen(keys.assigned_key(node_id))
         replies = await pipe.execute()
-        dead = [n for n, alive, held in zip(node_ids, replies[::2], replies[1::2], strict=True)
-                if not alive and held]
+        return [n for n, beating, held in zip(node_ids, replies[::2], replies[1::2], strict=True)
+                if held and bool(beating) == alive]
+
+    async def recover_nodes(self, r: aioredis.Redis) -> list[Taken]:
+        dead = await self._nodes_holding_requests(r, alive=False)
         out = []
         for node_id in dead:
             script_keys, args = take_call(node_id, "heartbeat expired")
@@ -293,14 +297,8 @@ class Watchdog:
         if now - self._orphans_at < bound / 2:
             return 0
         self._orphans_at = now
-        node_ids = sorted(m.decode() for m in await r.smembers(keys.NODES))
-        pipe = r.pipeline(transaction=False)
-        for node_id in node_ids:
-            pipe.exists(keys.node_key(node_id))
-            pipe.hlen(keys.assigned_key(node_id))
-        replies = await pipe.execute()
-        live = [n for n, alive, held in zip(node_ids, replies[::2], replies[1::2], strict=True)
-                if alive and held]  # a dead node's requests are taken by recover_nodes
+        # a dead node's requests are taken by recover_nodes
+        live = await self._nodes_holding_requests(r, alive=True)
         suspects: dict[tuple[str, str], float] = {}
         moved = 0
         for node_id in live:
