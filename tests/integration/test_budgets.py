@@ -41,7 +41,16 @@ def test_tenant_budget_is_enforced_from_the_agents_ledger(tmp_path: Path) -> Non
             while float(r.hget(key, "tiny") or 0) <= 1e-12:  # the agent's bookkeeping
                 assert time.monotonic() < deadline, "the ping's carbon never reached the budget"
                 time.sleep(0.1)
-            time.sleep(0.5)  # the dispatcher re-reads spend with its node view
+            # the dispatcher re-reads spend with its node view (every view_refresh_s): a
+            # ping may still pass until it has; once it has, every one is refused
+            refused = None
+            while refused is None:
+                assert time.monotonic() < deadline + 15, "the spent budget was never enforced"
+                try:
+                    client.ping(tenant="tiny").result(30)
+                except CarbonBudgetExceeded as e:
+                    refused = e
+            assert "tiny" in refused.message and refused.field == "tenant"
             with pytest.raises(CarbonBudgetExceeded, match="tiny"):
                 client.ping(tenant="tiny").result(30)
             ample = client.ping(tenant="ample").result(30)
