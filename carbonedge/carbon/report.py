@@ -14,6 +14,8 @@ from carbonedge.errors import ConfigError
 @dataclass(slots=True)
 class NodeTotals:
     tasks: int = 0
+    cpu_s: float = 0.0
+    """CPU-seconds charged to its tasks."""
     cpu_kwh: float = 0.0
     ram_kwh: float = 0.0
     carbon_g: float = 0.0
@@ -69,6 +71,7 @@ def summarise(path: str | Path) -> Report:
         if kind == "task":
             n = nodes[row["node"]]
             n.tasks += 1
+            n.cpu_s += _float(row, "cpu_seconds")
             n.cpu_kwh += _float(row, "cpu_energy")
             n.ram_kwh += _float(row, "ram_energy")
             n.carbon_g += _float(row, "emissions") * 1000

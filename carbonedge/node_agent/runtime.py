@@ -129,7 +129,8 @@ class AgentRuntime:
         task_cpu = max(cpu_now - cpu_at_start, 0.0)
         # A task is charged the agent's CPU since the previous task was charged: Celery's
         # hand-off of the previous result and the fetch of this message happen outside
-        # any task, yet the node burns them for its tasks (~10% of a 35 ms inference).
+        # any task, yet the node burns them for its tasks (with input decode, 15.5% of the
+        # CPU charged in benchmarks/bench_carbon_accuracy.py).
         since = cpu_at_start if self._charged_cpu is None else min(self._charged_cpu,
                                                                      cpu_at_start)
         charged_cpu = max(cpu_now - since, 0.0)
