@@ -1,11 +1,12 @@
-"""Carbon accounting accuracy: per-task CPU energy against the host tracker's CPU energy
-attributed to the agents by their cgroups' CPU time.
+"""Carbon accounting accuracy: the ledger rows' measured energy (tasks, idle and start-up
+stretches, each settled from the host samples that cover it) against the host energy the
+nodes' cgroups earned over the same windows.
 
 Runs the default topology with the carbon service (CodeCarbon on the host), keeps every
 node busy with MobileNetV2 (batch 1, random weights) for ``--seconds``, stops everything
-(the service drains the ledger and closes its windows) and reads the emissions CSV.
+(the service settles the ledger and closes its windows) and reads the emissions CSV.
 
-    .venv/bin/python benchmarks/bench_carbon_accuracy.py [--seconds 60] [--apportioning usage]
+    .venv/bin/python benchmarks/bench_carbon_accuracy.py [--seconds 60]
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ MODEL = "mobilenetv2"
 
 
 def _load(settings: Settings, node: str, until: float, model_cpu_s: list[float]) -> None:
-    """Keep ``node`` busy until ``until``; add each result's model-run CPU-seconds."""
+    """Keep ``node`` busy until ``until``; count each result's model-run CPU-seconds."""
     images = synthetic_images(4, seed=7)
     i = 0
     with Client(settings) as client:  # a client per thread: its connections are its own
@@ -44,7 +45,6 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--window", type=float, default=10.0)
-    ap.add_argument("--apportioning", choices=("usage", "quota"), default="usage")
     ap.add_argument("--keep-csv", help="copy the emissions CSV here")
     args = ap.parse_args()
 
@@ -52,11 +52,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         csv_path = Path(tmp) / "emissions.csv"
         with bench_runtime(preload=(MODEL,), carbon_service=True, carbon_csv=str(csv_path),
-                           carbon_window_s=args.window, apportioning=args.apportioning) as rt:
+                           carbon_window_s=args.window) as rt:
             model_cpu_s: list[float] = []
             until = time.monotonic() + args.seconds
             print(f"loading {', '.join(rt.node_ids)} with {MODEL} for {args.seconds:.0f} s "
-                  f"(random weights; apportioning {args.apportioning}) ...", flush=True)
+                  "(random weights) ...", flush=True)
             # two producers per node keep each agent's queue from running dry
             threads = [threading.Thread(target=_load, args=(rt.settings, node, until, model_cpu_s))
                        for node in rt.node_ids for _ in range(2)]
@@ -69,15 +69,10 @@ def main() -> int:
         if keep:
             shutil.copy(csv_path, keep)
     print(format_report(report))
-    ratio = report.ledger_vs_cgroup
-    print(f"\nper-task CPU energy vs host CPU energy attributed by cgroup CPU time: "
+    ratio = report.measured_vs_attributed
+    print(f"\nrows' measured energy vs the host energy the nodes' cgroups earned: "
           f"{(ratio - 1) * 100:+.1f}% (target within ±5%)")
-    print(f"unattributed share of host energy: {report.unattributed_share:.1%}")
-    charged = sum(n.cpu_s for n in report.nodes.values())
-    if charged > 0:  # warm-up tasks are charged too; the model runs are the load's
-        print(f"CPU charged outside the model runs (input fetch and decode, Celery's "
-              f"result hand-off and message fetch): {1 - sum(model_cpu_s) / charged:.1%} "
-              f"of {charged:.2f} CPU-s charged")
+    print(f"unattributed share of host energy: {report.unattributed_kwh / report.host_kwh:.1%}")
     return 0
 
 

@@ -63,8 +63,6 @@ def _parser() -> argparse.ArgumentParser:
                             "ledger, per-window reconciliation, emissions CSV")
     carbon.add_argument("--csv", help="emissions CSV (default <run_dir>/emissions.csv)")
     carbon.add_argument("--window", type=float, help="reconciliation window, seconds")
-    carbon.add_argument("--apportioning", choices=("usage", "quota"),
-                        help="share host CPU power by measured CPU time or by quota")
     _metrics_options(carbon, "also export Prometheus metrics (energy, carbon, windows) here")
     report = sub.add_parser("report", help="summarise an emissions CSV")
     report.add_argument("csv", nargs="?", help="emissions CSV (default <run_dir>/emissions.csv)")
@@ -74,7 +72,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="refresh every SECONDS until Ctrl-C")
 
     demo = with_compose(sub.add_parser("demo", help="the paper's mode comparison, end to end"))
-    demo.add_argument("-n", "--inferences", type=int, default=50)
+    demo.add_argument("-n", "--inferences", type=int, default=50,
+                      help="inferences per configuration, spread over the blocks")
+    demo.add_argument("--blocks", type=int, default=5,
+                      help="blocks, each running every configuration in a random order")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the block orders and images")
     demo.add_argument("--model", default="mobilenetv2")
     demo.add_argument("--mono-node", default="node-medium",
                       help="node of the monolithic baseline (the paper's average scenario)")
@@ -222,8 +224,7 @@ def _flower(args: argparse.Namespace, settings: Settings) -> int:
 def _carbon(args: argparse.Namespace, settings: Settings) -> int:
     from carbonedge.carbon.service import run_carbon_service
 
-    changes = {"carbon_csv": args.csv, "carbon_window_s": args.window,
-               "apportioning": args.apportioning}
+    changes = {"carbon_csv": args.csv, "carbon_window_s": args.window}
     if args.metrics_port is not None:
         from carbonedge.broker.metrics import serve_metrics
 
@@ -238,7 +239,7 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
     from carbonedge.carbon.report import format_report, summarise
 
     path = args.csv or settings.carbon_csv or str(Path(settings.run_dir) / "emissions.csv")
-    print(format_report(summarise(path)))
+    print(format_report(summarise(path), headline=settings.accounting))
     return 0
 
 
@@ -269,7 +270,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from carbonedge.experiments.demo import run_demo
 
     return run_demo(settings, inferences=args.inferences, model=args.model,
-                    mono_node=args.mono_node)
+                    mono_node=args.mono_node, blocks=args.blocks, seed=args.seed)
 
 
 def _parse_scale(items: list[str]) -> dict[str, int]:

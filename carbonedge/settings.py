@@ -7,6 +7,7 @@ the library reads the environment at import time.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from typing import Any
 from carbonedge.errors import ConfigError
 
 ENV_PREFIX = "CARBONEDGE_"
+ACCOUNTING_METHODS = ("device", "measured")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,13 +42,20 @@ class Settings:
     max_payload_bytes: int = 32 << 20
     inline_input_max_bytes: int = 64 << 10
     input_ttl_s: int = 3600
-    host_cpu_watts: float = 0.0
-    apportioning: str = "usage"
+    cpu_watts_per_core: float = 0.0
+    """Power of one busy logical CPU of the host (W), the ``device`` method's W_core;
+    0: the host CPU's TDP per logical CPU from CodeCarbon's table, else 4 W."""
+    accounting: str = "device"
+    """The accounting method reports and experiments headline (``device`` or
+    ``measured``); every task is charged by both."""
     carbon_window_s: float = 10.0
     carbon_sample_s: float = 1.0
     carbon_csv: str = ""
     host_country: str = "USA"
+    """ISO 3166-1 alpha-3 code of the host's grid: CodeCarbon prices the host rows of the
+    emissions CSV with it (nodes have intensities of their own)."""
     host_region: str = ""
+    """A region of ``host_country`` CodeCarbon has data for (e.g. a US state)."""
     carbon_budgets: str = ""
     """Per-tenant carbon budgets, ``tenant=grams,...``, per ``carbon_budget_period_s``."""
     carbon_budget_period_s: float = 86400.0
@@ -64,6 +73,16 @@ class Settings:
     node_allowlist: str = ""
     """Node ids (or ``fnmatch`` patterns such as ``node-high-*``), comma-separated, whose
     heartbeats the dispatcher believes; empty: any well-formed id."""
+
+    def __post_init__(self) -> None:
+        if self.accounting not in ACCOUNTING_METHODS:
+            raise ConfigError(f"accounting {self.accounting!r} is not one of "
+                              f"{', '.join(ACCOUNTING_METHODS)}", field="accounting")
+        watts = self.cpu_watts_per_core
+        if not (math.isfinite(watts) and watts >= 0):
+            raise ConfigError(f"cpu_watts_per_core must be a finite number >= 0 (0: from "
+                              f"CodeCarbon's CPU table), got {watts!r}",
+                              field="cpu_watts_per_core")
 
     @property
     def heartbeat_ttl_s(self) -> float:

@@ -61,7 +61,10 @@ class InferenceResult:
     carbon_g: float
     intensity_g_per_kwh: float
     intensity_source: str
-    apportioning: str
+    accounting: str
+    """The method of :attr:`energy_kwh` and :attr:`carbon_g`: ``device`` (the node as an
+    emulated device, busy for the task's CPU-seconds over its quota). The ``measured``
+    charge is settled later by the carbon service (``ce:carbon:settled``, emissions CSV)."""
     random_init: bool
     decision: dict[str, Any] | None
     raw: dict[str, Any] = field(repr=False)
@@ -76,8 +79,24 @@ class InferenceResult:
 
     @property
     def cpu_energy_kwh(self) -> float:
-        """The CPU part of :attr:`energy_kwh` (the host's power, apportioned)."""
+        """The CPU part of :attr:`energy_kwh`."""
         return float(self.raw.get("cpu_energy_kwh", math.nan))
+
+    @property
+    def cpu_model_s(self) -> float:
+        """CPU-seconds of the model run (the rest of the task's CPU is overhead)."""
+        return float(self.raw.get("cpu_model_s", math.nan))
+
+    @property
+    def cpu_overhead_s(self) -> float:
+        """CPU-seconds around the model run: message hand-off, input fetch, decode,
+        preprocessing."""
+        return float(self.raw.get("cpu_overhead_s", math.nan))
+
+    @property
+    def busy_s(self) -> float:
+        """How long the task kept its node's emulated device busy (CPU-seconds / quota)."""
+        return float(self.raw.get("busy_s", math.nan))
 
     @property
     def ram_energy_kwh(self) -> float:
@@ -86,8 +105,8 @@ class InferenceResult:
 
     @property
     def power_source(self) -> str:
-        """Where the host CPU power came from: ``host:codecarbon:<mode>`` when the carbon
-        service published it, ``estimate:<model>`` otherwise."""
+        """Where the device's power per core came from (``configured``,
+        ``codecarbon-tdp:<cpu>`` or ``codecarbon-default-per-thread``)."""
         return str(self.raw.get("power_source", "unknown"))
 
     @property
@@ -125,7 +144,7 @@ def parse_result(result: Any, *, received_at: float) -> InferenceResult:
         carbon_g=float(result.get("carbon_g", math.nan)),
         intensity_g_per_kwh=float(result.get("intensity_g_per_kwh", math.nan)),
         intensity_source=str(result.get("intensity_source", "unknown")),
-        apportioning=str(result.get("apportioning", "unknown")),
+        accounting=str(result.get("accounting", "unknown")),
         random_init=bool(result.get("random_init", False)),
         decision=result.get("decision"),
         raw=result,

@@ -1,50 +1,28 @@
-"""Sharing the host's measured power out to nodes and tasks.
+"""Sharing a window of the host's measured energy out to nodes, and naming the rest.
 
-The carbon service samples the host (CodeCarbon: RAPL where readable, else its load-based
-estimate) and publishes a :class:`HostPower` every second. Agents turn it into per-task
-CPU energy with one of two apportioning methods:
+Each window the carbon service reconciles: host energy (as CodeCarbon measured it) =
+Σ what the nodes' cgroups earned + what no node accounts for, by cause:
 
-- ``usage`` (default): the host's CPU power above idle, per busy CPU, times the task's
-  measured cgroup CPU-seconds. Idle power is no one's work; it stays unattributed.
-- ``quota`` (the paper's method): the host's CPU power times the node's share of host
-  CPUs (its quota), times the task's wall time, whether the task used the quota or not.
+- ``idle``: the host's idle floor (power it draws doing nothing);
+- ``other``: CPU energy above idle earned by CPU time outside every node's cgroup
+  (other processes: Redis, the dispatcher, this service, the rest of the host);
+- ``ram``: host RAM energy beyond the nodes' shares (CodeCarbon's RAM model counts all
+  of the host's memory; a node's share is its memory limit over the host's RAM);
+- ``gpu``: GPU energy (no node runs on a GPU here).
 
-:func:`reconcile_window` applies the same rule to a whole window of host readings and
-per-node cgroup CPU time, so that host energy = attributed per node + unattributed, and
-the per-task ledger can be checked against it.
+:class:`HostPower` is the host's power at one instant, published every sample for
+``carbonedge status`` and readiness checks.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from carbonedge.errors import ConfigError
+from carbonedge.carbon.measured import HostSample
 
-__all__ = [
-    "APPORTIONING_METHODS",
-    "HostPower",
-    "WindowShares",
-    "check_method",
-    "reconcile_window",
-    "task_cpu_energy_j",
-]
-
-APPORTIONING_METHODS = ("usage", "quota")
-MIN_BUSY_CPUS = 0.05
-"""Floor of the host's busy CPUs when dividing by it: a near-idle host must not turn a few
-milliwatts of noise into a huge per-CPU figure."""
-
-
-def check_method(method: str) -> str:
-    """``method`` if it is a known apportioning method, else a ConfigError naming them."""
-    if method not in APPORTIONING_METHODS:
-        raise ConfigError(
-            f"apportioning {method!r} is not one of {', '.join(APPORTIONING_METHODS)}",
-            field="apportioning",
-        )
-    return method
+__all__ = ["HostPower", "WindowShares", "reconcile_window"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,24 +30,11 @@ class HostPower:
     """The host's CPU power at one instant and what it was doing."""
 
     cpu_w: float
-    """Host CPU power (W), as measured or estimated by ``source``."""
     idle_cpu_w: float
-    """The part of ``cpu_w`` the host draws doing nothing (W)."""
     busy_cpus: float
-    """CPUs busy on average over the sample (from /proc/stat)."""
     host_cpus: int
     source: str
     ts: float = 0.0
-
-    @classmethod
-    def estimate(cls, watts_per_cpu: float, host_cpus: int, source: str) -> HostPower:
-        """A linear model with no idle floor, for when no host tracker is publishing."""
-        return cls(watts_per_cpu * host_cpus, 0.0, float(host_cpus), host_cpus, source)
-
-    @property
-    def dynamic_w_per_busy_cpu(self) -> float:
-        """CPU power above idle per busy CPU: what one CPU-second of work costs."""
-        return max(self.cpu_w - self.idle_cpu_w, 0.0) / max(self.busy_cpus, MIN_BUSY_CPUS)
 
     def to_fields(self) -> dict[str, str]:
         return {
@@ -81,7 +46,10 @@ class HostPower:
     @classmethod
     def from_fields(cls, fields: Mapping[bytes | str, bytes | str]) -> HostPower:
         """Decode :meth:`to_fields` output (as Redis returns it); ValueError if malformed."""
-        f = {_text(k): _text(v) for k, v in fields.items()}
+        try:
+            f = {_text(k): _text(v) for k, v in fields.items()}
+        except UnicodeDecodeError as e:
+            raise ValueError(f"host power fields are not UTF-8: {e}") from e
         host = cls(float(f["cpu_w"]), float(f["idle_cpu_w"]), float(f["busy_cpus"]),
                    int(f["host_cpus"]), f["source"], float(f["ts"]))
         numbers = (host.cpu_w, host.idle_cpu_w, host.busy_cpus, host.ts)
@@ -94,69 +62,66 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def task_cpu_energy_j(
-    method: str, host: HostPower, *, cpu_s: float, wall_s: float, cpu_quota: float
-) -> float:
-    """CPU energy (J) of one task under ``method``."""
-    if method == "usage":
-        return cpu_s * host.dynamic_w_per_busy_cpu
-    if method == "quota":
-        return wall_s * host.cpu_w * min(cpu_quota / host.host_cpus, 1.0)
-    raise ConfigError(f"unknown apportioning method {method!r}", field="apportioning")
-
-
 @dataclass(frozen=True, slots=True)
 class WindowShares:
-    """One window's host CPU energy split between nodes and everything else (J)."""
+    """One window's host energy: each node's share, and the rest by cause (J)."""
 
-    host_j: float
+    host_cpu_j: float
+    host_ram_j: float
+    host_gpu_j: float
     idle_j: float
-    per_node_j: Mapping[str, float]
+    other_j: float
+    node_cpu_j: Mapping[str, float]
+    node_ram_j: Mapping[str, float]
+
+    @property
+    def host_j(self) -> float:
+        return self.host_cpu_j + self.host_ram_j + self.host_gpu_j
 
     @property
     def attributed_j(self) -> float:
-        return sum(self.per_node_j.values())
+        return sum(self.node_cpu_j.values()) + sum(self.node_ram_j.values())
+
+    @property
+    def ram_model_j(self) -> float:
+        """Host RAM energy beyond the nodes' shares."""
+        return max(self.host_ram_j - sum(self.node_ram_j.values()), 0.0)
 
     @property
     def unattributed_j(self) -> float:
-        """Idle power, other processes, and what rounding left over."""
         return self.host_j - self.attributed_j
 
-
-@dataclass(frozen=True, slots=True)
-class HostSample:
-    """One host reading over ``seconds``: energy, and CPU time per node and in total."""
-
-    seconds: float
-    cpu_j: float
-    idle_j: float
-    busy_cpu_s: float
-    node_cpu_s: Mapping[str, float]
+    def causes_j(self) -> dict[str, float]:
+        """The unattributed energy by cause; they add up to :attr:`unattributed_j`."""
+        return {"idle": self.idle_j, "other": self.other_j, "ram": self.ram_model_j,
+                "gpu": self.host_gpu_j}
 
 
-def reconcile_window(
-    samples: list[HostSample], method: str, quotas: Mapping[str, float], host_cpus: int
-) -> WindowShares:
-    """Split a window's host CPU energy into per-node shares and the unattributed rest.
+def reconcile_window(samples: Sequence[HostSample], node_mem_bytes: Mapping[str, float],
+                     host_mem_bytes: float) -> WindowShares:
+    """Split a window's samples into per-node shares and the unattributed rest.
 
-    ``usage``: each sample's energy above idle, in proportion to the node's CPU time among
-    all busy CPU time. ``quota``: each sample's whole energy times the node's quota share,
-    for the samples in which the node was present (had a CPU reading).
+    A node earns each sample's energy above idle in proportion to its cgroup's CPU time
+    among all busy CPU time, and the sample's RAM energy in proportion to its memory
+    limit, for the samples in which it was present (had a CPU reading).
     """
-    check_method(method)
-    per_node: dict[str, float] = {}
+    node_cpu: dict[str, float] = {}
+    node_ram: dict[str, float] = {}
+    other = 0.0
     for s in samples:
-        if method == "usage":
-            dynamic = max(s.cpu_j - s.idle_j, 0.0)
-            busy = max(s.busy_cpu_s, sum(s.node_cpu_s.values()), MIN_BUSY_CPUS * s.seconds)
-            shares = {n: dynamic * cpu / busy for n, cpu in s.node_cpu_s.items()}
-        else:
-            shares = {n: s.cpu_j * min(quotas.get(n, 0.0) / host_cpus, 1.0)
-                      for n in s.node_cpu_s}
-        for node, joules in shares.items():
-            per_node[node] = per_node.get(node, 0.0) + joules
+        busy = s.busy_s
+        for node, cpu in s.node_cpu_s.items():
+            node_cpu[node] = node_cpu.get(node, 0.0) + s.dynamic_j * cpu / busy
+            share = min(node_mem_bytes.get(node, 0.0) / host_mem_bytes, 1.0) \
+                if host_mem_bytes > 0 else 0.0
+            node_ram[node] = node_ram.get(node, 0.0) + s.ram_j * share
+        other += s.dynamic_j * max(busy - sum(s.node_cpu_s.values()), 0.0) / busy
     return WindowShares(
-        host_j=sum(s.cpu_j for s in samples),
-        idle_j=sum(s.idle_j for s in samples),
-        per_node_j=per_node,
+        host_cpu_j=sum(s.cpu_j for s in samples),
+        host_ram_j=sum(s.ram_j for s in samples),
+        host_gpu_j=sum(s.gpu_j for s in samples),
+        idle_j=sum(min(s.idle_j, s.cpu_j) for s in samples),
+        other_j=other,
+        node_cpu_j=node_cpu,
+        node_ram_j=node_ram,
     )

@@ -1,12 +1,18 @@
 """The emissions CSV: CodeCarbon's column names, plus what CarbonEdge knows per task.
 
-Three kinds of row (``row_type``):
+Every row names its accounting ``method`` (``device`` or ``measured``). Kinds of row
+(``row_type``):
 
-- ``task``: one finished task, as its agent charged it (from the ledger);
-- ``node``: one node over one reconciliation window: the sum of its task rows, and the
-  host CPU energy its cgroup's CPU time earns it (``attributed_cpu_energy``);
-- ``host``: the host over one window, as CodeCarbon measured it, with the energy no
-  node accounts for (``unattributed_energy``: idle power, other processes).
+- ``task``, ``idle``, ``startup``: one ledger row (a task, or a stretch of a node's time
+  that is no task's), twice: its ``device`` charge and its ``measured`` one (with its
+  ``settlement``: ``settled``, or ``unsettled`` when no host samples cover it);
+- ``node``: one node over one reconciliation window, per method: the sum of its rows, and
+  (``measured``) the host energy its cgroup's CPU time and memory earn it
+  (``attributed_cpu_energy``, ``attributed_energy``);
+- ``host``: the host over one window, as CodeCarbon measured it and priced at
+  ``host_country``/``host_region``, with the energy no node accounts for
+  (``unattributed_energy``) split by cause: idle floor, other processes, RAM beyond the
+  nodes' shares, GPU.
 
 Units follow CodeCarbon: energy in kWh, power in W, emissions in kg CO2eq, duration in s.
 """
@@ -25,9 +31,12 @@ CODECARBON_COLUMNS = (
     "tracking_mode", "pue",
 )
 CARBONEDGE_COLUMNS = (
-    "row_type", "window_start", "node", "task_id", "kind", "model", "mode", "status",
-    "tasks", "cpu_seconds", "intensity_g_per_kwh", "intensity_source", "power_source",
-    "apportioning", "attributed_cpu_energy", "unattributed_energy",
+    "row_type", "method", "settlement", "estimated", "window_start", "node", "task_id",
+    "kind", "model", "mode", "status", "tasks", "cpu_seconds", "cpu_model_seconds",
+    "cpu_overhead_seconds", "busy_seconds", "intensity_g_per_kwh", "intensity_source",
+    "power_source", "attributed_cpu_energy", "attributed_energy", "unattributed_energy",
+    "unattributed_idle_energy", "unattributed_other_energy", "unattributed_ram_energy",
+    "unattributed_gpu_energy",
 )
 COLUMNS = CODECARBON_COLUMNS + CARBONEDGE_COLUMNS
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from carbonedge.carbon import codecarbon_adapter
 from carbonedge.carbon.units import JOULES_PER_KWH
 from carbonedge.errors import RuntimeUnavailable
 
@@ -73,6 +74,7 @@ class HostTracker:
 
     def __init__(self, *, country_iso_code: str = "USA", region: str | None = None,
                  measure_power_secs: float = 1.0) -> None:
+        codecarbon_adapter.check_supported()
         try:
             from codecarbon import OfflineEmissionsTracker
             from codecarbon.output_methods.base_output import BaseOutput
@@ -93,6 +95,9 @@ class HostTracker:
         self._last_t = 0.0
         self.cpu_model = "unknown"
         self.source = "codecarbon"
+        self.estimated = True
+        """No hardware counter: CodeCarbon estimates the host's power from its load."""
+        self.ram_total_bytes = 0.0
         self._tdp_idle_w: float | None = None
         self._min_cpu_w = float("inf")
 
@@ -100,19 +105,20 @@ class HostTracker:
         self._tracker.start()
         hardware = self._tracker.get_detected_hardware()
         self.cpu_model = str(hardware.get("cpu_model", "unknown"))
-        cpu = next((h for h in getattr(self._tracker, "_hardware", [])
-                    if isinstance(getattr(h, "_mode", None), str)), None)
-        cpu_mode = cpu._mode if cpu is not None else "unknown"
-        self.source = f"codecarbon:{cpu_mode}"
-        tdp = getattr(cpu, "_tdp", None)
-        if cpu_mode == "cpu_load" and isinstance(tdp, (int, float)) and tdp > 0:
+        self.ram_total_bytes = float(hardware.get("ram_total_size") or 0.0) * 1e9
+        mode = codecarbon_adapter.cpu_power_mode()
+        self.source = f"codecarbon:{mode}"
+        self.estimated = mode != "rapl"
+        if mode == "cpu_load":
             # CodeCarbon's load model floors at 10% of TDP: that is its idle power
-            self._tdp_idle_w = 0.1 * float(tdp)
+            self._tdp_idle_w = codecarbon_adapter.LOAD_MODEL_IDLE_SHARE * \
+                codecarbon_adapter.cpu_tdp_w()
         if not hardware.get("gpu_count"):
             log.info("no GPU found through NVML: GPU power is not tracked")
         self._last_busy, _ = read_proc_stat_cpu_s()
         self._last_t = time.monotonic()
-        log.info("host tracker started: CPU %s, power source %s", self.cpu_model, self.source)
+        log.info("host tracker started: CPU %s, power source %s%s", self.cpu_model, self.source,
+                 " (estimated from load: no hardware counter)" if self.estimated else "")
 
     def sample(self) -> HostReading:
         """Energy and busy CPU time since the previous call."""

@@ -1,11 +1,14 @@
-"""The carbon service: host power for the agents, the ledger, and per-window reconciliation.
+"""The carbon service: host samples, settlement of the ledger, per-window reconciliation.
 
 Every sample (default 1 s) it reads the host through CodeCarbon and each live node's
-cumulative cgroup CPU time from its heartbeat, and publishes the host's power to
-``ce:carbon:host`` for agents to charge tasks with. It consumes the per-task ledger through
-a consumer group, writing a CSV row per task. Every window (default 10 s) it reconciles:
-host CPU energy = Σ node-attributed energy + unattributed; each node's attributed energy
-is set beside the sum of its task rows, and both go to the CSV and ``ce:carbon:windows``.
+cumulative cgroup CPU time from its heartbeat, keeps the sample (and appends it to
+``ce:carbon:samples``, so that a restarted service can still settle what its samples
+cover) and publishes the host's power to ``ce:carbon:host`` for ``carbonedge status``.
+It consumes the ledger through a consumer group and holds each row until samples cover
+it, then settles its ``measured`` charge (:mod:`carbonedge.carbon.measured`), writes the
+row's two CSV rows (``device`` and ``measured``), appends the settlement to
+``ce:carbon:settled`` and acknowledges the entry. Every window (default 10 s) it
+reconciles: host energy = Σ node-attributed energy + unattributed by cause.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,12 +28,20 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from carbonedge.carbon.apportion import HostPower, HostSample, check_method, reconcile_window
+from carbonedge.carbon.apportion import HostPower
 from carbonedge.carbon.emissions_csv import EmissionsCsv
 from carbonedge.carbon.host_tracker import HostReading
-from carbonedge.carbon.ledger import LedgerRow
-from carbonedge.carbon.power import RAM_WATTS_PER_GB
-from carbonedge.carbon.units import JOULES_PER_KWH
+from carbonedge.carbon.ledger import LEDGER_MAXLEN, LedgerRow
+from carbonedge.carbon.measured import HostSample, SampleLog
+from carbonedge.carbon.windows import (
+    RowContext,
+    Settled,
+    Settler,
+    Window,
+    host_row,
+    ledger_rows,
+    node_rows,
+)
 from carbonedge.errors import InvalidMessage
 from carbonedge.protocol import keys
 from carbonedge.settings import Settings
@@ -41,6 +51,10 @@ log = logging.getLogger(__name__)
 WINDOW_GRACE_S = 2.0
 """How long after a window ends its late ledger rows are still awaited."""
 WINDOWS_MAXLEN = 10_000
+SAMPLES_MAXLEN = 3_600
+"""Host samples kept in Redis: an hour at one a second."""
+CLAIM_IDLE_MS = 5_000
+"""Ledger entries pending this long on another consumer (a dead service) are taken over."""
 _NODE_FIELDS = ("cpu_usage_s", "cpu_quota", "mem_limit_bytes", "carbon_intensity", "pue")
 
 
@@ -49,6 +63,8 @@ class HostSource(Protocol):
 
     source: str
     cpu_model: str
+    estimated: bool
+    ram_total_bytes: float
 
     def start(self) -> None: ...
     def sample(self) -> HostReading: ...
@@ -57,78 +73,49 @@ class HostSource(Protocol):
     def idle_cpu_w(self) -> float: ...
 
 
-@dataclass(slots=True)
-class NodeWindow:
-    """One node over one window: its task rows summed, and its cgroup's CPU time."""
-
-    tasks: int = 0
-    task_cpu_s: float = 0.0
-    cpu_kwh: float = 0.0
-    ram_kwh: float = 0.0
-    carbon_g: float = 0.0
-    intensity_sources: set[str] = field(default_factory=set)
-    power_sources: set[str] = field(default_factory=set)
-    cgroup_cpu_s: float = 0.0
-    present_s: float = 0.0
-    mem_limit_bytes: int = 0
-    intensity: float = math.nan
-    pue: float = 1.0
-
-    def add(self, row: LedgerRow) -> None:
-        self.tasks += 1
-        self.task_cpu_s += row.cpu_s
-        self.cpu_kwh += row.cpu_kwh
-        self.ram_kwh += row.ram_kwh
-        self.carbon_g += row.carbon_g
-        self.intensity_sources.add(row.intensity_source)
-        self.power_sources.add(row.power_source)
-
-
-@dataclass(slots=True)
-class Window:
-    index: int
-    start: float
-    end: float
-    samples: list[HostSample] = field(default_factory=list)
-    ram_j: float = 0.0
-    gpu_j: float = 0.0
-    emissions_kg: float = 0.0
-    nodes: dict[str, NodeWindow] = field(default_factory=dict)
-    quotas: dict[str, float] = field(default_factory=dict)
-
-    def node(self, node_id: str) -> NodeWindow:
-        return self.nodes.setdefault(node_id, NodeWindow())
-
-
 class CarbonService:
-    """Samples the host, consumes the ledger and writes reconciled emissions."""
+    """Samples the host, settles the ledger and writes reconciled emissions."""
 
     def __init__(self, settings: Settings, tracker: HostSource, csv: EmissionsCsv, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 host_intensity: tuple[float, str] = (math.nan, "")) -> None:
         self.settings = settings
-        self.method = check_method(settings.apportioning)
         self.tracker = tracker
         self.csv = csv
         self.host_cpus = os.cpu_count() or 1
         self.window_s = settings.carbon_window_s
+        self.host_intensity = host_intensity
+        """What CodeCarbon prices the host rows at (``host_country``/``host_region``)."""
         self._clock = clock
         self._consumer = f"{socket.gethostname()}-{os.getpid()}"
         self._windows: dict[int, Window] = {}
         self._node_cpu: dict[str, float] = {}
         self._run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{os.getpid()}"
+        self.samples = SampleLog()
+        self.settler = Settler(self.samples, host_mem_bytes=0.0, estimated=True)
         self.windows_written = 0
-        self.tasks_written = 0
+        self.rows_settled = 0
+
+    @property
+    def _ctx(self) -> RowContext:
+        return RowContext(self._run_id, self.window_s, self.settings.host_country,
+                          self.settings.host_region, self.host_cpus, self.tracker.cpu_model,
+                          self.tracker.source)
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve until ``stop`` is set, then close every open window."""
+        """Serve until ``stop`` is set, then settle what it can and close every window."""
         client = aioredis.Redis.from_url(self.settings.redis_url, decode_responses=True)
         await asyncio.to_thread(self.tracker.start)
-        log.info("carbon service: window %.0f s, apportioning %s, host power %s, csv %s",
-                 self.window_s, self.method, self.tracker.source, self.csv.path)
+        self.settler.host_mem_bytes = self.tracker.ram_total_bytes
+        self.settler.estimated = self.tracker.estimated
+        log.info("carbon service: window %.0f s, host power %s%s, csv %s", self.window_s,
+                 self.tracker.source, " (estimated)" if self.tracker.estimated else "",
+                 self.csv.path)
         try:
             await self._ensure_group(client)
+            await self._restore(client)
             loops = [self._sample_loop(client, stop), self._ledger_loop(client, stop),
                      self._close_loop(client, stop)]
             await asyncio.gather(*loops)
@@ -140,12 +127,40 @@ class CarbonService:
                 await client.aclose()
                 self.csv.close()
 
+    async def _restore(self, client: aioredis.Redis) -> None:
+        """Take over what a previous life left: its samples, and its unsettled entries."""
+        now = self._clock()
+        raw = await client.xrevrange(keys.CARBON_SAMPLES, count=SAMPLES_MAXLEN)
+        restored = []
+        for _, fields in raw:
+            try:
+                sample = HostSample.from_fields(fields)
+            except InvalidMessage as e:
+                log.warning("carbon service: ignoring a stored host sample: %s", e)
+                continue
+            if sample.t1 >= now - self.samples.keep_s:
+                restored.append(sample)
+        self.samples.extend(restored)
+        start = "0-0"
+        claimed = 0
+        while True:
+            start, entries, *_ = await client.xautoclaim(
+                keys.LEDGER_STREAM, keys.LEDGER_GROUP, self._consumer, CLAIM_IDLE_MS, start,
+                count=1000)
+            claimed += self._take(entries)
+            if start in ("0-0", b"0-0"):
+                break
+        if restored or claimed:
+            log.info("carbon service: restored %d host samples, took over %d unsettled "
+                     "ledger rows", len(restored), claimed)
+
     async def _drain(self, client: aioredis.Redis) -> None:
-        """On shutdown: a last sample and ledger read, then every window closes."""
+        """On shutdown: a last sample and ledger read, settle, then every window closes."""
         try:
             await self._sample(client)
             while await self._read_ledger(client, block_ms=None):
                 pass
+            await self._settle(client, force=True)
         except RedisError as e:
             log.warning("carbon service: final sample/ledger read failed: %s", e)
         for index in sorted(self._windows):
@@ -181,6 +196,14 @@ class CarbonService:
             if previous is not None and total >= previous:  # else: the agent restarted
                 node_cpu[node_id] = total - previous
         idle_w = self.tracker.idle_cpu_w
+        sample = HostSample(t0=now - reading.seconds, t1=now, cpu_j=reading.cpu_j,
+                            idle_j=min(idle_w * reading.seconds, reading.cpu_j),
+                            ram_j=reading.ram_j, gpu_j=reading.gpu_j,
+                            busy_cpu_s=reading.busy_cpu_s, node_cpu_s=node_cpu)
+        self.samples.add(sample)
+        window = self._window(now - reading.seconds / 2)
+        window.samples.append(sample)
+        window.emissions_kg += reading.emissions_kg
         host = HostPower(cpu_w=reading.cpu_w, idle_cpu_w=min(idle_w, reading.cpu_w),
                          busy_cpus=reading.busy_cpu_s / reading.seconds,
                          host_cpus=self.host_cpus, source=self.tracker.source, ts=now)
@@ -188,23 +211,10 @@ class CarbonService:
         pipe.delete(keys.HOST_POWER)
         pipe.hset(keys.HOST_POWER, mapping=host.to_fields())
         pipe.expire(keys.HOST_POWER, max(int(self.window_s * 3), 10))
+        pipe.xadd(keys.CARBON_SAMPLES, sample.to_fields(),  # type: ignore[arg-type]
+                  maxlen=SAMPLES_MAXLEN, approximate=True)
         await pipe.execute()
-
-        window = self._window(now - reading.seconds / 2)
-        window.samples.append(HostSample(
-            seconds=reading.seconds, cpu_j=reading.cpu_j,
-            idle_j=min(idle_w * reading.seconds, reading.cpu_j),
-            busy_cpu_s=reading.busy_cpu_s, node_cpu_s=node_cpu))
-        window.ram_j += reading.ram_j
-        window.gpu_j += reading.gpu_j
-        window.emissions_kg += reading.emissions_kg
-        for node_id, info in nodes.items():
-            nw = window.node(node_id)
-            nw.cgroup_cpu_s += node_cpu.get(node_id, 0.0)
-            nw.present_s += reading.seconds
-            nw.mem_limit_bytes = int(info["mem_limit_bytes"])
-            nw.intensity, nw.pue = info["carbon_intensity"], info["pue"]
-            window.quotas[node_id] = info["cpu_quota"]
+        await self._settle(client)
 
     async def _node_readings(self, client: aioredis.Redis) -> dict[str, dict[str, float]]:
         """Each live node's cumulative CPU time and declared resources, from its heartbeat."""
@@ -230,7 +240,8 @@ class CarbonService:
     async def _ledger_loop(self, client: aioredis.Redis, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                await self._read_ledger(client, block_ms=500)
+                if await self._read_ledger(client, block_ms=500):
+                    await self._settle(client)
             except RedisError as e:
                 log.warning("carbon service: ledger read failed (will retry): %s", e)
                 await _wait(stop, 1.0)
@@ -238,39 +249,56 @@ class CarbonService:
                     await self._ensure_group(client)
 
     async def _read_ledger(self, client: aioredis.Redis, block_ms: int | None) -> int:
-        """Read, record and acknowledge one batch of ledger rows; returns how many."""
+        """Read one batch of ledger rows into the settler; returns how many were read.
+
+        A malformed entry is logged and acknowledged at once (it can never settle)."""
         reply = await client.xreadgroup(keys.LEDGER_GROUP, self._consumer,
                                         {keys.LEDGER_STREAM: ">"}, count=1000, block=block_ms)
         if not reply:
             return 0
         entries = reply[0][1]
-        rows = []
-        for entry_id, fields in entries:
-            try:
-                rows.append(LedgerRow.from_fields(fields))
-            except InvalidMessage as e:
-                log.warning("carbon service: ledger entry %s rejected: %s", entry_id, e)
-        for row in rows:
-            self._window(row.ts).node(row.node).add(row)
-        self.tasks_written += self.csv.write(self._task_row(row) for row in rows)
-        await client.xack(keys.LEDGER_STREAM, keys.LEDGER_GROUP, *[e[0] for e in entries])
+        bad = len(entries) - self._take(entries)
+        if bad:
+            await client.xack(keys.LEDGER_STREAM, keys.LEDGER_GROUP,
+                              *[e for e, f in entries if not self._valid(f)])
         return len(entries)
 
-    def _task_row(self, row: LedgerRow) -> dict[str, Any]:
-        wall = max(row.wall_s, 1e-9)
-        return {
-            **self._common(row.ts, row.wall_s), "row_type": "task",
-            "emissions": row.carbon_g / 1000, "emissions_rate": row.carbon_g / 1000 / wall,
-            "cpu_power": row.cpu_kwh * JOULES_PER_KWH / wall,
-            "ram_power": row.ram_kwh * JOULES_PER_KWH / wall,
-            "cpu_energy": row.cpu_kwh, "ram_energy": row.ram_kwh, "gpu_energy": 0.0,
-            "energy_consumed": row.energy_kwh, "pue": row.pue, "node": row.node,
-            "task_id": row.task_id, "kind": row.kind, "model": row.model, "mode": row.mode,
-            "status": row.status, "tasks": 1, "cpu_seconds": row.cpu_s,
-            "intensity_g_per_kwh": row.intensity_g_per_kwh,
-            "intensity_source": row.intensity_source, "power_source": row.power_source,
-            "apportioning": row.apportioning,
-        }
+    def _take(self, entries: list[tuple[Any, Any]]) -> int:
+        taken = 0
+        for entry_id, fields in entries:
+            if not fields:  # trimmed from the stream meanwhile
+                continue
+            try:
+                self.settler.add(entry_id, LedgerRow.from_fields(fields))
+                taken += 1
+            except InvalidMessage as e:
+                log.warning("carbon service: ledger entry %s rejected: %s", entry_id, e)
+        return taken
+
+    @staticmethod
+    def _valid(fields: Any) -> bool:
+        try:
+            LedgerRow.from_fields(fields)
+        except InvalidMessage:
+            return False
+        return bool(fields)
+
+    async def _settle(self, client: aioredis.Redis, *, force: bool = False) -> None:
+        """Settle the rows the samples now cover: CSV, the settled stream, acknowledge."""
+        ready = self.settler.ready(self._clock(), force=force)
+        if not ready:
+            return
+        ctx = self._ctx
+        for item in ready:
+            self._window(item.row.ts).node(item.row.node).add(item.row, item.measured)
+        self.csv.write(r for item in ready for r in ledger_rows(ctx, item))
+        pipe = client.pipeline(transaction=False)
+        for item in ready:
+            pipe.xadd(keys.CARBON_SETTLED, _settled_fields(item),  # type: ignore[arg-type]
+                      maxlen=LEDGER_MAXLEN, approximate=True)
+        pipe.xack(keys.LEDGER_STREAM, keys.LEDGER_GROUP, *[i.entry_id for i in ready])
+        await pipe.execute()
+        self.rows_settled += len(ready)
 
     # -- windows --------------------------------------------------------------------------
 
@@ -285,89 +313,56 @@ class CarbonService:
     async def _close_loop(self, client: aioredis.Redis, stop: asyncio.Event) -> None:
         while not stop.is_set():
             now = self._clock()
+            waiting_since = self.settler.oldest_pending_end()
             for index in sorted(self._windows):
-                if self._windows[index].end + WINDOW_GRACE_S <= now:
+                window = self._windows[index]
+                # a window closes once its grace is over and no row ending in it waits
+                if window.end + WINDOW_GRACE_S <= now and waiting_since >= window.end:
                     await self._close(client, self._windows.pop(index))
             await _wait(stop, 0.5)
 
     async def _close(self, client: aioredis.Redis, window: Window) -> None:
         """Reconcile one window: CSV rows for each node and the host, and a stream entry."""
-        rows = self.reconcile(window)
-        self.csv.write(rows)
+        shares = window.shares(self.tracker.ram_total_bytes)
+        ctx = self._ctx
+        host = host_row(ctx, window, shares, intensity=self.host_intensity,
+                        estimated=self.tracker.estimated)
+        self.csv.write([*node_rows(ctx, window, shares), host])
         self.windows_written += 1
-        host = rows[-1]
         summary = {k: str(host[k]) for k in ("window_start", "duration", "cpu_energy",
-                                               "ram_energy", "attributed_cpu_energy",
-                                               "unattributed_energy", "tasks")}
-        for row in rows[:-1]:
-            summary[f"node.{row['node']}.cpu_energy"] = repr(row["cpu_energy"])
-            summary[f"node.{row['node']}.attributed_cpu_energy"] = repr(
-                row["attributed_cpu_energy"])
+                                               "ram_energy", "energy_consumed",
+                                               "attributed_energy", "unattributed_energy",
+                                               "unattributed_idle_energy",
+                                               "unattributed_other_energy",
+                                               "unattributed_ram_energy", "tasks")}
+        for node_id, nw in sorted(window.nodes.items()):
+            summary[f"node.{node_id}.device_energy"] = repr(nw.device_cpu_kwh + nw.device_ram_kwh)
+            summary[f"node.{node_id}.measured_energy"] = repr(
+                nw.measured_cpu_kwh + nw.measured_ram_kwh)
+        for node_id, joules in sorted(shares.node_cpu_j.items()):
+            summary[f"node.{node_id}.attributed_cpu_energy"] = repr(joules / 3.6e6)
         try:
             await client.xadd(keys.CARBON_WINDOWS, summary, maxlen=WINDOWS_MAXLEN,
                               approximate=True)
         except RedisError as e:
             log.warning("carbon service: could not publish window %d: %s", window.index, e)
-        log.info("window %s: host CPU %.3g kWh, attributed %.3g, unattributed %.3g, %d tasks",
-                 host["window_start"], host["cpu_energy"], host["attributed_cpu_energy"],
-                 host["unattributed_energy"], host["tasks"])
+        log.info("window %s: host %.3g kWh, attributed %.3g, unattributed %.3g (idle %.3g, "
+                 "other %.3g, RAM %.3g), %d tasks", host["window_start"],
+                 host["energy_consumed"], host["attributed_energy"],
+                 host["unattributed_energy"], host["unattributed_idle_energy"],
+                 host["unattributed_other_energy"], host["unattributed_ram_energy"],
+                 host["tasks"])
 
-    def reconcile(self, window: Window) -> list[dict[str, Any]]:
-        """The window's node rows, then its host row (last)."""
-        shares = reconcile_window(window.samples, self.method, window.quotas, self.host_cpus)
-        duration = sum(s.seconds for s in window.samples) or self.window_s
-        rows: list[dict[str, Any]] = []
-        node_ram_j = 0.0
-        for node_id in sorted(window.nodes):
-            nw = window.nodes[node_id]
-            attributed_kwh = shares.per_node_j.get(node_id, 0.0) / JOULES_PER_KWH
-            ram_j = RAM_WATTS_PER_GB * nw.mem_limit_bytes / 1e9 * nw.present_s
-            node_ram_j += ram_j
-            rows.append({
-                **self._common(window.start, duration), "row_type": "node",
-                "node": node_id, "tasks": nw.tasks, "cpu_seconds": nw.task_cpu_s,
-                "cpu_energy": nw.cpu_kwh, "ram_energy": nw.ram_kwh, "gpu_energy": 0.0,
-                "energy_consumed": nw.cpu_kwh + nw.ram_kwh,
-                "emissions": nw.carbon_g / 1000, "emissions_rate": nw.carbon_g / 1000 / duration,
-                "cpu_power": attributed_kwh * JOULES_PER_KWH / duration,
-                "ram_power": ram_j / duration, "pue": nw.pue,
-                "intensity_g_per_kwh": nw.intensity,
-                "intensity_source": "|".join(sorted(nw.intensity_sources)),
-                "power_source": "|".join(sorted(nw.power_sources)),
-                "apportioning": self.method,
-                "attributed_cpu_energy": attributed_kwh,
-                "unattributed_energy": "",
-            })
-        host_cpu_kwh = shares.host_j / JOULES_PER_KWH
-        host_ram_kwh, gpu_kwh = window.ram_j / JOULES_PER_KWH, window.gpu_j / JOULES_PER_KWH
-        attributed_kwh = shares.attributed_j / JOULES_PER_KWH
-        unattributed = (shares.unattributed_j + max(window.ram_j - node_ram_j, 0.0)
-                        + window.gpu_j) / JOULES_PER_KWH
-        rows.append({
-            **self._common(window.start, duration), "row_type": "host",
-            "node": "", "tasks": sum(nw.tasks for nw in window.nodes.values()),
-            "cpu_seconds": sum(s.busy_cpu_s for s in window.samples),
-            "cpu_energy": host_cpu_kwh, "ram_energy": host_ram_kwh, "gpu_energy": gpu_kwh,
-            "energy_consumed": host_cpu_kwh + host_ram_kwh + gpu_kwh,
-            "cpu_power": shares.host_j / duration, "ram_power": window.ram_j / duration,
-            "gpu_power": window.gpu_j / duration,
-            "emissions": window.emissions_kg, "pue": 1.0,
-            "power_source": self.tracker.source, "apportioning": self.method,
-            "attributed_cpu_energy": attributed_kwh,
-            "unattributed_energy": unattributed,
-        })
-        return rows
 
-    def _common(self, ts: float, duration: float) -> dict[str, Any]:
-        return {
-            "timestamp": datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds"),
-            "window_start": datetime.fromtimestamp(
-                (ts // self.window_s) * self.window_s, UTC).isoformat(),
-            "project_name": "carbonedge", "run_id": self._run_id, "duration": duration,
-            "country_iso_code": self.settings.host_country, "region": self.settings.host_region,
-            "cpu_count": self.host_cpus, "cpu_model": self.tracker.cpu_model,
-            "tracking_mode": "machine",
-        }
+def _settled_fields(item: Settled) -> dict[str, str]:
+    m, row = item.measured, item.row
+    fields = {"task_id": row.task_id, "node": row.node, "row_type": row.row_type,
+              "settlement": m.settlement, "estimated": str(int(m.estimated)),
+              "coverage": repr(m.coverage)}
+    if m.settlement == "settled":
+        fields.update(cpu_kwh=repr(m.cpu_kwh), ram_kwh=repr(m.ram_kwh),
+                      energy_kwh=repr(m.energy_kwh), carbon_g=repr(m.carbon_g))
+    return fields
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
@@ -381,6 +376,7 @@ def run_carbon_service(settings: Settings) -> None:
     """Run the carbon service on the host until SIGINT/SIGTERM."""
     import signal
 
+    from carbonedge.carbon.codecarbon_adapter import check_host_grid
     from carbonedge.carbon.host_tracker import HostTracker
 
     csv_path = settings.carbon_csv or str(Path(settings.run_dir) / "emissions.csv")
@@ -390,12 +386,14 @@ def run_carbon_service(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        host_intensity = check_host_grid(settings.host_country, settings.host_region)
         tracker = HostTracker(country_iso_code=settings.host_country,
                               region=settings.host_region or None,
                               measure_power_secs=settings.carbon_sample_s)
-        service = CarbonService(settings, tracker, EmissionsCsv(csv_path))
+        service = CarbonService(settings, tracker, EmissionsCsv(csv_path),
+                                host_intensity=host_intensity)
         await service.run(stop)
-        log.info("carbon service stopped: %d task rows, %d windows written to %s",
-                 service.tasks_written, service.windows_written, csv_path)
+        log.info("carbon service stopped: %d ledger rows settled, %d windows written to %s",
+                 service.rows_settled, service.windows_written, csv_path)
 
     asyncio.run(main())

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from carbonedge.carbon.codecarbon_adapter import check_host_grid
 from carbonedge.compose.cgroups import DEFAULT_PARENT, NodeCgroup, cgroups_available
 from carbonedge.compose.readiness import clear_stale_in_flight, wait_until_ready
 from carbonedge.compose.redis_server import ensure_redis, stop_pid
@@ -102,6 +103,8 @@ class LocalRuntime:
         if state_path.exists():
             raise RuntimeUnavailable(
                 f"a runtime is already recorded in {state_path}; run `carbonedge down` first")
+        if self.carbon_service:  # a host grid CodeCarbon has no data for stops start-up
+            check_host_grid(self.settings.host_country, self.settings.host_region)
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         if not self.settings.node_allowlist:  # the dispatcher believes our nodes only
             self.settings = self.settings.replace(node_allowlist=",".join(self.node_ids))

@@ -45,6 +45,10 @@ class TaskBookkeeper:
         if input_key or ledger is not None:
             self._later.put((input_key, ledger))
 
+    def record(self, row: LedgerRow) -> None:
+        """Append a ledger row that is no task's (idle, start-up) in the background."""
+        self._later.put((None, row))
+
     def close(self) -> None:
         self._later.put(None)
         self._thread.join(timeout=5)

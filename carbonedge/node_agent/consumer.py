@@ -30,6 +30,21 @@ class AgentConsumer(Consumer):  # type: ignore[misc]
 
     on_reconnect: Callable[[], object] | None = None
     """Set by the agent: hands back the requests a broken broker connection orphaned."""
+    on_message: Callable[[], object] | None = None
+    """Set by the agent: called as each task message arrives (a task's CPU starts here)."""
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        """Celery's task handler, announcing each message's arrival first."""
+        handler = super().create_task_handler(*args, **kwargs)
+        on_message = type(self).on_message
+        if on_message is None:
+            return handler
+
+        def on_task_received(message: Any) -> Any:
+            on_message()
+            return handler(message)
+
+        return on_task_received
 
     def connect(self) -> Any:
         """Connect; after a lost connection, first hand back what this agent held.

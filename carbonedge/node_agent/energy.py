@@ -1,16 +1,14 @@
-"""What a task costs in energy and carbon on this node, and the reading it was based on.
+"""What a task costs on this node: its ``device`` charge and the intensity it is priced at.
 
-CPU energy comes from the host's power as the carbon service last published it, shared
-out by the configured apportioning method; when no fresh host reading exists (no carbon
-service running) a static per-CPU estimate stands in and every result says so. RAM is
-0.375 W per GB of the node's memory limit over the task's wall time (the paper's figure).
-Carbon uses the node's intensity provider at the time the task finished.
+The node is an emulated device (:class:`~carbonedge.carbon.device.DevicePower`); a task
+is charged for the time its CPU-seconds keep that device busy, at the node's carbon
+intensity when the task started. The host tracker's ``measured`` charge of the same task
+is settled later by the carbon service from the ledger row this module builds.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Mapping
@@ -18,78 +16,65 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from carbonedge.carbon.apportion import HostPower, check_method, task_cpu_energy_j
+from carbonedge.carbon.device import DeviceCharge, DevicePower
 from carbonedge.carbon.intensity import IntensityReading
 from carbonedge.carbon.ledger import LedgerRow
-from carbonedge.carbon.power import PowerModel, carbon_grams
-from carbonedge.carbon.units import JOULES_PER_KWH
+from carbonedge.carbon.power import carbon_grams
 from carbonedge.node_agent.config import AgentConfig
 
 log = logging.getLogger(__name__)
 
-HOST_READING_MAX_AGE_S = 5.0
 INTENSITY_REFRESH_S = 1.0
 FORECAST_HORIZON = timedelta(hours=24)
+METHOD = "device"
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSplit:
+    """A task's CPU-seconds: the model run and everything around it."""
+
+    model_s: float
+    overhead_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.model_s + self.overhead_s
 
 
 @dataclass(frozen=True, slots=True)
 class TaskCharge:
-    """The energy and carbon charged to one task, and where each figure came from."""
+    """The ``device`` energy and carbon of one task, and where each figure came from."""
 
-    cpu_kwh: float
-    ram_kwh: float
+    device: DeviceCharge
+    cpu: CpuSplit
     carbon_g: float
     intensity_g_per_kwh: float
     intensity_source: str
     pue: float
     power_source: str
-    apportioning: str
+
+    @property
+    def cpu_kwh(self) -> float:
+        return self.device.cpu_kwh
+
+    @property
+    def ram_kwh(self) -> float:
+        return self.device.ram_kwh
 
     @property
     def energy_kwh(self) -> float:
-        return self.cpu_kwh + self.ram_kwh
+        return self.device.energy_kwh
 
 
 class EnergyAccountant:
-    """Charges tasks from the latest host power reading and the node's intensity."""
+    """Charges this node's tasks and idle stretches as an emulated device."""
 
-    def __init__(self, config: AgentConfig, power: PowerModel, *, apportioning: str = "usage",
-                 host_cpus: int | None = None) -> None:
+    def __init__(self, config: AgentConfig, device: DevicePower) -> None:
         self.config = config
-        self.power = power
-        self.apportioning = check_method(apportioning)
-        cpus = host_cpus or os.cpu_count() or 1
-        self._estimate = HostPower.estimate(power.cpu_watts_per_cpu, cpus,
-                                            f"estimate:{power.source}")
-        self._host: HostPower | None = None
+        self.device = device
         self._lock = threading.Lock()
         self._reading: IntensityReading | None = None
         self._reading_at = 0.0
-        self._warned_stale = False
-
-    # -- inputs, refreshed by the heartbeat thread ----------------------------------------
-
-    def update_host(self, fields: Mapping[bytes | str, bytes | str] | None) -> None:
-        """Take the carbon service's latest host reading (an empty hash means none)."""
-        if not fields:
-            return
-        try:
-            self._host = HostPower.from_fields(fields)
-        except (KeyError, ValueError) as e:
-            log.warning("ignoring a malformed host power reading: %s", e)
-
-    def host_power(self, now: float | None = None) -> HostPower:
-        """The host reading to charge with: the published one if fresh, else the estimate."""
-        now = time.time() if now is None else now
-        host = self._host
-        if host is not None and now - host.ts <= HOST_READING_MAX_AGE_S:
-            self._warned_stale = False
-            return host
-        if not self._warned_stale:
-            log.info("no fresh host power reading from a carbon service: charging tasks "
-                     "with the %s", self._estimate.source)
-            self._warned_stale = True
-        return self._estimate
 
     def intensity(self) -> IntensityReading:
         """The node's carbon intensity now (re-read at most once a second)."""
@@ -109,47 +94,48 @@ class EnergyAccountant:
         return tuple((t.timestamp(), v) for t, v in forecast(datetime.now(UTC),
                                                               FORECAST_HORIZON))
 
-    # -- charging -------------------------------------------------------------------------
+    def charge(self, cpu: CpuSplit, reading: IntensityReading) -> TaskCharge:
+        """The device charge of a task that used ``cpu``, priced at ``reading`` (the
+        node's intensity when the task started)."""
+        return self._priced(self.device.charge(cpu.total_s), cpu, reading)
 
-    def charge(self, *, cpu_s: float, wall_s: float) -> TaskCharge:
-        """Energy and carbon of a task that used ``cpu_s`` CPU-seconds over ``wall_s``."""
-        cfg = self.config
-        host = self.host_power()
-        cpu_j = task_cpu_energy_j(self.apportioning, host, cpu_s=cpu_s, wall_s=wall_s,
-                                  cpu_quota=cfg.cpu_quota)
-        ram_j = self.power.ram_watts(cfg.mem_limit_bytes) * wall_s
-        reading = self.intensity()
-        cpu_kwh, ram_kwh = cpu_j / JOULES_PER_KWH, ram_j / JOULES_PER_KWH
+    def charge_idle(self, cpu_s: float, wall_s: float, busy_s: float) -> TaskCharge:
+        """An idle stretch: the CPU burnt outside tasks and the RAM held while not busy."""
+        return self._priced(self.device.idle_charge(cpu_s, wall_s, busy_s),
+                            CpuSplit(0.0, cpu_s), self.intensity())
+
+    def _priced(self, device: DeviceCharge, cpu: CpuSplit,
+                reading: IntensityReading) -> TaskCharge:
         intensity = reading.value.g_per_kwh
         return TaskCharge(
-            cpu_kwh=cpu_kwh,
-            ram_kwh=ram_kwh,
-            carbon_g=carbon_grams(cpu_kwh + ram_kwh, intensity, cfg.pue),
-            intensity_g_per_kwh=intensity,
-            intensity_source=reading.source,
-            pue=cfg.pue,
-            power_source=host.source if host is self._estimate else f"host:{host.source}",
-            apportioning=self.apportioning,
+            device=device, cpu=cpu,
+            carbon_g=carbon_grams(device.energy_kwh, intensity, self.config.pue),
+            intensity_g_per_kwh=intensity, intensity_source=reading.source,
+            pue=self.config.pue, power_source=self.device.source,
         )
 
 
 def charge_fields(charge: TaskCharge) -> dict[str, Any]:
-    """The result-map fields that report a task's charge."""
+    """The result-map fields that report a task's charge (its ``measured`` charge is
+    settled later by the carbon service and is not in the result)."""
     return {
+        "accounting": METHOD,
         "energy_kwh": charge.energy_kwh,
         "cpu_energy_kwh": charge.cpu_kwh,
         "ram_energy_kwh": charge.ram_kwh,
         "carbon_g": charge.carbon_g,
+        "busy_s": charge.device.busy_s,
+        "cpu_model_s": charge.cpu.model_s,
+        "cpu_overhead_s": charge.cpu.overhead_s,
         "intensity_g_per_kwh": charge.intensity_g_per_kwh,
         "intensity_source": charge.intensity_source,
         "pue": charge.pue,
         "power_source": charge.power_source,
-        "apportioning": charge.apportioning,
     }
 
 
-def ledger_row(result: Mapping[str, Any], charge: TaskCharge, *, cpu_s: float,
-               wall_s: float, tenant: str = "") -> LedgerRow:
+def ledger_row(result: Mapping[str, Any], charge: TaskCharge, *, started_at: float,
+               wall_s: float, device: DevicePower, tenant: str = "") -> LedgerRow:
     """The ledger row of a finished task (its result map already built)."""
     return LedgerRow(
         task_id=str(result.get("id") or "unknown"),
@@ -158,17 +144,29 @@ def ledger_row(result: Mapping[str, Any], charge: TaskCharge, *, cpu_s: float,
         model=str(result.get("model") or ""),
         mode=str(result.get("mode") or ""),
         status=str(result.get("status") or "error"),
-        ts=time.time(),
-        wall_s=wall_s,
-        cpu_s=cpu_s,
-        cpu_kwh=charge.cpu_kwh,
-        ram_kwh=charge.ram_kwh,
-        energy_kwh=charge.energy_kwh,
-        carbon_g=charge.carbon_g,
-        intensity_g_per_kwh=charge.intensity_g_per_kwh,
-        intensity_source=charge.intensity_source,
-        pue=charge.pue,
-        power_source=charge.power_source,
-        apportioning=charge.apportioning,
+        **_charge_columns(charge, started_at=started_at, wall_s=wall_s, device=device),
         tenant=tenant,
     )
+
+
+def stretch_row(row_type: str, node: str, charge: TaskCharge, *, started_at: float,
+                wall_s: float, device: DevicePower) -> LedgerRow:
+    """The ledger row of an ``idle`` or ``startup`` stretch of a node."""
+    return LedgerRow(task_id=f"{row_type}:{node}:{started_at:.3f}", node=node, kind=row_type,
+                     model="", mode="", status="ok", row_type=row_type,
+                     **_charge_columns(charge, started_at=started_at, wall_s=wall_s,
+                                       device=device))
+
+
+def _charge_columns(charge: TaskCharge, *, started_at: float, wall_s: float,
+                    device: DevicePower) -> dict[str, Any]:
+    return {
+        "ts": started_at + wall_s, "started_at": started_at, "wall_s": wall_s,
+        "cpu_s": charge.cpu.total_s, "cpu_model_s": charge.cpu.model_s,
+        "cpu_overhead_s": charge.cpu.overhead_s, "busy_s": charge.device.busy_s,
+        "cpu_quota": device.cpu_quota, "mem_limit_bytes": float(device.mem_limit_bytes),
+        "cpu_kwh": charge.cpu_kwh, "ram_kwh": charge.ram_kwh, "energy_kwh": charge.energy_kwh,
+        "carbon_g": charge.carbon_g, "intensity_g_per_kwh": charge.intensity_g_per_kwh,
+        "intensity_source": charge.intensity_source, "pue": charge.pue,
+        "power_source": charge.power_source, "method": METHOD,
+    }

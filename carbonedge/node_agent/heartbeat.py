@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 
-from carbonedge.carbon.power import PowerModel
 from carbonedge.node_agent.cgroup import CgroupAccounting
 from carbonedge.node_agent.config import AgentConfig
 from carbonedge.node_agent.energy import EnergyAccountant
@@ -28,17 +28,17 @@ class HeartbeatPublisher:
         client: redis.Redis,
         *,
         accounting: CgroupAccounting,
-        power: PowerModel,
         energy: EnergyAccountant,
         stats: ExecStats,
         interval_s: float,
         ttl_s: float,
+        on_beat: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self._client = client
         self._accounting = accounting
-        self._power = power
         self._energy = energy
+        self._on_beat = on_beat
         self._stats = stats
         self._interval = interval_s
         self._ttl_ms = max(int(ttl_s * 1000), 1)
@@ -59,6 +59,7 @@ class HeartbeatPublisher:
         self._last_cpu, self._last_t, self._last_task_cpu = cpu, now, task_cpu
         mem_limit = self._accounting.memory_limit_bytes() or cfg.mem_limit_bytes
         reading = self._energy.intensity()
+        device = self._energy.device
         return Heartbeat(
             node_id=cfg.node_id,
             ts=time.time(),
@@ -67,8 +68,8 @@ class HeartbeatPublisher:
             mem_used_bytes=self._accounting.memory_usage_bytes(),
             cpu_util=min(cpu_delta / wall / cfg.cpu_quota, 1.0),
             background_util=min(background / wall / cfg.cpu_quota, 1.0),
-            power_w=self._power.average_watts(cpu_delta, wall, mem_limit),
-            active_power_w=self._power.active_watts(cfg.cpu_quota, mem_limit),
+            power_w=cpu_delta / wall * device.watts_per_core + device.ram_w,
+            active_power_w=device.watts,
             carbon_intensity=reading.value.g_per_kwh,
             pue=cfg.pue,
             in_flight=self._stats.in_flight,
@@ -88,8 +89,7 @@ class HeartbeatPublisher:
         pipe.hset(key, mapping=self.measure().to_fields())
         pipe.pexpire(key, self._ttl_ms)
         pipe.sadd(keys.NODES, self.config.node_id)
-        pipe.hgetall(keys.HOST_POWER)
-        self._energy.update_host(pipe.execute()[-1])
+        pipe.execute()
 
     def start(self) -> None:
         self.beat()
@@ -119,6 +119,11 @@ class HeartbeatPublisher:
             self._wake.clear()
             if self._stop.is_set():
                 return
+            if self._on_beat is not None:
+                try:
+                    self._on_beat()
+                except Exception:  # bookkeeping must never stop the heartbeat
+                    log.exception("periodic agent bookkeeping failed")
             try:
                 self.beat()
                 if failing:

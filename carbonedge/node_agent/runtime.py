@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import redis
 
+from carbonedge.carbon.intensity import IntensityReading
 from carbonedge.errors import (
     CarbonEdgeError,
     InferenceFailed,
@@ -20,8 +21,9 @@ from carbonedge.errors import (
 )
 from carbonedge.node_agent.bookkeeping import TaskBookkeeper
 from carbonedge.node_agent.cgroup import CgroupAccounting
+from carbonedge.node_agent.charging import ChargeMeter, Stretch
 from carbonedge.node_agent.config import AgentConfig
-from carbonedge.node_agent.energy import EnergyAccountant, charge_fields, ledger_row
+from carbonedge.node_agent.energy import EnergyAccountant, charge_fields, ledger_row, stretch_row
 from carbonedge.node_agent.model_cache import ModelCache
 from carbonedge.node_agent.stats import ExecStats
 from carbonedge.partitioner.models import INPUT_SHAPE, run_inference, top_k
@@ -56,6 +58,7 @@ class AgentRuntime:
         stats: ExecStats,
         bookkeeper: TaskBookkeeper,
         redis_client: redis.Redis,
+        meter: ChargeMeter | None = None,
     ) -> None:
         self.config = config
         self.settings = settings
@@ -67,12 +70,26 @@ class AgentRuntime:
         self._redis = redis_client
         self._limits = TensorLimits(max_elements=settings.max_tensor_elements)
         self._warm: set[str] = set()
-        self._charged_cpu: float | None = None
+        self.meter = meter or ChargeMeter(accounting.cpu_usage_s, config.cpu_quota)
 
     def start_charging(self) -> None:
-        """From now on, tasks are charged all of the agent's CPU time (call it after
-        preloading models: loading them is not any task's work)."""
-        self._charged_cpu = self.accounting.cpu_usage_s()
+        """Start-up is over (call it after loading models): its CPU and time go to one
+        ``startup`` ledger row; from now on every CPU-second is a task's or idle."""
+        self.record_stretch("startup", self.meter.startup_done())
+
+    def flush_idle(self, min_wall_s: float = 0.0) -> None:
+        """Record the CPU burnt and the RAM held between tasks since the last flush (if
+        that was at least ``min_wall_s`` ago)."""
+        self.record_stretch("idle", self.meter.flush_idle(min_wall_s))
+
+    def record_stretch(self, row_type: str, stretch: Stretch | None) -> None:
+        if stretch is None or stretch.wall_s <= 0:
+            return
+        device = self.energy.device
+        charge = self.energy.charge_idle(stretch.cpu_s, stretch.wall_s, stretch.busy_s)
+        self._bookkeeper.record(stretch_row(row_type, self.config.node_id, charge,
+                                            started_at=stretch.started_at,
+                                            wall_s=stretch.wall_s, device=device))
 
     # -- tasks -------------------------------------------------------------------------
 
@@ -96,7 +113,8 @@ class AgentRuntime:
 
     def _guarded(self, payload: Any, run: Any, *, sample: bool = True) -> dict[str, Any]:
         started_at = time.time()
-        cpu_at_start = self.accounting.cpu_usage_s()
+        reading = self.energy.intensity()  # a task is priced at the intensity it started in
+        self.meter.task_started()  # its stretch began when the consumer saw its message
         req_id = payload.get("id") if isinstance(payload, dict) else None
         req_id = req_id if isinstance(req_id, str) else "unknown"
         self.stats.started()
@@ -116,40 +134,35 @@ class AgentRuntime:
                 result = self._error(payload, req_id,
                                      InferenceFailed(f"{type(e).__name__}: {e}"), started_at)
         finally:
-            self._account(payload, req_id, result, started_at, cpu_at_start, sample)
+            self._account(payload, req_id, result, started_at, reading, sample)
         return result
 
     def _account(self, payload: Any, req_id: str, result: dict[str, Any] | None,
-                 started_at: float, cpu_at_start: float, sample: bool = True) -> None:
-        """Charge the task's energy and carbon, update the node's stats, and do the
-        Redis bookkeeping (in-flight count, input deletion, ledger row)."""
-        # all of the task's CPU (input fetch and decode too): S_R's background
-        # utilisation is what is left when the tasks' share is taken away
-        cpu_now = self.accounting.cpu_usage_s()
-        task_cpu = max(cpu_now - cpu_at_start, 0.0)
-        # A task is charged the agent's CPU since the previous task was charged: Celery's
-        # hand-off of the previous result and the fetch of this message happen outside
-        # any task, yet the node burns them for its tasks (with input decode, 15.5% of the
-        # CPU charged in benchmarks/bench_carbon_accuracy.py).
-        since = cpu_at_start if self._charged_cpu is None else min(self._charged_cpu,
-                                                                     cpu_at_start)
-        charged_cpu = max(cpu_now - since, 0.0)
-        self._charged_cpu = cpu_now
+                 started_at: float, reading: IntensityReading, sample: bool = True) -> None:
+        """Charge the task its own CPU (from its message's arrival to now, split into the
+        model run and the rest), update the node's stats, and do the Redis bookkeeping
+        (in-flight count, input deletion, ledger row)."""
+        timings = result.get("timings") if isinstance(result, dict) else None
+        model_cpu = timings.get("cpu_s", 0.0) if isinstance(timings, dict) else 0.0
+        cpu = self.meter.task_finished(model_cpu if isinstance(model_cpu, float) else 0.0)
         wall_s = max(time.time() - started_at, 0.0)
-        model_name, exec_ms, ledger = None, None, None
+        model_name, service_ms, ledger = None, None, None
         if result is not None:
-            charge = self.energy.charge(cpu_s=charged_cpu, wall_s=wall_s)
+            charge = self.energy.charge(cpu, reading)
             result.update(charge_fields(charge))
             if result.get("status") == "ok" and sample:
                 model_name = result.get("model")
                 if model_name in self._warm:
-                    exec_ms = self._service_ms(result["timings"])
+                    # the scheduler's service time: how long this task kept the emulated
+                    # device busy, the T that S_P and S_C (and so the plan) price with
+                    service_ms = charge.device.busy_s * 1e3
                 elif model_name is not None:  # a first run allocates buffers: not typical
                     self._warm.add(model_name)
             tenant = payload.get("tenant") if isinstance(payload, dict) else None
-            ledger = ledger_row(result, charge, cpu_s=charged_cpu, wall_s=wall_s,
+            ledger = ledger_row(result, charge, started_at=started_at, wall_s=wall_s,
+                                device=self.energy.device,
                                 tenant=tenant if isinstance(tenant, str) else "")
-        self.stats.finished(model_name, exec_ms, task_cpu)
+        self.stats.finished(model_name, service_ms, cpu.total_s)
         if isinstance(payload, dict):
             self._bookkeeper.task_done(
                 counted=payload.get("counted") is True,
@@ -190,16 +203,6 @@ class AgentRuntime:
         for _ in range(runs):
             run_inference(loaded, x)
         self._warm.add(model)
-
-    def _service_ms(self, timings: dict[str, float]) -> float:
-        """The time this node needs per task when busy: what the scheduler should expect.
-
-        Within one CFS period a lone task may run unthrottled (0.6 CPU still allows a
-        60 ms burst per 100 ms), so a sequence of lone tasks shows a slow node as fast as
-        a big one. Sustained, a task costs its CPU time divided by the quota; the slower
-        of the two is the node's real service time.
-        """
-        return max(timings["exec_ms"], timings["cpu_s"] * 1e3 / self.config.cpu_quota)
 
     def _input(self, payload: dict[str, Any]) -> Any:
         """The request's tensor map: inline, or fetched from its ``ce:input:<id>`` key."""

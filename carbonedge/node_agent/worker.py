@@ -11,9 +11,10 @@ import redis
 
 from carbonedge.broker.celery_app import make_celery_app
 from carbonedge.broker.recovery import hand_back, release_previous_life
-from carbonedge.carbon.power import PowerModel
+from carbonedge.carbon.device import DevicePower, cpu_watts_per_core
 from carbonedge.node_agent.bookkeeping import TaskBookkeeper
 from carbonedge.node_agent.cgroup import CgroupAccounting
+from carbonedge.node_agent.charging import ChargeMeter
 from carbonedge.node_agent.config import AgentConfig
 from carbonedge.node_agent.consumer import AgentConsumer, install_tolerant_queue_decoder
 from carbonedge.node_agent.energy import EnergyAccountant
@@ -27,6 +28,9 @@ from carbonedge.protocol import keys
 from carbonedge.settings import Settings
 
 log = logging.getLogger(__name__)
+
+IDLE_ROW_S = 10.0
+"""How often an agent records its idle stretch as a ledger row."""
 
 
 def torch_threads_for(cpu_quota: float) -> int:
@@ -42,22 +46,25 @@ def run_agent(
     events: bool = False,
 ) -> None:
     """Serve ``config.node_id``'s queue until the worker is stopped (SIGTERM / Ctrl-C)."""
+    accounting = CgroupAccounting.for_current_process()
+    meter = ChargeMeter(accounting.cpu_usage_s, config.cpu_quota)  # start-up begins now
     import torch  # the agent is the only process that needs torch
 
     torch.set_num_threads(torch_threads_for(config.cpu_quota))
     torch.set_num_interop_threads(1)
 
-    accounting = CgroupAccounting.for_current_process()
     _check_limits(config, accounting)
-    power = PowerModel.for_host(settings.host_cpu_watts)
+    watts, watts_source = cpu_watts_per_core(settings.cpu_watts_per_core)
+    device = DevicePower(config.cpu_quota, config.mem_limit_bytes, watts, watts_source)
     stats = ExecStats(config.stats_window)
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
     models = ModelCache(settings.model_dir)
 
-    energy = EnergyAccountant(config, power, apportioning=settings.apportioning)
+    energy = EnergyAccountant(config, device)
     bookkeeper = TaskBookkeeper(client, config.node_id, settings.carbon_budget_period_s)
     runtime = AgentRuntime(config, settings, accounting=accounting, energy=energy, models=models,
-                           stats=stats, bookkeeper=bookkeeper, redis_client=client)
+                           stats=stats, bookkeeper=bookkeeper, redis_client=client,
+                           meter=meter)
     for name in preload:  # before the first heartbeat: no task is routed here until ready
         runtime.warm_up(name)
     install_tolerant_queue_decoder()
@@ -65,10 +72,11 @@ def run_agent(
     guard = DeliveryGuard(client, config.node_id, expires_s=int(app.conf.result_expires or 3600),
                           retry_for_s=settings.result_timeout_s)
     register_tasks(app, runtime, guard)
-    heartbeat = HeartbeatPublisher(config, client, accounting=accounting, power=power,
-                                   energy=energy,
+    heartbeat = HeartbeatPublisher(config, client, accounting=accounting, energy=energy,
                                    stats=stats, interval_s=settings.heartbeat_interval_s,
-                                   ttl_s=settings.heartbeat_ttl_s)
+                                   ttl_s=settings.heartbeat_ttl_s,
+                                   on_beat=lambda: runtime.flush_idle(IDLE_ROW_S))
+    AgentConsumer.on_message = meter.message_received
     stats.on_first_sample = heartbeat.nudge
     queue = keys.node_queue(config.node_id)
     worker = app.Worker(
@@ -92,14 +100,16 @@ def run_agent(
     runtime.start_charging()
     heartbeat.start()
     reading = energy.intensity()
-    log.info("agent %s serving %s (cpu %.2f, mem %d MiB, %.0f g/kWh from %s, accounting %s, "
-             "apportioning %s)", config.node_id, queue, config.cpu_quota,
-             config.mem_limit_bytes >> 20, reading.value.g_per_kwh, reading.source,
-             accounting.source, energy.apportioning)
+    log.info("agent %s serving %s (cpu %.2f, mem %d MiB, %.0f g/kWh from %s, CPU from %s; "
+             "device power %.2f W, %.2f W per core from %s)", config.node_id, queue,
+             config.cpu_quota, config.mem_limit_bytes >> 20, reading.value.g_per_kwh,
+             reading.source, accounting.source, device.watts, device.watts_per_core,
+             device.source)
     try:
         worker.start()
     finally:
         heartbeat.stop()
+        runtime.flush_idle()
         bookkeeper.close()
         client.close()
 

@@ -25,7 +25,8 @@ ENERGY_TOTALS = f"{PREFIX}:energy_kwh"
 """Hash node id -> kWh of every task the node has finished."""
 
 LEDGER_STREAM = f"{PREFIX}:ledger"
-"""Per-task energy rows written by agents, read by the carbon service."""
+"""Energy rows written by agents (one per task, idle and start-up stretches), with their
+``device`` charge; read by the carbon service, which settles their ``measured`` one."""
 
 LEDGER_GROUP = f"{PREFIX}:carbon"
 """Consumer group of carbon services on :data:`LEDGER_STREAM`."""
@@ -38,6 +39,13 @@ DEFERRED_TOTAL = f"{PREFIX}:deferred:total"
 
 HOST_POWER = f"{PREFIX}:carbon:host"
 """Hash: the host's latest CPU power, idle power and busy CPUs, from the carbon service."""
+
+CARBON_SAMPLES = f"{PREFIX}:carbon:samples"
+"""Stream of the carbon service's host samples (energy, busy CPU, per-node CPU): what a
+restarted service settles earlier ledger rows from."""
+
+CARBON_SETTLED = f"{PREFIX}:carbon:settled"
+"""Stream of ledger rows' ``measured`` charges, as the carbon service settles them."""
 
 CARBON_WINDOWS = f"{PREFIX}:carbon:windows"
 """Stream of the carbon service's reconciliation windows (host vs attributed energy)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from carbonedge.experiments.accounting import OutcomeLedger
 from carbonedge.protocol import keys
 from tests.conftest import TEST_REDIS
 from tests.integration.conftest import SMALL_TOPOLOGY, start_runtime
+from tests.polling import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -62,16 +63,6 @@ def restart_agent(runtime: LocalRuntime, node_id: str, timeout_s: float = 120) -
                    f"{node_id}'s heartbeat")
     finally:
         client.close()
-
-
-def wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> float:
-    """Poll ``predicate``; returns the seconds it took, fails the test after ``timeout_s``."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout_s:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
-    return time.monotonic() - start
 
 
 def recoveries(url: str, node_id: str) -> list[dict[str, str]]:

@@ -1,73 +1,54 @@
-"""An agent's charge per task: host reading vs estimate, methods, intensity over time."""
+"""An agent's device charge per task and per idle stretch, priced at its intensity."""
 
 from __future__ import annotations
 
-import logging
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from carbonedge.carbon.apportion import HostPower
+from carbonedge.carbon.device import DevicePower
 from carbonedge.carbon.intensity import create_provider
-from carbonedge.carbon.power import PowerModel
 from carbonedge.node_agent.config import AgentConfig, static_intensity
-from carbonedge.node_agent.energy import EnergyAccountant, charge_fields
+from carbonedge.node_agent.energy import CpuSplit, EnergyAccountant, charge_fields
 
 GIB = 1 << 30
 
 
-def _accountant(method: str = "usage", intensity: float = 380.0,
-                pue: float = 1.0) -> EnergyAccountant:
-    config = AgentConfig("node-green", 0.4, GIB // 2, static_intensity(intensity), pue=pue)
-    return EnergyAccountant(config, PowerModel(4.0, "codecarbon-default-per-thread"),
-                            apportioning=method, host_cpus=2)
+def _accountant(intensity: float = 380.0, pue: float = 1.0,
+                quota: float = 0.4) -> EnergyAccountant:
+    config = AgentConfig("node-green", quota, GIB // 2, static_intensity(intensity), pue=pue)
+    return EnergyAccountant(config, DevicePower(quota, GIB // 2, 4.0, "configured"))
 
 
-def test_without_a_host_reading_the_estimate_is_used_and_named(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    acc = _accountant()
-    with caplog.at_level(logging.INFO):
-        first = acc.charge(cpu_s=0.1, wall_s=0.2)
-        acc.charge(cpu_s=0.1, wall_s=0.2)
-    assert first.power_source == "estimate:codecarbon-default-per-thread"
-    assert first.cpu_kwh == pytest.approx(0.1 * 4.0 / 3.6e6)
-    # RAM: 0.375 W/GB of the 512 MiB limit over the wall time
-    assert first.ram_kwh == pytest.approx(0.375 * (GIB // 2) / 1e9 * 0.2 / 3.6e6)
-    assert first.carbon_g == pytest.approx(first.energy_kwh * 380.0)
-    assert sum("no fresh host power" in r.message for r in caplog.records) == 1
-
-
-def test_a_fresh_host_reading_is_used_and_a_stale_one_is_not() -> None:
-    acc = _accountant()
-    host = HostPower(9.0, 1.0, 2.0, 2, "codecarbon:cpu_load", ts=time.time())
-    acc.update_host(host.to_fields())
-    charge = acc.charge(cpu_s=0.5, wall_s=1.0)
-    assert charge.power_source == "host:codecarbon:cpu_load"
-    assert charge.cpu_kwh == pytest.approx(0.5 * (9.0 - 1.0) / 2.0 / 3.6e6)
-    acc.update_host({**host.to_fields(), "ts": repr(time.time() - 60)})
-    assert acc.charge(cpu_s=0.5, wall_s=1.0).power_source.startswith("estimate:")
-
-
-def test_quota_method_and_pue_are_applied_and_reported() -> None:
-    acc = _accountant("quota", intensity=100.0, pue=1.5)
-    acc.update_host(HostPower(8.0, 1.0, 1.0, 2, "h", ts=time.time()).to_fields())
-    charge = acc.charge(cpu_s=0.0, wall_s=1.0)
-    assert charge.cpu_kwh == pytest.approx(8.0 * 0.4 / 2 / 3.6e6)
-    assert charge.carbon_g == pytest.approx(charge.energy_kwh * 100.0 * 1.5)
+def test_a_task_is_charged_its_cpu_seconds_on_the_emulated_device() -> None:
+    acc = _accountant(pue=1.5)
+    charge = acc.charge(CpuSplit(0.025, 0.005), acc.intensity())
+    assert charge.device.busy_s == pytest.approx(0.03 / 0.4)
+    assert charge.cpu_kwh == pytest.approx(4.0 * 0.03 / 3.6e6)
+    ram_w = 0.375 * (GIB // 2) / 1e9
+    assert charge.ram_kwh == pytest.approx(ram_w * 0.075 / 3.6e6)
+    assert charge.carbon_g == pytest.approx(charge.energy_kwh * 380.0 * 1.5)
     fields = charge_fields(charge)
-    assert fields["apportioning"] == "quota" and fields["pue"] == 1.5
+    assert fields["accounting"] == "device" and fields["pue"] == 1.5
+    assert (fields["cpu_model_s"], fields["cpu_overhead_s"]) == (0.025, 0.005)
     assert fields["energy_kwh"] == pytest.approx(fields["cpu_energy_kwh"] + fields["ram_energy_kwh"])
+    assert fields["power_source"] == "configured"
 
 
-def test_malformed_host_readings_are_ignored(caplog: pytest.LogCaptureFixture) -> None:
+def test_plan_and_charge_use_one_formula() -> None:
+    """The heartbeat's active power times the busy time is exactly the charge."""
+    acc = _accountant(intensity=530.0, quota=0.6)
+    charge = acc.charge(CpuSplit(0.03, 0.0), acc.intensity())
+    predicted = 530.0 * acc.device.watts * charge.device.busy_s / 3.6e6
+    assert charge.carbon_g == pytest.approx(predicted)
+
+
+def test_an_idle_stretch_pays_its_cpu_and_the_ram_not_held_by_tasks() -> None:
     acc = _accountant()
-    with caplog.at_level(logging.WARNING):
-        acc.update_host({"cpu_w": "-3", "idle_cpu_w": "0", "busy_cpus": "1",
-                         "host_cpus": "2", "source": "x", "ts": repr(time.time())})
-    assert acc.host_power().source.startswith("estimate:")
-    assert "malformed host power" in caplog.text
+    idle = acc.charge_idle(cpu_s=0.02, wall_s=10.0, busy_s=1.0)
+    assert idle.cpu_kwh == pytest.approx(4.0 * 0.02 / 3.6e6)
+    assert idle.ram_kwh == pytest.approx(0.375 * (GIB // 2) / 1e9 * 9.0 / 3.6e6)
+    assert idle.cpu.model_s == 0.0
 
 
 def test_a_trace_node_charges_the_intensity_of_the_current_hour() -> None:
@@ -75,8 +56,8 @@ def test_a_trace_node_charges_the_intensity_of_the_current_hour() -> None:
     provider = create_provider({"provider": "trace", "file": "GB_2023_week23",
                                 "start": start.isoformat()})
     config = AgentConfig("n", 1.0, GIB, provider)
-    acc = EnergyAccountant(config, PowerModel(4.0, "x"), host_cpus=2)
+    acc = EnergyAccountant(config, DevicePower(1.0, GIB, 4.0, "configured"))
     expected = provider.intensity_at(datetime.now(UTC))
-    charge = acc.charge(cpu_s=0.01, wall_s=0.01)
+    charge = acc.charge(CpuSplit(0.01, 0.0), acc.intensity())
     assert charge.intensity_g_per_kwh == expected.value.g_per_kwh
     assert charge.intensity_source == expected.source == "trace:GB_2023_week23"

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
-from carbonedge.carbon.power import PowerModel, carbon_grams
+from carbonedge.carbon.device import DevicePower, _codecarbon_tdp, cpu_watts_per_core
+from carbonedge.carbon.power import carbon_grams
 from carbonedge.errors import ConfigError
 from carbonedge.settings import Settings
 
@@ -32,17 +34,52 @@ def test_bad_settings_are_named(tmp_path: Path) -> None:
         Settings.load(tmp_path / "missing.toml", env={})
 
 
-def test_power_model_energy_and_carbon() -> None:
-    pm = PowerModel.for_host(host_cpu_watts=20.0, host_cpus=2)
-    assert pm.cpu_watts_per_cpu == 10.0 and pm.source == "configured-host-cpu-watts"
-    # 0.5 CPU-s at 10 W + 1 GB at 0.375 W for 2 s = 5.75 J
-    e = pm.task_energy_kwh(cpu_seconds=0.5, wall_s=2.0, mem_limit_bytes=10**9)
-    assert e == pytest.approx(5.75 / 3.6e6)
-    assert carbon_grams(e, 400.0, pue=1.5) == pytest.approx(e * 600)
-    assert pm.active_watts(0.4, 5 * 10**8) == pytest.approx(4.0 + 0.1875)
-    assert pm.average_watts(1.0, 4.0, 0) == pytest.approx(2.5)
+def test_device_power_energy_and_carbon() -> None:
+    # node-green: 0.4 CPU at 4 W per core, 512 MB at 0.375 W/GB
+    dev = DevicePower(0.4, 512 * 10**6, 4.0, "configured")
+    assert dev.watts == pytest.approx(1.6 + 0.192)
+    charge = dev.charge(cpu_s=0.03)
+    # busy for 0.03 / 0.4 = 75 ms: CPU 1.6 W (= 4 W x 0.03 CPU-s), RAM 0.192 W
+    assert charge.busy_s == pytest.approx(0.075)
+    assert charge.cpu_kwh == pytest.approx(4.0 * 0.03 / 3.6e6)
+    assert charge.ram_kwh == pytest.approx(0.192 * 0.075 / 3.6e6)
+    assert carbon_grams(charge.energy_kwh, 400.0, pue=1.5) == pytest.approx(
+        charge.energy_kwh * 600)
+    # idle: the CPU it burnt, and RAM for the time it was not busy with tasks
+    idle = dev.idle_charge(cpu_s=0.01, wall_s=10.0, busy_s=2.0)
+    assert idle.cpu_kwh == pytest.approx(4.0 * 0.01 / 3.6e6)
+    assert idle.ram_kwh == pytest.approx(0.192 * 8.0 / 3.6e6)
 
 
-def test_power_model_fallback_says_so(caplog: pytest.LogCaptureFixture) -> None:
-    pm = PowerModel.for_host(host_cpus=8)
-    assert pm.source == "codecarbon-default-per-thread" and pm.cpu_watts_per_cpu == 4.0
+def test_the_same_cpu_seconds_cost_the_same_on_a_node_whatever_the_wall_time() -> None:
+    dev = DevicePower(0.6, 512 << 20, 4.0, "configured")
+    assert dev.charge(0.05) == dev.charge(0.05)  # no wall time, no host state in it
+
+
+def test_watts_per_core_is_configured_or_from_codecarbon_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert cpu_watts_per_core(6.5) == (6.5, "configured")
+    watts, source = cpu_watts_per_core()
+    assert watts > 0
+    assert source.startswith("codecarbon-tdp:") or source == "codecarbon-default-per-thread"
+    for bad in (-1.0, math.nan, math.inf):
+        with pytest.raises(ConfigError) as info:
+            cpu_watts_per_core(bad)
+        assert info.value.field == "cpu_watts_per_core"
+
+
+def test_codecarbon_tdp_table_lookup_is_exact_after_codecarbons_cleanup() -> None:
+    assert _codecarbon_tdp("Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz") == 150.0
+    assert _codecarbon_tdp("AMD EPYC 4124P") == 65.0
+    assert _codecarbon_tdp("Some CPU nobody makes") is None
+
+
+def test_bad_accounting_and_power_settings_stop_start_up_naming_the_field() -> None:
+    for env, name in (({"CARBONEDGE_ACCOUNTING": "guess"}, "accounting"),
+                      ({"CARBONEDGE_CPU_WATTS_PER_CORE": "-2"}, "cpu_watts_per_core"),
+                      ({"CARBONEDGE_CPU_WATTS_PER_CORE": "nan"}, "cpu_watts_per_core")):
+        with pytest.raises(ConfigError) as info:
+            Settings.load(env=env)
+        assert info.value.field == name
+    assert Settings.load(env={"CARBONEDGE_ACCOUNTING": "measured"}).accounting == "measured"
