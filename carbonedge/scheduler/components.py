@@ -13,7 +13,9 @@ Each fixed form maps one node's raw state to a score in ``[0, 1]``, higher is be
 
 The ``minmax`` normalisation rescales a component's "goodness" across the candidates of
 one decision to ``[0, 1]``, unless its spread is below a relative noise floor, in which
-case every candidate gets 1.0.
+case every candidate gets 1.0. Before that, :func:`deadband` merges costs that lie within
+a relative noise band of each other (replicas of one node class, whose measured service
+times differ by a few percent): min-max would otherwise stretch that noise to 0 vs 1.
 
 The float and array forms perform the same IEEE operations in the same order, so the
 scalar and the vectorised scheduler paths give bit-identical component values.
@@ -35,6 +37,8 @@ __all__ = [
     "carbon_g",
     "carbon_score",
     "carbon_scores",
+    "deadband",
+    "deadband_array",
     "load_score",
     "load_scores",
     "minmax",
@@ -96,7 +100,40 @@ def minmax(values: Sequence[float], floor: float) -> list[float]:
     return [(v - lo) / span for v in values]
 
 
+def deadband(costs: Sequence[float], band: float) -> list[float]:
+    """``costs`` (>= 0) with values within ``band`` (relative) of a smaller one merged.
+
+    Walking the costs in ascending order, each one joins the current group when it lies
+    within ``band`` of the group's first (smallest) cost, and takes that cost; otherwise it
+    starts a group of its own. Groups are anchored at their first member, so noise cannot
+    chain a long run of near neighbours into one group.
+    """
+    out = list(costs)
+    anchor = -1.0
+    for i in sorted(range(len(out)), key=out.__getitem__):
+        v = out[i]
+        if anchor >= 0.0 and v - anchor <= band * v:
+            out[i] = anchor
+        else:
+            anchor = v
+    return out
+
+
 # --- array forms (same operations, same order) ----------------------------------------
+
+
+def deadband_array(costs: Array, band: float) -> Array:
+    """:func:`deadband` for an array (the same walk, so the same result)."""
+    out = costs.copy()
+    anchor = -1.0
+    for i in np.argsort(costs, kind="stable").tolist():
+        v = float(out[i])
+        if anchor >= 0.0 and v - anchor <= band * v:
+            out[i] = anchor
+        else:
+            anchor = v
+    return out
+
 
 
 def resource_scores(cpu_util: Array, mem_free_bytes: Array, mem_need_bytes: float) -> Array:

@@ -7,7 +7,6 @@ keeps (privately, by reference) the component vectors of every candidate so that
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,30 +17,26 @@ __all__ = ["Decision"]
 
 _Table = tuple[Any, ...]
 """Per-candidate vectors of one decision (lists or arrays, a tuple being cheap to build):
-node ids, R, P, C, predicted exec_ms, carbon grams, in_flight, the fixed form of S_B,
-scores, and ``(lo_L, span_L, lo_B, span_B)`` of the min-max rescaling of L and B."""
-
-
-def _rescaled(value: float, lo: float, span: float) -> float:
-    """A fixed-form component as scored: rescaled, or 1.0 when flat (``span`` infinite)."""
-    return 1.0 if span == math.inf else float((value - lo) / span)
+node ids, the components R, P, C, L, B as scored, the service time T (ms), the
+estimated carbon of the task (g), in_flight, and the scores."""
 
 
 def _rows(table: _Table) -> list[dict[str, Any]]:
     """One map per candidate, best first (score, then fewer in flight, then node id)."""
-    ids, r, p, c, t_ms, grams, k, bl, scores, (lo_l, span_l, lo_b, span_b) = table
+    ids, r, p, c, l_, b, t_ms, grams, k, scores = table
     order = sorted(range(len(ids)), key=lambda i: (-float(scores[i]), k[i], i))
     return [
         {
             "node": ids[i],
             "R": float(r[i]),
-            "L": _rescaled(1.0 / (1.0 + k[i]), lo_l, span_l),
+            "L": float(l_[i]),
             "P": float(p[i]),
-            "B": _rescaled(bl[i], lo_b, span_b),
+            "B": float(b[i]),
             "C": float(c[i]),
             "score": float(scores[i]),
             "in_flight": int(k[i]),
             "exec_ms": float(t_ms[i]),
+            "predicted_ms": float((k[i] + 1) * t_ms[i]),
             "carbon_g": float(grams[i]),
         }
         for i in order

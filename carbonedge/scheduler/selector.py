@@ -11,13 +11,19 @@ best; ties within ``1e-12`` go to the node with fewer requests in flight, then t
 lower ``node_id``. Small clusters take a pure-Python loop; from :data:`VECTOR_MIN_NODES`
 nodes on, a numpy path with identical semantics.
 
-How a decision stays cheap: R, P and C do not depend on ``in_flight``, so they are
-cached per model and normalisation, and their weighted sum ``base = w_R·R + w_P·P +
-w_C·C`` per weights object. A decision then computes, per node, ``base + w_L·L + w_B·B``
-where each of L and B is either its fixed form (``paper``), its min-max rescaling, or,
-when the spread is under the floor, the constant 1.0 (added once, as ``w_L`` or ``w_B``).
-Both paths perform the same operations in the same order, so they give bit-identical
-scores. A view is not thread-safe: one dispatcher loop owns it.
+Under ``minmax`` the load terms are measured in time, so that a queue measured in
+seconds weighs as such: S_P scores the predicted completion time of one more task,
+``(in_flight + 1) · T``, and S_L the work already queued, ``in_flight · T`` (T: the
+node's service time for the model). Costs within the noise band of each other are
+merged before min-max (:func:`~carbonedge.scheduler.components.deadband`), so replicas of
+one class tie and the tie goes to the one with fewer in flight. The ``paper`` form keeps
+the paper's fixed references: S_P of T alone and S_L = 1/(1 + in_flight).
+
+How a decision stays cheap: R and C do not depend on ``in_flight``, so they are cached
+per model and normalisation, and their weighted sum ``base = w_R·R + w_C·C`` per weights
+object; a decision adds ``w_P·P + w_L·L + w_B·B``. Both paths perform the same
+operations in the same order, so they give bit-identical scores. A view is not
+thread-safe: one dispatcher loop owns it.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import numpy as np
 
 from carbonedge.errors import ConfigError, InvalidRequest, NoNodeAvailable, UnknownNode
 from carbonedge.scheduler import components as comp
-from carbonedge.scheduler.decision import Decision, _new_decision, _rescaled, _Table
+from carbonedge.scheduler.decision import Decision, _new_decision, _Table
 from carbonedge.scheduler.snapshot import MIN_QUOTA, NodeSnapshot, References
 from carbonedge.scheduler.weights import Weights
 
@@ -46,7 +52,6 @@ VECTOR_MIN_NODES = 64
 TIE_EPS = 1e-12
 _MAX_CACHED = 256
 """Per-view cache entries (model and normalisation, or weights) kept before a clear."""
-_INF = math.inf
 
 
 class _Static:
@@ -57,23 +62,22 @@ class _Static:
     def __init__(self, r: Any, p: Any, c: Any, t_ms: Any, grams: Any) -> None:
         self.r = r
         self.p = p
+        """S_P of the ``paper`` form (None under ``minmax``, where it depends on load)."""
         self.c = c
         self.t_ms = t_ms
         self.grams = grams
         self._bases: dict[int, tuple[Weights, Any]] = {}
 
     def base(self, w: Weights) -> Any:
-        """``w_R·R + w_P·P + w_C·C`` per node, cached per weights object."""
+        """``w_R·R + w_C·C`` per node, cached per weights object."""
         hit = self._bases.get(id(w))
         if hit is not None and hit[0] is w:
             return hit[1]
-        wr, wp, wc = w.r, w.p, w.c
+        wr, wc = w.r, w.c
         if isinstance(self.r, np.ndarray):
-            base = wr * self.r + wp * self.p + wc * self.c
+            base = wr * self.r + wc * self.c
         else:
-            base = [
-                wr * r + wp * p + wc * c for r, p, c in zip(self.r, self.p, self.c, strict=False)
-            ]
+            base = [wr * r + wc * c for r, c in zip(self.r, self.c, strict=False)]
         if len(self._bases) >= _MAX_CACHED:
             self._bases.clear()
         self._bases[id(w)] = (w, base)  # holding w keeps its id from being reused
@@ -222,15 +226,14 @@ class ClusterView:
             comp.carbon_g(n.carbon_intensity, n.pue, n.active_power_w, t)
             for n, t in zip(self._nodes, t_ms, strict=True)
         ]
+        p: list[float] | None = None
         if paper:
             r = self._r_fixed
             p = [comp.perf_score(t, refs.ref_exec_ms) for t in t_ms]
             c = [comp.carbon_score(g, refs.ref_carbon_g) for g in grams]
         else:
-            floor = refs.minmax_floor
             r = comp.minmax(self._r_fixed, refs.resource_floor)
-            p = comp.minmax([-t for t in t_ms], floor)
-            c = comp.minmax([-g for g in grams], floor)
+            c = comp.minmax([-g for g in comp.deadband(grams, refs.noise_band)], 0.0)
         static = _Static(r, p, c, t_ms, grams)
         if len(self._cache_py) >= _MAX_CACHED:
             self._cache_py.clear()
@@ -254,15 +257,14 @@ class ClusterView:
             dtype=np.float64,
         )
         grams = arr.intensity * arr.pue * arr.active_power_w * t_ms / comp.MS_W_PER_KWH
+        p = None
         if paper:
             r = arr.r_fixed
             p = comp.perf_scores(t_ms, refs.ref_exec_ms)
             c = comp.carbon_scores(grams, refs.ref_carbon_g)
         else:
-            floor = refs.minmax_floor
             r = comp.minmax_array(arr.r_fixed, refs.resource_floor)
-            p = comp.minmax_array(-t_ms, floor)
-            c = comp.minmax_array(-grams, floor)
+            c = comp.minmax_array(-comp.deadband_array(grams, refs.noise_band), 0.0)
         static = _Static(r, p, c, t_ms, grams)
         if len(self._cache_np) >= _MAX_CACHED:
             self._cache_np.clear()
@@ -305,24 +307,12 @@ def select(
         raise NoNodeAvailable(f"no live node agent to run {model!r}: {detail}")
     if n >= VECTOR_MIN_NODES if _vectorised is None else _vectorised:
         idx, table = _choose_np(view, model, weights, paper)
-        _, r, p, c, _, _, k, bl, scores, (lo_l, span_l, lo_b, span_b) = table
-        comps = {
-            "R": float(r[idx]),
-            "L": _rescaled(1.0 / (1.0 + k[idx]), lo_l, span_l),
-            "P": float(p[idx]),
-            "B": _rescaled(bl[idx], lo_b, span_b),
-            "C": float(c[idx]),
-        }
     else:
         idx, table = _choose_py(view, model, weights, paper)
-        _, r, p, c, _, _, k, bl, scores, (lo_l, span_l, lo_b, span_b) = table
-        comps = {
-            "R": r[idx],
-            "L": _rescaled(1.0 / (1.0 + k[idx]), lo_l, span_l),
-            "P": p[idx],
-            "B": _rescaled(bl[idx], lo_b, span_b),
-            "C": c[idx],
-        }
+    _, r, p, c, l_, b, *_ = table
+    comps = {"R": float(r[idx]), "L": float(l_[idx]), "P": float(p[idx]), "B": float(b[idx]),
+             "C": float(c[idx])}
+    scores = table[-1]
     return _new_decision(
         view.node_ids[idx],
         float(scores[idx]),
@@ -335,50 +325,32 @@ def select(
     )
 
 
-def _flat_or(lo: float, hi: float, floor: float) -> tuple[float, float]:
-    """``(lo, span)`` of a positive component under minmax; ``(0, inf)`` when flat.
-
-    Flat means ``hi - lo <= floor · hi`` (for positive values ``hi`` is the largest
-    magnitude): every node then scores 1.0, which the caller adds once as a constant.
-    """
-    span = hi - lo
-    if span <= floor * hi:
-        return 0.0, _INF
-    return lo, span
-
-
 def _choose_py(view: ClusterView, model: str, w: Weights, paper: bool) -> tuple[int, _Table]:
     """Pure-Python scoring; the loop bodies are the fixed forms of ``components`` inlined."""
     static = view._cache_py.get((model, paper)) or view._static_py(model, paper)
     base = static.base(w)
     k = view._in_flight[:]
+    t_ms = static.t_ms
     bl = [1.0 / (1.0 + x / q) for x, q in zip(k, view._quota, strict=False)]
     if paper:
-        lo_l, span_l, lo_b, span_b, const = 0.0, 1.0, 0.0, 1.0, 0.0
+        p, lo, b = static.p, [1.0 / (1.0 + x) for x in k], bl
     else:
-        floor = view.references.minmax_floor
-        # S_L = 1/(1+k) falls as k grows: its extremes come from k's
-        kmin = min(k)
-        kmax = max(k)
-        if kmin == kmax:
-            lo_l, span_l = 0.0, _INF
-        else:
-            lo_l, span_l = _flat_or(1.0 / (1.0 + kmax), 1.0 / (1.0 + kmin), floor)
-        lo_b, span_b = _flat_or(min(bl), max(bl), floor)
-        const = (w.l if span_l == _INF else 0.0) + (w.b if span_b == _INF else 0.0)
-    wl, wb = w.l, w.b
+        refs = view.references
+        band = refs.noise_band
+        p = comp.minmax([-v for v in comp.deadband(
+            [(x + 1) * t for x, t in zip(k, t_ms, strict=False)], band)], 0.0)
+        lo = comp.minmax([-v for v in comp.deadband(
+            [x * t for x, t in zip(k, t_ms, strict=False)], band)], 0.0)
+        b = comp.minmax(bl, refs.minmax_floor)
+    wp, wl, wb = w.p, w.l, w.b
     scores = [
-        b0 + wl * ((1.0 / (1.0 + x) - lo_l) / span_l) + wb * ((b - lo_b) / span_b) + const
-        for b0, x, b in zip(base, k, bl, strict=False)
+        b0 + wp * p0 + wl * l0 + wb * b1
+        for b0, p0, l0, b1 in zip(base, p, lo, b, strict=False)
     ]
     threshold = max(scores) - TIE_EPS
     tied = [i for i, s in enumerate(scores) if s >= threshold]
     idx = tied[0] if len(tied) == 1 else min(tied, key=k.__getitem__)
-    table = (
-        view.node_ids, static.r, static.p, static.c, static.t_ms, static.grams,
-        k, bl, scores, (lo_l, span_l, lo_b, span_b),
-    )  # fmt: skip
-    return idx, table
+    return idx, (view.node_ids, static.r, p, static.c, lo, b, t_ms, static.grams, k, scores)
 
 
 def _choose_np(view: ClusterView, model: str, w: Weights, paper: bool) -> tuple[int, _Table]:
@@ -387,20 +359,17 @@ def _choose_np(view: ClusterView, model: str, w: Weights, paper: bool) -> tuple[
     base = static.base(w)
     arr = view._vectors()
     k = arr.in_flight.copy()
+    t_ms = static.t_ms
     bl = 1.0 / (1.0 + k / arr.quota)
-    g = 1.0 / (1.0 + k)
     if paper:
-        lo_l, span_l, lo_b, span_b, const = 0.0, 1.0, 0.0, 1.0, 0.0
+        p, lo, b = static.p, 1.0 / (1.0 + k), bl
     else:
-        floor = view.references.minmax_floor
-        lo_l, span_l = _flat_or(float(g.min()), float(g.max()), floor)
-        lo_b, span_b = _flat_or(float(bl.min()), float(bl.max()), floor)
-        const = (w.l if span_l == _INF else 0.0) + (w.b if span_b == _INF else 0.0)
-    scores = base + w.l * ((g - lo_l) / span_l) + w.b * ((bl - lo_b) / span_b) + const
+        refs = view.references
+        band = refs.noise_band
+        p = comp.minmax_array(-comp.deadband_array((k + 1) * t_ms, band), 0.0)
+        lo = comp.minmax_array(-comp.deadband_array(k * t_ms, band), 0.0)
+        b = comp.minmax_array(bl, refs.minmax_floor)
+    scores = base + w.p * p + w.l * lo + w.b * b
     tied = np.flatnonzero(scores >= scores.max() - TIE_EPS)
     idx = int(tied[0]) if tied.size == 1 else int(tied[np.argmin(k[tied])])
-    table = (
-        view.node_ids, static.r, static.p, static.c, static.t_ms, static.grams,
-        k, bl, scores, (lo_l, span_l, lo_b, span_b),
-    )  # fmt: skip
-    return idx, table
+    return idx, (view.node_ids, static.r, p, static.c, lo, b, t_ms, static.grams, k, scores)

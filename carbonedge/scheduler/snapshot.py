@@ -55,17 +55,16 @@ class NodeSnapshot:
     power_w: float
     """Average power over the last interval (telemetry only, not scored)."""
     active_power_w: float
-    """Power while serving: its CPU quota's share of host CPU power plus its RAM (S_C's P).
-
-    Apportioned by quota as in the paper: per-task CPU-time measurements vary by tens of
-    percent between runs on a throttled node, which would flip close carbon rankings.
-    """
+    """The node's power as an emulated device while busy: quota x W per core + RAM (S_C's
+    P; the same figure its tasks are charged with, so plans predict charges)."""
     carbon_intensity: float
     """gCO2/kWh of the node's grid."""
     in_flight: int
     """Requests dispatched to the node and not finished."""
     exec_ms: Mapping[str, float]
-    """Service time per model (median of recent tasks), in milliseconds: S_P's and S_C's T."""
+    """Service time per model (median of recent tasks), in milliseconds: how long a task
+    keeps the node's emulated device busy (its CPU-seconds over the quota). S_P's and
+    S_C's T, and (times the tasks in flight) the node's queued work."""
     heartbeat_ts: float
     """Unix seconds of the last heartbeat."""
     pue: float = 1.0
@@ -127,6 +126,11 @@ class References:
     memory from beat to beat, which per-decision rescaling would blow up to 0 vs 1."""
     minmax_floor: float = 0.05
     """Relative spread below which ``minmax`` gives every node 1.0 (noise is not amplified)."""
+    noise_band: float = 0.05
+    """``minmax``: service times, completion times and carbon estimates within this
+    relative band of each other count as equal (:func:`~carbonedge.scheduler.components.
+    deadband`). Medians of 15 tasks on replicas of one node class differ by a few
+    percent; the paper's nodes differ by 40% in speed and 16-30% in carbon."""
 
     def __post_init__(self) -> None:
         for name in ("ref_exec_ms", "ref_carbon_g", "mem_need_bytes", "prior_exec_ms"):
@@ -135,7 +139,7 @@ class References:
                 raise ConfigError(
                     f"scheduler reference {name} must be finite and > 0, got {value!r}"
                 )
-        for name in ("minmax_floor", "resource_floor"):
+        for name in ("minmax_floor", "resource_floor", "noise_band"):
             floor = getattr(self, name)
             if not (isinstance(floor, (int, float)) and math.isfinite(floor) and 0 <= floor < 1):
                 raise ConfigError(f"scheduler {name} must be in [0, 1), got {floor!r}")
