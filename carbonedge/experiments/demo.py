@@ -1,87 +1,112 @@
-"""``carbonedge demo``: the paper's mode comparison on the default topology, end to end."""
+"""``carbonedge demo``: the paper's mode comparison on the default topology, end to end.
+
+Monolithic (every request pinned to one node through the dispatcher), Performance,
+Balanced and Green run in interleaved blocks in a seeded random order after a per-node
+warm-up; the table gives each arm's node shares, latency, throughput and carbon per
+inference by both accounting methods, and the change in carbon against Monolithic with
+a 95% interval across blocks.
+"""
 
 from __future__ import annotations
 
+import math
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from carbonedge.broker.client import Client, InferenceHandle
-from carbonedge.broker.results import InferenceResult
+from carbonedge.broker.client import Client
 from carbonedge.carbon.report import format_report
 from carbonedge.carbon.report import summarise as summarise_emissions
 from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.compose.topology import load_topology
-from carbonedge.experiments.workload import ModeSummary, format_table, summarise, synthetic_images
+from carbonedge.experiments.blocks import (
+    Arm,
+    ArmSummary,
+    attach_measured,
+    run_blocks,
+    summarise_arms,
+    warm_up,
+)
+from carbonedge.experiments.workload import synthetic_images
 from carbonedge.settings import Settings
 
 MODES = ("performance", "balanced", "green")
 WARMUP_PER_NODE = 5
 
 
-def run_sequential(
-    name: str, images: Sequence[bytes], submit: Callable[[bytes], InferenceHandle],
-    *, timeout: float, progress: bool = True,
-) -> ModeSummary:
-    """One request at a time (batch 1, as in the paper), with a progress line."""
-    results: list[InferenceResult] = []
-    start = time.perf_counter()
-    for i, image in enumerate(images, 1):
-        results.append(submit(image).result(timeout))
-        if progress:
-            print(f"\r  {name:<12} {i:>3}/{len(images)}", end="", file=sys.stderr, flush=True)
-    wall = time.perf_counter() - start
-    if progress:
-        print(file=sys.stderr)
-    return summarise(name, results, wall)
+def demo_arms(mono_node: str) -> list[Arm]:
+    return [Arm("monolithic", {"node": mono_node}),
+            *(Arm(mode, {"mode": mode}) for mode in MODES)]
 
 
-def compare_modes(
-    client: Client, node_ids: Sequence[str], *, model: str, images: Sequence[bytes],
-    mono_node: str, timeout: float, progress: bool = True,
-) -> list[ModeSummary]:
-    """Monolithic on ``mono_node`` (direct, no scheduler), then each scheduling mode."""
-    for node in node_ids:  # warm-up: load the model and seed each node's moving average
-        for image in images[:WARMUP_PER_NODE]:
-            client.submit(model, image, node=node).result(timeout)
-    rows = [run_sequential("monolithic", images,
-                           lambda im: client.submit_direct(mono_node, model, im),
-                           timeout=timeout, progress=progress)]
-    for mode in MODES:
-        rows.append(run_sequential(mode, images, lambda im, m=mode: client.submit(model, im, mode=m),
-                                   timeout=timeout, progress=progress))
-    return rows
+def format_table(rows: Sequence[ArmSummary], nodes: Sequence[str], baseline: str) -> str:
+    """One row per arm; ΔCO2 is the change against ``baseline`` (negative = less)."""
+    short = " / ".join(n.removeprefix("node-") for n in nodes)
+    head = (f"{'mode':<12} {short:>22} {'mean ms':>8} {'p95 ms':>7} {'req/s':>6} "
+            f"{'gCO2/inf device':>19} {'ΔCO2 device':>15} {'gCO2/inf measured':>19} "
+            f"{'ΔCO2 measured':>15}")
+    lines = [head, "-" * len(head)]
+    for row in rows:
+        share = " / ".join(f"{100 * row.shares.get(n, 0):.0f}%" for n in nodes)
+        base = row.name == baseline
+        lines.append(
+            f"{row.name:<12} {share:>22} {row.latency_ms.mean:8.1f} {row.p95_ms:7.1f} "
+            f"{row.throughput_rps:6.2f} {row.device_g.format('.3e'):>19} "
+            f"{'-' if base else row.delta_device_pct.format('+.1f', '%'):>15} "
+            f"{row.measured_g.format('.3e'):>19} "
+            f"{'-' if base else row.delta_measured_pct.format('+.1f', '%'):>15}")
+    return "\n".join(lines)
 
 
 def run_demo(settings: Settings, *, inferences: int = 50, model: str = "mobilenetv2",
-             mono_node: str = "node-medium") -> int:
+             mono_node: str = "node-medium", blocks: int = 5, seed: int = 0) -> int:
     """Bring the default topology up, compare the modes, print the table, bring it down."""
     topology = load_topology(settings.compose_file or None)
     topology.node(mono_node)  # fail early on a typo
-    images = synthetic_images(inferences)
+    per_block = max(1, math.ceil(inferences / blocks))
+    images = synthetic_images(max(per_block * 4, WARMUP_PER_NODE), seed=seed)
     runtime = LocalRuntime(topology, settings, preload=(model,), carbon_service=True)
     print(f"bringing up {', '.join(runtime.node_ids)} (compose: {topology.source}) ...",
           file=sys.stderr)
     with runtime:
         limits = "cgroup limits" if runtime.state.constrained else "NO cgroup limits"
-        print(f"ready ({limits}); {inferences} {model} inferences per configuration",
+        print(f"ready ({limits}); {blocks} blocks of {per_block} {model} inferences per "
+              f"configuration, in a random order per block (seed {seed})", file=sys.stderr)
+        with Client(runtime.settings) as client:
+            warm_up(client, runtime.node_ids, model, images, per_node=WARMUP_PER_NODE,
+                    timeout=settings.result_timeout_s)
+            records, _ = run_blocks(client, demo_arms(mono_node), model=model, images=images,
+                                    blocks=blocks, per_block=per_block, seed=seed,
+                                    timeout=settings.result_timeout_s, label="demo")
+        found = attach_measured(records, runtime.settings.redis_url, timeout=30.0)
+        print(f"measured charges settled for {found} of {len(records)} inferences",
               file=sys.stderr)
-        with Client(settings) as client:
-            rows = compare_modes(client, runtime.node_ids, model=model, images=images,
-                                 mono_node=mono_node, timeout=settings.result_timeout_s)
+    rows = summarise_arms(records, "monolithic", seed=seed)
     print()
-    print(format_table(rows, runtime.node_ids, rows[0]))
+    print(format_table(rows, runtime.node_ids, "monolithic"))
     print()
-    power = rows[-1].power_source
-    print(f"monolithic = every request sent straight to {mono_node}'s queue (no scheduler); "
-          "latency is end to end (submit to result). gCO2 per task: its agent's cgroup "
-          "CPU-seconds times the host's CPU power per busy CPU (from the carbon service's "
-          "CodeCarbon tracker), plus RAM at 0.375 W/GB, times the node's carbon intensity."
-          + (f" Host power: {power}." if power else ""))
+    print(f"monolithic = every request pinned to {mono_node} through the dispatcher. Latency "
+          "is end to end (submit to result). ΔCO2 = change in carbon per inference against "
+          f"monolithic: negative = less carbon; ± = 95% interval across the {blocks} blocks "
+          "(paired by block). device: each node an emulated device (quota x W per core + "
+          "0.375 W/GB) busy for the task's CPU-seconds / quota, at its grid's intensity — "
+          "the same work costs the same grams. measured: the host's CodeCarbon energy over "
+          "the samples covering the task, shared by CPU time and memory"
+          + (" (estimated from CPU load: no hardware counter here)." if _estimated(runtime)
+             else "."))
     print()
     print(f"carbon service reconciliation ({runtime.emissions_csv}):")
-    print(format_report(summarise_emissions(runtime.emissions_csv)))
+    print(format_report(summarise_emissions(runtime.emissions_csv), settings.accounting))
     if any(r.random_init for r in rows):
         print("weights: random initialisation (no pretrained weights on this machine); timings "
               "and carbon are those of the real architecture, the class ids are meaningless.")
     return 0
+
+
+def _estimated(runtime: LocalRuntime) -> bool:
+    from carbonedge.carbon.emissions_csv import read_rows
+
+    try:
+        return any(r.get("estimated") == "1" for r in read_rows(runtime.emissions_csv)
+                   if r.get("row_type") == "host")
+    except OSError:
+        return False
