@@ -111,8 +111,8 @@ class OutcomeLedger:
             missing = [i for i in self.submitted if not self.outcomes.get(i)]
         for request_id in missing:
             raw = self._client.get(RESULT_KEY_PREFIX + request_id)
-            if raw is not None:
-                self._record(request_id, raw)
+            if raw is not None:  # unless its announcement arrived meanwhile: not a second one
+                self._record(request_id, raw, only_if_missing=True)
 
     def missing(self) -> dict[str, dict[str, Any]]:
         """Where each unanswered request is, for a failure message."""
@@ -147,6 +147,12 @@ class OutcomeLedger:
                     report.errors[str((first.get("error") or {}).get("code"))] += 1
             return report
 
+    def duplicates(self) -> dict[str, list[tuple[float, dict[str, Any]]]]:
+        """Every request answered more than once, with each of its outcomes."""
+        with self._lock:
+            return {i: list(self.outcomes[i]) for i in self.submitted
+                    if len(self.outcomes.get(i, ())) > 1}
+
     def delivered_at(self, request_id: str) -> float | None:
         with self._lock:
             results = self.outcomes.get(request_id)
@@ -175,9 +181,11 @@ class OutcomeLedger:
                 continue
             self._record(message["channel"].decode()[len(RESULT_KEY_PREFIX):], message["data"])
 
-    def _record(self, request_id: str, raw: bytes) -> None:
+    def _record(self, request_id: str, raw: bytes, *, only_if_missing: bool = False) -> None:
         meta = msgpack.unpackb(raw, raw=False)
         result = meta.get("result") if isinstance(meta, dict) else None
         with self._lock:
+            if only_if_missing and self.outcomes.get(request_id):
+                return
             self.outcomes[request_id].append(
                 (time.time(), result if isinstance(result, dict) else {"status": "?"}))

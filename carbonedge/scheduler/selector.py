@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -213,6 +214,34 @@ class ClusterView:
                 field="node_id",
             ) from None
 
+    def service_ms(self, model: str) -> list[float]:
+        """Each node's predicted service time T for one task of ``model`` (ms).
+
+        A node's measured T is its CPU-seconds per task over its quota. The CPU-seconds of
+        one inference are the model's work, the same on every node of like hardware; what
+        a node measures strays from it with the host's load (a throttled or preempted run
+        refills its caches), by 10-20% on a busy 2-core host. So a node whose work lies
+        within ``work_noise_band`` of the median across nodes is priced at that median:
+        the nodes then differ only by their quotas, powers and intensities, as the
+        devices do, and a burst of noise cannot flip a ranking. A node further out (other
+        hardware) keeps its own. A node that has not run the model gets the prior.
+        """
+        refs = self.references
+        nodes = self._nodes
+        work = [n.exec_ms[model] * n.cpu_quota for n in nodes if model in n.exec_ms]
+        typical = statistics.median(work) if work else 0.0
+        band = refs.work_noise_band * typical
+        out = []
+        for n in nodes:
+            measured = n.exec_ms.get(model)
+            if measured is None:
+                out.append(refs.prior_ms(n.cpu_quota))
+            elif abs(measured * n.cpu_quota - typical) <= band:
+                out.append(typical / n.cpu_quota)
+            else:
+                out.append(measured)
+        return out
+
     # --- cached in_flight-independent components ------------------------------------
 
     def _static_py(self, model: str, paper: bool) -> _Static:
@@ -221,7 +250,7 @@ class ClusterView:
         if hit is not None:
             return hit
         refs = self.references
-        t_ms = [n.exec_ms.get(model, refs.prior_ms(n.cpu_quota)) for n in self._nodes]
+        t_ms = self.service_ms(model)
         grams = [
             comp.carbon_g(n.carbon_intensity, n.pue, n.active_power_w, t)
             for n, t in zip(self._nodes, t_ms, strict=True)
@@ -252,10 +281,7 @@ class ClusterView:
             return hit
         refs = self.references
         arr = self._vectors()
-        t_ms = np.array(
-            [n.exec_ms.get(model, refs.prior_ms(n.cpu_quota)) for n in self._nodes],
-            dtype=np.float64,
-        )
+        t_ms = np.array(self.service_ms(model), dtype=np.float64)
         grams = arr.intensity * arr.pue * arr.active_power_w * t_ms / comp.MS_W_PER_KWH
         p = None
         if paper:
