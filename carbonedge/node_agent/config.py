@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 from carbonedge.carbon.intensity import IntensityProvider, StaticProvider
 from carbonedge.carbon.units import CarbonIntensity
@@ -18,6 +20,16 @@ class AgentConfig:
     intensity: IntensityProvider
     pue: float = 1.0
     stats_window: int = 15
+
+
+def work_group(runtime: str, boot_id: Path = Path("/proc/sys/kernel/random/boot_id")) -> str:
+    """Which nodes share this one's CPU cost per inference: the host (its kernel's boot
+    id, which every container on the host shares) and the runtime running the models."""
+    try:
+        host = boot_id.read_text().strip().replace("-", "")[:12]
+    except OSError:
+        host = socket.gethostname()
+    return f"{host}:{runtime}"[:64]
 
 
 def static_intensity(g_per_kwh: float) -> IntensityProvider:

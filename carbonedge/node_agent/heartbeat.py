@@ -33,12 +33,14 @@ class HeartbeatPublisher:
         interval_s: float,
         ttl_s: float,
         on_beat: Callable[[], None] | None = None,
+        work_group: str = "",
     ) -> None:
         self.config = config
         self._client = client
         self._accounting = accounting
         self._energy = energy
         self._on_beat = on_beat
+        self._work_group = work_group
         self._stats = stats
         self._interval = interval_s
         self._ttl_ms = max(int(ttl_s * 1000), 1)
@@ -79,6 +81,7 @@ class HeartbeatPublisher:
             exec_ms=self._stats.exec_ms(),
             cpu_usage_s=cpu,
             ci_forecast=self._energy.forecast(),
+            work_group=self._work_group,
         )
 
     def beat(self) -> None:

@@ -15,7 +15,7 @@ from carbonedge.carbon.device import DevicePower, cpu_watts_per_core
 from carbonedge.node_agent.bookkeeping import TaskBookkeeper
 from carbonedge.node_agent.cgroup import CgroupAccounting
 from carbonedge.node_agent.charging import ChargeMeter
-from carbonedge.node_agent.config import AgentConfig
+from carbonedge.node_agent.config import AgentConfig, work_group
 from carbonedge.node_agent.consumer import AgentConsumer, install_tolerant_queue_decoder
 from carbonedge.node_agent.energy import EnergyAccountant
 from carbonedge.node_agent.guard import DeliveryGuard
@@ -75,7 +75,8 @@ def run_agent(
     heartbeat = HeartbeatPublisher(config, client, accounting=accounting, energy=energy,
                                    stats=stats, interval_s=settings.heartbeat_interval_s,
                                    ttl_s=settings.heartbeat_ttl_s,
-                                   on_beat=lambda: runtime.flush_idle(IDLE_ROW_S))
+                                   on_beat=lambda: runtime.flush_idle(IDLE_ROW_S),
+                                   work_group=work_group("torch"))
     AgentConsumer.on_message = meter.message_received
     stats.on_first_sample = heartbeat.nudge
     queue = keys.node_queue(config.node_id)

@@ -20,6 +20,7 @@ FORECAST_FIELD = "ci_forecast"
 MAX_FORECAST_POINTS = 64
 CLOCK_SKEW_S = 5.0
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+WORK_GROUP_RE = re.compile(r"^[A-Za-z0-9_.:-]{0,64}$")
 
 _FLOATS = ("ts", "cpu_quota", "cpu_util", "background_util", "power_w", "active_power_w",
            "carbon_intensity", "pue")
@@ -58,6 +59,9 @@ class Heartbeat:
     ci_forecast: tuple[tuple[float, float], ...] = ()
     """``(from unix time, gCO2/kWh)`` steps of the node's intensity ahead, where its
     provider can tell (traces, static values): what deferral plans with."""
+    work_group: str = ""
+    """Nodes on the same hardware with the same runtime (the host's boot id and the
+    runtime): one CPU cost per inference of a model, whatever each measured."""
 
     def to_fields(self) -> dict[str, str]:
         out = {name: repr(float(getattr(self, name))) for name in _FLOATS + _OPTIONAL_FLOATS}
@@ -65,6 +69,7 @@ class Heartbeat:
         out["node_id"] = self.node_id
         out["intensity_source"] = self.intensity_source
         out["cpu_source"] = self.cpu_source
+        out["work_group"] = self.work_group
         out.update({EXEC_PREFIX + m: repr(float(v)) for m, v in self.exec_ms.items()})
         if self.ci_forecast:
             out[FORECAST_FIELD] = ";".join(f"{t!r}:{v!r}" for t, v in self.ci_forecast)
@@ -91,6 +96,10 @@ class Heartbeat:
         if values["cpu_quota"] <= 0 or values["mem_limit_bytes"] <= 0:
             raise InvalidMessage(f"heartbeat of {node_id} has no CPU quota or memory limit",
                                  field="cpu_quota")
+        work_group = fields.get("work_group", "")
+        if not WORK_GROUP_RE.match(work_group):
+            raise InvalidMessage(f"heartbeat of {node_id} has an invalid work_group "
+                                 f"{work_group[:80]!r}", field="work_group")
         exec_ms = {key[len(EXEC_PREFIX):]: _parse(key, raw, float)
                    for key, raw in fields.items() if key.startswith(EXEC_PREFIX)}
         return cls(
@@ -99,6 +108,7 @@ class Heartbeat:
             intensity_source=fields.get("intensity_source", "unknown"),
             cpu_source=fields.get("cpu_source", "unknown"),
             exec_ms=exec_ms,
+            work_group=work_group,
             **values,  # type: ignore[arg-type]
         )
 
@@ -119,6 +129,7 @@ class Heartbeat:
             exec_ms=self.exec_ms,
             heartbeat_ts=self.ts,
             pue=self.pue,
+            work_group=self.work_group,
         )
 
 

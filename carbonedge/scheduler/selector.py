@@ -218,26 +218,29 @@ class ClusterView:
         """Each node's predicted service time T for one task of ``model`` (ms).
 
         A node's measured T is its CPU-seconds per task over its quota. The CPU-seconds of
-        one inference are the model's work, the same on every node of like hardware; what
-        a node measures strays from it with the host's load (a throttled or preempted run
-        refills its caches), by 10-20% on a busy 2-core host. So a node whose work lies
-        within ``work_noise_band`` of the median across nodes is priced at that median:
-        the nodes then differ only by their quotas, powers and intensities, as the
-        devices do, and a burst of noise cannot flip a ranking. A node further out (other
-        hardware) keeps its own. A node that has not run the model gets the prior.
+        one inference are the model's work, the same on every node that runs it on the
+        same hardware with the same runtime (its ``work_group``); what a node measures
+        strays from that with the host's load (a throttled or preempted run refills its
+        caches: 10-20% between the nodes of one busy 2-core host). So the nodes of a
+        group are priced at the group's median work: they then differ only by their
+        quotas, powers and intensities, as the devices do, and no burst of noise can flip
+        a ranking. A node of no group keeps its own; one that has not run the model gets
+        the prior.
         """
         refs = self.references
         nodes = self._nodes
-        work = [n.exec_ms[model] * n.cpu_quota for n in nodes if model in n.exec_ms]
-        typical = statistics.median(work) if work else 0.0
-        band = refs.work_noise_band * typical
+        groups: dict[str, list[float]] = {}
+        for n in nodes:
+            if n.work_group and model in n.exec_ms:
+                groups.setdefault(n.work_group, []).append(n.exec_ms[model] * n.cpu_quota)
+        work = {g: statistics.median(ws) for g, ws in groups.items()}
         out = []
         for n in nodes:
             measured = n.exec_ms.get(model)
             if measured is None:
                 out.append(refs.prior_ms(n.cpu_quota))
-            elif abs(measured * n.cpu_quota - typical) <= band:
-                out.append(typical / n.cpu_quota)
+            elif n.work_group:
+                out.append(work[n.work_group] / n.cpu_quota)
             else:
                 out.append(measured)
         return out

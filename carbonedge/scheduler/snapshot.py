@@ -68,9 +68,15 @@ class NodeSnapshot:
     heartbeat_ts: float
     """Unix seconds of the last heartbeat."""
     pue: float = 1.0
+    work_group: str = ""
+    """Nodes that run a model on the same hardware with the same runtime: one CPU cost
+    per inference (``ClusterView.service_ms``). Empty: the node's own measurement."""
+
     def __post_init__(self) -> None:
         if not isinstance(self.node_id, str) or not self.node_id:
             raise InvalidMessage("node_id must be a non-empty string", field="node_id")
+        if not isinstance(self.work_group, str):
+            raise InvalidMessage("work_group must be a string", field="work_group")
         nid = self.node_id
         for name in (
             "cpu_quota",
@@ -126,11 +132,6 @@ class References:
     memory from beat to beat, which per-decision rescaling would blow up to 0 vs 1."""
     minmax_floor: float = 0.05
     """Relative spread below which ``minmax`` gives every node 1.0 (noise is not amplified)."""
-    work_noise_band: float = 0.30
-    """How far (relative) a node's CPU-seconds per task may stray from the median across
-    nodes and still count as the same work (see ``ClusterView.service_ms``): what one
-    MobileNetV2 inference costs in CPU varies by 10-20% between nodes of one host under
-    load, while other hardware differs by more."""
     noise_band: float = 0.05
     """``minmax``: service times, completion times and carbon estimates within this
     relative band of each other count as equal (:func:`~carbonedge.scheduler.components.
@@ -144,7 +145,7 @@ class References:
                 raise ConfigError(
                     f"scheduler reference {name} must be finite and > 0, got {value!r}"
                 )
-        for name in ("minmax_floor", "resource_floor", "noise_band", "work_noise_band"):
+        for name in ("minmax_floor", "resource_floor", "noise_band"):
             floor = getattr(self, name)
             if not (isinstance(floor, (int, float)) and math.isfinite(floor) and 0 <= floor < 1):
                 raise ConfigError(f"scheduler {name} must be in [0, 1), got {floor!r}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from carbonedge.scheduler import ClusterView, NodeSnapshot, References, select, weights_for
+from carbonedge.scheduler import ClusterView, NodeSnapshot, select, weights_for
 from carbonedge.scheduler.decision import Decision
 from carbonedge.scheduler.slo import apply_latency_slo
 from carbonedge.scheduler.weights import COMPONENTS
@@ -22,9 +22,7 @@ def _node(node_id: str, quota: float, intensity: float, exec_ms: float,
 
 
 def _decide(*nodes: NodeSnapshot, mode: str = "green") -> Decision:
-    # service times taken as measured (no pooling of like work across nodes)
-    view = ClusterView.build(nodes, now=NOW, ttl_s=3.0,
-                             references=References(work_noise_band=0.0))
+    view = ClusterView.build(nodes, now=NOW, ttl_s=3.0)
     return select(view, "m", weights_for(mode))
 
 

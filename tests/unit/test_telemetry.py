@@ -11,7 +11,8 @@ NOW = 1_800_000_000.0
 def _beat(**changes: object) -> Heartbeat:
     values = dict(node_id="node-green", ts=NOW, cpu_quota=0.4, mem_limit_bytes=512 << 20,
                   mem_used_bytes=300 << 20, cpu_util=0.25, power_w=1.2, active_power_w=2.0,
-                  carbon_intensity=380.0, in_flight=1, exec_ms={"mobilenetv2": 80.5})
+                  carbon_intensity=380.0, in_flight=1, exec_ms={"mobilenetv2": 80.5},
+                  work_group="b5970930f305:torch")
     values.update(changes)
     return Heartbeat(**values)  # type: ignore[arg-type]
 
@@ -26,6 +27,7 @@ def test_fields_round_trip() -> None:
 def test_snapshot_uses_dispatcher_in_flight_when_given() -> None:
     snap = _beat().to_snapshot(in_flight=4)
     assert snap.in_flight == 4 and snap.exec_ms == {"mobilenetv2": 80.5}
+    assert snap.work_group == "b5970930f305:torch"
     assert _beat().to_snapshot().in_flight == 1
 
 
@@ -42,6 +44,8 @@ def test_snapshot_uses_dispatcher_in_flight_when_given() -> None:
         ("cpu_quota", "0", "no CPU quota"),
         ("node_id", "../etc", "invalid node id"),
         ("node_id", "", "invalid node id"),
+        ("work_group", "a b", "invalid work_group"),
+        ("work_group", "x" * 65, "invalid work_group"),
     ],
 )
 def test_forged_or_broken_heartbeats_are_rejected(field: str, value: str, match: str) -> None:
@@ -57,3 +61,17 @@ def test_missing_field_named() -> None:
     with pytest.raises(InvalidMessage, match="carbon_intensity") as e:
         Heartbeat.from_fields(fields, now=NOW)
     assert e.value.field == "carbon_intensity"
+
+
+def test_the_work_group_is_the_host_and_the_runtime(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from carbonedge.node_agent.config import work_group
+
+    boot = Path(str(tmp_path)) / "boot_id"
+    boot.write_text("b5970930-f305-46d3-8b5e-f24410c8c576\n")
+    assert work_group("torch", boot) == "b5970930f305:torch"
+    assert work_group("onnxruntime", boot) != work_group("torch", boot)
+    group = work_group("torch", Path(str(tmp_path)) / "missing")  # no boot id: host name
+    assert group.endswith(":torch") and Heartbeat.from_fields(
+        {**_beat(work_group=group).to_fields()}, now=NOW).work_group == group
