@@ -308,10 +308,15 @@ def _hop(payload: dict[str, Any], result: dict[str, Any], seg: RouteSegment,
         "cpu_s": timings["cpu_s"],
         "in_bytes": result["in_bytes"],
         "out_bytes": out_bytes,
-        "energy_kwh": result["energy_kwh"],
+        **{name: result[name] for name in _SUMMED},
         "carbon_g": result["carbon_g"],
         "intensity_g_per_kwh": result["intensity_g_per_kwh"],
     }
+
+
+_SUMMED = ("energy_kwh", "cpu_energy_kwh", "ram_energy_kwh", "busy_s", "cpu_model_s",
+           "cpu_overhead_s")
+"""Charge fields that add up over a partitioned request's segments."""
 
 
 def _final(payload: dict[str, Any], last: dict[str, Any], route: Route,
@@ -332,7 +337,7 @@ def _final(payload: dict[str, Any], last: dict[str, Any], route: Route,
             "exec_ms": sum(h["exec_ms"] for h in hops),
             "cpu_s": sum(h["cpu_s"] for h in hops),
         },
-        energy_kwh=energy,
+        **{name: sum(h[name] for h in hops) for name in _SUMMED},
         carbon_g=carbon,
         # the energy-weighted intensity of the nodes used (PUE included)
         intensity_g_per_kwh=carbon / energy if energy > 0 else last["intensity_g_per_kwh"],
