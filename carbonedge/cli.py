@@ -108,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=logging.DEBUG if args.verbose else getattr(logging, settings.log_level, 20),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        if args.command not in ("down", "report"):  # a URL that cannot work fails here
+            from carbonedge.connections import parse_redis_url
+
+            parse_redis_url(settings.redis_url)
         return _COMMANDS[args.command](args, settings) or 0
     except CarbonEdgeError as e:
         print(f"carbonedge: error: {e}", file=sys.stderr)
@@ -175,9 +179,10 @@ def _agent(args: argparse.Namespace, settings: Settings) -> int:
 def _agent_check(node_id: str, settings: Settings) -> int:
     import redis
 
+    from carbonedge.connections import redis_client
     from carbonedge.node_agent.health import check_heartbeat
 
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    client = redis_client(settings.redis_url, socket_timeout=5)
     try:
         health = check_heartbeat(client, node_id, settings.heartbeat_ttl_s)
     except redis.RedisError as e:
@@ -248,8 +253,9 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     import redis
 
     from carbonedge.broker.status import collect_status, format_status
+    from carbonedge.connections import redis_client
 
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    client = redis_client(settings.redis_url, socket_timeout=5)
     try:
         while True:
             table = format_status(collect_status(client))

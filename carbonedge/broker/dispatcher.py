@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import logging
 import os
 import socket
@@ -23,12 +22,14 @@ import redis
 import redis.asyncio as aioredis
 from celery import Celery
 
+from carbonedge.broker.allowlist import node_allowed
 from carbonedge.broker.celery_app import make_celery_app
 from carbonedge.broker.deferral import DeferralReleaser, plan_for, wants_deferral
 from carbonedge.broker.delivery import DELIVER_LUA, delivery_call
 from carbonedge.broker.partition_route import PartitionRouter
 from carbonedge.broker.publish import encode_task_message
 from carbonedge.broker.recovery import Watchdog
+from carbonedge.connections import async_redis_client
 from carbonedge.errors import (
     CarbonEdgeError,
     DispatchFailed,
@@ -106,7 +107,7 @@ class Dispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set."""
-        r = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=10)
+        r = async_redis_client(self.settings.redis_url, socket_timeout=10)
         try:
             await self._reclaim(r)
             beat = asyncio.create_task(self._beat(r, stop))
@@ -403,12 +404,6 @@ class Dispatcher:
             except redis.RedisError as e:
                 log.warning("dispatcher heartbeat failed: %s", e)
             await asyncio.sleep(self.settings.heartbeat_interval_s)
-
-
-def node_allowed(node_id: str, allowlist: str) -> bool:
-    """Whether ``node_id`` matches the comma-separated ids or patterns (empty: all do)."""
-    patterns = [p.strip() for p in allowlist.split(",") if p.strip()]
-    return not patterns or any(fnmatch.fnmatchcase(node_id, p) for p in patterns)
 
 
 def _attempt(fields: dict, max_attempts: int) -> int:

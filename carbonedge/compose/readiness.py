@@ -5,15 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-import redis
-
+from carbonedge.connections import redis_client
 from carbonedge.errors import RuntimeUnavailable
 from carbonedge.protocol import keys
 
 
 def clear_stale_in_flight(redis_url: str) -> None:
     """Forget in-flight counts of a previous run so they do not bias the scheduler."""
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     try:
         client.delete(keys.IN_FLIGHT)
     finally:
@@ -26,7 +25,7 @@ def wait_until_ready(redis_url: str, node_ids: Sequence[str], timeout_s: float, 
     """Block until every agent's heartbeat, the dispatcher's beat and (if asked) the carbon
     service's host reading are visible. ``check_started`` raises if a process or container
     died during start-up."""
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     deadline = time.monotonic() + timeout_s
     try:
         while True:

@@ -20,6 +20,8 @@ import redis
 
 from carbonedge.broker.client import build_request
 from carbonedge.broker.listener import RESULT_KEY_PREFIX
+from carbonedge.connections import confirm_replicated, redis_client
+from carbonedge.errors import RuntimeUnavailable
 from carbonedge.protocol import keys
 from carbonedge.protocol.messages import pack
 
@@ -37,12 +39,16 @@ class Report:
     """Requests answered more than once (must be 0)."""
     lost: int
     """Requests never answered (must be 0)."""
+    unconfirmed: int = 0
+    """Submissions that raised (Redis lost, or not replicated in time): not acknowledged,
+    so not counted as lost when unanswered."""
     errors: Counter[str] = field(default_factory=Counter)
     nodes: Counter[str] = field(default_factory=Counter)
 
     def line(self) -> str:
         return (f"submitted={self.submitted} delivered={self.delivered} errored={self.errored} "
-                f"duplicated={self.duplicated} lost={self.lost} errors={dict(self.errors)} "
+                f"duplicated={self.duplicated} lost={self.lost} unconfirmed={self.unconfirmed} "
+                f"errors={dict(self.errors)} "
                 f"nodes={dict(self.nodes)}")
 
 
@@ -51,11 +57,13 @@ class OutcomeLedger:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._client = redis.Redis.from_url(url, socket_timeout=30)
+        self._client = redis_client(url, socket_timeout=30)
         self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         self._pubsub.psubscribe(RESULT_KEY_PREFIX + "*")
         self._pubsub.get_message(timeout=5)  # the subscription is confirmed before any submit
         self.submitted: dict[str, float] = {}
+        self.unconfirmed: dict[str, float] = {}
+        """Requests whose submission raised: they may or may not have arrived."""
         self.outcomes: dict[str, list[tuple[float, dict[str, Any]]]] = defaultdict(list)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -76,7 +84,14 @@ class OutcomeLedger:
                 self.submitted[request["id"]] = now
         for request in requests:
             pipe.xadd(keys.REQUEST_STREAM, {keys.REQUEST_FIELD: pack(request)})
-        pipe.execute()
+        try:
+            pipe.execute()
+            confirm_replicated(self._client, self.url, f"{len(requests)} request(s)")
+        except (redis.RedisError, RuntimeUnavailable):
+            with self._lock:
+                for request in requests:
+                    self.unconfirmed[request["id"]] = self.submitted.pop(request["id"])
+            raise
         return [r["id"] for r in requests]
 
     def expect(self, request_ids: list[str]) -> None:
@@ -130,7 +145,7 @@ class OutcomeLedger:
 
     def report(self) -> Report:
         with self._lock:
-            report = Report(len(self.submitted), 0, 0, 0, 0)
+            report = Report(len(self.submitted), 0, 0, 0, 0, unconfirmed=len(self.unconfirmed))
             for request_id in self.submitted:
                 results = self.outcomes.get(request_id, [])
                 if not results:

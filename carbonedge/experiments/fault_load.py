@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from carbonedge.compose.local_runner import LocalRuntime, process_alive
+from carbonedge.connections import redis_client
 from carbonedge.experiments.accounting import OutcomeLedger, Report
 from carbonedge.protocol import keys
 
@@ -63,7 +64,7 @@ def run_fault_load(runtime: LocalRuntime, *, requests: int = 5000, rate_per_s: f
     them and restart it once its requests were re-dispatched; account for every one."""
     node = node or runtime.node_ids[0]
     url = runtime.settings.redis_url
-    client = redis.Redis.from_url(url)
+    client = redis_client(url)
     ledger = OutcomeLedger(url)
     batch = max(1, round(rate_per_s / 50))
     killed_at: list[float] = []
