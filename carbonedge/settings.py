@@ -63,7 +63,12 @@ class Settings:
     one died while holding it)."""
     node_allowlist: str = ""
     """Node ids (or ``fnmatch`` patterns such as ``node-high-*``), comma-separated, whose
-    heartbeats the dispatcher believes; empty: any well-formed id."""
+    heartbeats the dispatcher believes, and under which an agent agrees to start; empty:
+    any well-formed id."""
+    host_id: str = ""
+    """The host this process runs on, when agents run on several: each host's carbon
+    service publishes its power under this id and its agents charge from it. Empty: one
+    host."""
 
     @property
     def heartbeat_ttl_s(self) -> float:

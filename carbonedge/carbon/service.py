@@ -2,7 +2,10 @@
 
 Every sample (default 1 s) it reads the host through CodeCarbon and each live node's
 cumulative cgroup CPU time from its heartbeat, and publishes the host's power to
-``ce:carbon:host`` for agents to charge tasks with. It consumes the per-task ledger through
+``ce:carbon:host`` for agents to charge tasks with. Where agents run on several hosts,
+one service runs on each (``host_id`` set): it publishes ``ce:carbon:host:<host_id>``,
+reads its own consumer group and accounts only for the nodes whose agents said they run
+on its host. It consumes the per-task ledger through
 a consumer group, writing a CSV row per task. Every window (default 10 s) it reconciles:
 host CPU energy = Σ node-attributed energy + unattributed; each node's attributed energy
 is set beside the sum of its task rows, and both go to the CSV and ``ce:carbon:windows``.
@@ -32,6 +35,7 @@ from carbonedge.carbon.host_tracker import HostReading
 from carbonedge.carbon.ledger import LedgerRow
 from carbonedge.carbon.power import RAM_WATTS_PER_GB
 from carbonedge.carbon.units import JOULES_PER_KWH
+from carbonedge.connections import async_redis_client
 from carbonedge.errors import InvalidMessage
 from carbonedge.protocol import keys
 from carbonedge.settings import Settings
@@ -115,6 +119,9 @@ class CarbonService:
         self._consumer = f"{socket.gethostname()}-{os.getpid()}"
         self._windows: dict[int, Window] = {}
         self._node_cpu: dict[str, float] = {}
+        self._host_id = settings.host_id
+        self._group = keys.ledger_group(settings.host_id)
+        self._host_nodes: set[str] = set()
         self._run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{os.getpid()}"
         self.windows_written = 0
         self.tasks_written = 0
@@ -123,7 +130,7 @@ class CarbonService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then close every open window."""
-        client = aioredis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        client = async_redis_client(self.settings.redis_url, decode_responses=True)
         await asyncio.to_thread(self.tracker.start)
         log.info("carbon service: window %.0f s, apportioning %s, host power %s, csv %s",
                  self.window_s, self.method, self.tracker.source, self.csv.path)
@@ -153,7 +160,7 @@ class CarbonService:
 
     async def _ensure_group(self, client: aioredis.Redis) -> None:
         try:
-            await client.xgroup_create(keys.LEDGER_STREAM, keys.LEDGER_GROUP, id="0",
+            await client.xgroup_create(keys.LEDGER_STREAM, self._group, id="0",
                                        mkstream=True)
         except ResponseError as e:
             if "BUSYGROUP" not in str(e):
@@ -184,10 +191,11 @@ class CarbonService:
         host = HostPower(cpu_w=reading.cpu_w, idle_cpu_w=min(idle_w, reading.cpu_w),
                          busy_cpus=reading.busy_cpu_s / reading.seconds,
                          host_cpus=self.host_cpus, source=self.tracker.source, ts=now)
+        power_key = keys.host_power_key(self._host_id)
         pipe = client.pipeline(transaction=True)
-        pipe.delete(keys.HOST_POWER)
-        pipe.hset(keys.HOST_POWER, mapping=host.to_fields())
-        pipe.expire(keys.HOST_POWER, max(int(self.window_s * 3), 10))
+        pipe.delete(power_key)
+        pipe.hset(power_key, mapping=host.to_fields())
+        pipe.expire(power_key, max(int(self.window_s * 3), 10))
         await pipe.execute()
 
         window = self._window(now - reading.seconds / 2)
@@ -208,7 +216,7 @@ class CarbonService:
 
     async def _node_readings(self, client: aioredis.Redis) -> dict[str, dict[str, float]]:
         """Each live node's cumulative CPU time and declared resources, from its heartbeat."""
-        node_ids = sorted(await client.smembers(keys.NODES))
+        node_ids = sorted(await self._node_ids(client))
         pipe = client.pipeline(transaction=False)
         for node_id in node_ids:
             pipe.hmget(keys.node_key(node_id), list(_NODE_FIELDS))
@@ -225,6 +233,13 @@ class CarbonService:
                 out[node_id] = info
         return out
 
+    async def _node_ids(self, client: aioredis.Redis) -> set[str]:
+        """Every node, or this host's where agents run on several hosts."""
+        if not self._host_id:
+            return set(await client.smembers(keys.NODES))
+        self._host_nodes = set(await client.smembers(keys.host_nodes_key(self._host_id)))
+        return self._host_nodes
+
     # -- ledger ---------------------------------------------------------------------------
 
     async def _ledger_loop(self, client: aioredis.Redis, stop: asyncio.Event) -> None:
@@ -239,7 +254,7 @@ class CarbonService:
 
     async def _read_ledger(self, client: aioredis.Redis, block_ms: int | None) -> int:
         """Read, record and acknowledge one batch of ledger rows; returns how many."""
-        reply = await client.xreadgroup(keys.LEDGER_GROUP, self._consumer,
+        reply = await client.xreadgroup(self._group, self._consumer,
                                         {keys.LEDGER_STREAM: ">"}, count=1000, block=block_ms)
         if not reply:
             return 0
@@ -250,10 +265,13 @@ class CarbonService:
                 rows.append(LedgerRow.from_fields(fields))
             except InvalidMessage as e:
                 log.warning("carbon service: ledger entry %s rejected: %s", entry_id, e)
+        if self._host_id and any(row.node not in self._host_nodes for row in rows):
+            await self._node_ids(client)  # a node that joined since the last sample
+            rows = [row for row in rows if row.node in self._host_nodes]
         for row in rows:
             self._window(row.ts).node(row.node).add(row)
         self.tasks_written += self.csv.write(self._task_row(row) for row in rows)
-        await client.xack(keys.LEDGER_STREAM, keys.LEDGER_GROUP, *[e[0] for e in entries])
+        await client.xack(keys.LEDGER_STREAM, self._group, *[e[0] for e in entries])
         return len(entries)
 
     def _task_row(self, row: LedgerRow) -> dict[str, Any]:

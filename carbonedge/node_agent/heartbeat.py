@@ -33,8 +33,10 @@ class HeartbeatPublisher:
         stats: ExecStats,
         interval_s: float,
         ttl_s: float,
+        host_id: str = "",
     ) -> None:
         self.config = config
+        self._host_id = host_id
         self._client = client
         self._accounting = accounting
         self._power = power
@@ -88,7 +90,9 @@ class HeartbeatPublisher:
         pipe.hset(key, mapping=self.measure().to_fields())
         pipe.pexpire(key, self._ttl_ms)
         pipe.sadd(keys.NODES, self.config.node_id)
-        pipe.hgetall(keys.HOST_POWER)
+        if self._host_id:  # the carbon service of this host accounts for this node
+            pipe.sadd(keys.host_nodes_key(self._host_id), self.config.node_id)
+        pipe.hgetall(keys.host_power_key(self._host_id))
         self._energy.update_host(pipe.execute()[-1])
 
     def start(self) -> None:

@@ -7,11 +7,11 @@ import logging
 import math
 import socket
 
-import redis
-
+from carbonedge.broker.allowlist import check_agent_allowed
 from carbonedge.broker.celery_app import make_celery_app
 from carbonedge.broker.recovery import hand_back, release_previous_life
 from carbonedge.carbon.power import PowerModel
+from carbonedge.connections import redis_client
 from carbonedge.node_agent.bookkeeping import TaskBookkeeper
 from carbonedge.node_agent.cgroup import CgroupAccounting
 from carbonedge.node_agent.config import AgentConfig
@@ -42,6 +42,7 @@ def run_agent(
     events: bool = False,
 ) -> None:
     """Serve ``config.node_id``'s queue until the worker is stopped (SIGTERM / Ctrl-C)."""
+    check_agent_allowed(config.node_id, settings.node_allowlist)  # before any queue is touched
     import torch  # the agent is the only process that needs torch
 
     torch.set_num_threads(torch_threads_for(config.cpu_quota))
@@ -51,7 +52,7 @@ def run_agent(
     _check_limits(config, accounting)
     power = PowerModel.for_host(settings.host_cpu_watts)
     stats = ExecStats(config.stats_window)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    client = redis_client(settings.redis_url, socket_timeout=5)
     models = ModelCache(settings.model_dir)
 
     energy = EnergyAccountant(config, power, apportioning=settings.apportioning)
@@ -68,7 +69,7 @@ def run_agent(
     heartbeat = HeartbeatPublisher(config, client, accounting=accounting, power=power,
                                    energy=energy,
                                    stats=stats, interval_s=settings.heartbeat_interval_s,
-                                   ttl_s=settings.heartbeat_ttl_s)
+                                   ttl_s=settings.heartbeat_ttl_s, host_id=settings.host_id)
     stats.on_first_sample = heartbeat.nudge
     queue = keys.node_queue(config.node_id)
     worker = app.Worker(
