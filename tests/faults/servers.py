@@ -155,3 +155,97 @@ def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
                                            serialization.PrivateFormat.TraditionalOpenSSL,
                                            serialization.NoEncryption()))
     return paths
+
+
+MASTER_NAME = "ce-primary"
+
+
+@dataclass
+class SentinelGroup:
+    """A primary, one replica and three sentinels on loopback (all with one password)."""
+
+    directory: Path
+    password: str
+    master_name: str = MASTER_NAME
+    down_after_ms: int = 1000
+    primary: RedisServer | None = None
+    replica: RedisServer | None = None
+    sentinels: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"sentinel://:{self.password}@{hosts}/0?master_name={self.master_name}"
+
+    def start(self, timeout_s: float = 60.0) -> SentinelGroup:
+        auth = ["--requirepass", self.password, "--masterauth", self.password]
+        primary_port, replica_port = free_port(), free_port()
+        self.primary = RedisServer(
+            self.directory / "primary", ["--port", str(primary_port), "--save", "",
+                                         "--appendonly", "no", *auth],
+            f"redis://:{self.password}@127.0.0.1:{primary_port}/0", primary_port).start()
+        self.replica = RedisServer(
+            self.directory / "replica", ["--port", str(replica_port), "--save", "",
+                                         "--appendonly", "no", "--replicaof", "127.0.0.1",
+                                         str(primary_port), *auth],
+            f"redis://:{self.password}@127.0.0.1:{replica_port}/0", replica_port).start()
+        for i in range(3):
+            port = free_port()
+            conf = self.directory / f"sentinel-{i}" / "sentinel.conf"
+            conf.parent.mkdir(parents=True, exist_ok=True)
+            conf.write_text(
+                f"port {port}\n"
+                f"sentinel monitor {self.master_name} 127.0.0.1 {primary_port} 2\n"
+                f"sentinel auth-pass {self.master_name} {self.password}\n"
+                f"sentinel down-after-milliseconds {self.master_name} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.master_name} 10000\n"
+                f"sentinel parallel-syncs {self.master_name} 1\n")
+            self.sentinels.append(RedisServer(conf.parent, [str(conf), "--sentinel"],
+                                              f"redis://127.0.0.1:{port}/0", port).start())
+        self._wait_discovered(timeout_s)
+        return self
+
+    def _wait_discovered(self, timeout_s: float) -> None:
+        """Until every sentinel knows the replica and the two other sentinels (a failover
+        needs a majority of them to agree)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ready = 0
+            for s in self.sentinels:
+                client = redis.Redis(port=s.port, socket_timeout=1)
+                try:
+                    if (len(client.sentinel_sentinels(self.master_name)) >= 2
+                            and len(client.sentinel_slaves(self.master_name)) >= 1):
+                        ready += 1
+                except redis.RedisError:
+                    pass
+                finally:
+                    client.close()
+            if ready == len(self.sentinels):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sentinels did not discover each other in {timeout_s} s")
+            time.sleep(0.2)
+
+    def primary_port(self) -> int:
+        """The port the sentinels currently name as the primary's."""
+        client = redis.Redis(port=self.sentinels[0].port, socket_timeout=1)
+        try:
+            return int(client.sentinel_get_master_addr_by_name(self.master_name)[1])
+        finally:
+            client.close()
+
+    def rejoin(self, server: RedisServer) -> None:
+        """Start a killed server again as a replica of the current primary (what an
+        operator or orchestrator does; the sentinels then list it as a replica)."""
+        args = list(server.args)
+        if "--replicaof" in args:
+            i = args.index("--replicaof")
+            del args[i:i + 3]
+        server.args = [*args, "--replicaof", "127.0.0.1", str(self.primary_port())]
+        server.start()
+
+    def stop(self) -> None:
+        for server in [*self.sentinels, self.replica, self.primary]:
+            if server is not None:
+                server.stop()
