@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
-from urllib.parse import urlsplit
 
 import redis
 from PIL import Image
@@ -27,6 +26,7 @@ from carbonedge.connections import (
     async_redis_client,
     confirm_replicated,
     confirm_replicated_async,
+    redact,
     redis_client,
 )
 from carbonedge.errors import NoNodeAvailable, ResultTimeout, RuntimeUnavailable
@@ -154,9 +154,8 @@ def diagnose(client: redis.Redis, request_id: str, timeout: float, ttl_s: float)
 
 
 def _where(url: str) -> str:
-    """A Redis URL fit for an error message: host and port, no credentials."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}"
+    """A Redis URL fit for an error message: no passwords (any form, Sentinel included)."""
+    return redact(url)
 
 
 class InferenceHandle:

@@ -33,13 +33,14 @@ class RedisServer:
     """How a client reaches it (with credentials / TLS parameters)."""
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    bind: tuple[str, ...] = ("127.0.0.1",)
 
     def start(self, timeout_s: float = 20.0) -> RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         log = (self.directory / "redis.log").open("ab")
         self.proc = subprocess.Popen(
             [str(find_redis_binary()), *self.args, "--dir", str(self.directory),
-             "--bind", "127.0.0.1", "--daemonize", "no"],
+             "--bind", *self.bind, "--daemonize", "no"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
         log.close()
@@ -115,8 +116,37 @@ def with_tls(directory: Path, password: str) -> RedisServer:
         f"&ssl_ca_certs={ca_cert}", port)
 
 
-def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
-    """A self-signed CA and a server certificate for 127.0.0.1/localhost signed by it."""
+def with_tls_acl(directory: Path, passwords: dict[str, str],
+                 addresses: tuple[str, ...] = ("127.0.0.1",)) -> RedisServer:
+    """TLS only, on each of ``addresses``, with one ACL user per CarbonEdge role (the ACL
+    file ``carbonedge acl`` writes) and the default user off. ``url`` is the dispatcher's
+    at the first address; :func:`role_url` gives the others."""
+    from carbonedge.broker.acl import acl_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_cert, cert, key = make_certificates(directory, addresses)
+    acl = directory / "users.acl"
+    acl.write_text(acl_file(passwords))
+    port = free_port()
+    server = RedisServer(
+        directory,
+        ["--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+         "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca_cert),
+         "--tls-auth-clients", "no", "--aclfile", str(acl), "--save", "", "--appendonly", "no"],
+        "", port, bind=addresses)
+    server.url = role_url(server, "dispatcher", passwords["dispatcher"])
+    return server
+
+
+def role_url(server: RedisServer, role: str, password: str, address: str | None = None) -> str:
+    """The URL of a role's ACL user on a :func:`with_tls_acl` server."""
+    return (f"rediss://ce-{role}:{password}@{address or server.bind[0]}:{server.port}/0"
+            f"?ssl_ca_certs={server.directory / 'ca.pem'}")
+
+
+def make_certificates(directory: Path, addresses: tuple[str, ...] = ("127.0.0.1",),
+                      ) -> tuple[Path, Path, Path]:
+    """A self-signed CA and a server certificate for ``addresses`` and localhost signed by it."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -143,7 +173,8 @@ def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                x509.DNSName("localhost"),
+                *(x509.IPAddress(ipaddress.ip_address(a)) for a in addresses)]),
                 critical=False)
             .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
                            critical=False)
