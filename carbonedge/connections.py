@@ -31,7 +31,9 @@ it is parsed, i.e. when a process starts.
 from __future__ import annotations
 
 import functools
+import logging
 import ssl
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +43,8 @@ import redis
 import redis.asyncio as aioredis
 
 from carbonedge.errors import ConfigError, RuntimeUnavailable
+
+log = logging.getLogger(__name__)
 
 SETTING = "redis_url"
 SCHEMES = ("redis", "rediss", "sentinel", "unix")
@@ -294,6 +298,36 @@ def async_redis_client(url: str, **kwargs: Any) -> aioredis.Redis:
 def celery_connection(url: str) -> dict[str, Any]:
     """Celery's broker and result-backend settings for ``url`` (see :meth:`RedisTarget.celery_conf`)."""
     return parse_redis_url(url).celery_conf()
+
+
+def wait_until_reachable(url: str, timeout_s: float, *, poll_s: float = 1.0) -> None:
+    """Block until Redis answers PING at ``url`` (a service started before its Redis, as
+    Compose, Swarm and Kubernetes may do); RuntimeUnavailable after ``timeout_s``. Refused
+    credentials or permissions raise at once: waiting would not help."""
+    deadline = time.monotonic() + timeout_s
+    client = redis_client(url, socket_timeout=5, socket_connect_timeout=5)
+    told = False
+    try:
+        while True:
+            try:
+                client.ping()
+                if told:
+                    log.info("Redis at %s answers", redact(url))
+                return
+            except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as e:
+                raise RuntimeUnavailable(f"Redis at {redact(url)} refuses these credentials: "
+                                         f"{e}") from e
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                if time.monotonic() > deadline:
+                    raise RuntimeUnavailable(f"no Redis answered at {redact(url)} within "
+                                             f"{timeout_s:.0f} s (redis_wait_s): {e}") from e
+                if not told:
+                    log.info("waiting up to %.0f s for Redis at %s (%s)", timeout_s,
+                             redact(url), e)
+                    told = True
+            time.sleep(poll_s)
+    finally:
+        client.close()
 
 
 def confirm_replicated(client: redis.Redis, url: str, what: str) -> None:

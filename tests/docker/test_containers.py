@@ -26,7 +26,7 @@ from carbonedge.protocol import keys
 from carbonedge.protocol.telemetry import Heartbeat
 from carbonedge.settings import Settings
 from tests.docker.conftest import cgroup_limits
-from tests.docker.engine import ROOT, Engine
+from tests.docker.engine import ROOT, VENV, Engine
 from tests.integration.test_monitoring import free_port, scrape
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.timeout(900)]
@@ -52,6 +52,7 @@ class Project:
             f"CARBONEDGE_REDIS_PASSWORD={self.password}",
             f"CARBONEDGE_FLOWER_BASIC_AUTH={self.flower_auth}",
             f"CE_TEST_IMAGE={engine.test_image}", f"CE_TEST_SRC={ROOT}",
+            f"CE_TEST_VENV={VENV}",
             f"CE_TEST_REDIS_PORT={self.redis_port}", f"CE_TEST_METRICS_PORT={self.metrics_port}",
             f"CE_TEST_FLOWER_PORT={self.flower_port}",
             f"CE_TEST_CARBON_METRICS_PORT={self.carbon_metrics_port}", ""]))

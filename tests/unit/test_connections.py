@@ -18,8 +18,9 @@ from carbonedge.connections import (
     parse_redis_url,
     redact,
     redis_client,
+    wait_until_reachable,
 )
-from carbonedge.errors import ConfigError
+from carbonedge.errors import ConfigError, RuntimeUnavailable
 from carbonedge.settings import Settings
 from tests.faults.servers import make_certificates
 
@@ -151,3 +152,9 @@ def test_agent_outside_the_allowlist_refuses_to_start(
     with pytest.raises(ConfigError) as info:
         check_agent_allowed("node-evil", "node-green,node-remote-*")
     assert info.value.field == "node_allowlist"
+
+
+def test_a_service_gives_up_waiting_for_redis_naming_the_setting() -> None:
+    with pytest.raises(RuntimeUnavailable, match="redis_wait_s") as info:
+        wait_until_reachable("redis://:secret@127.0.0.1:1/0", 0.05, poll_s=0.01)
+    assert "secret" not in info.value.message
