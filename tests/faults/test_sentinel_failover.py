@@ -4,7 +4,11 @@ in a result (or an error result), none is lost, and the failover time is printed
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +24,7 @@ from carbonedge.settings import Settings
 from tests.conftest import CGROUP_PARENT
 from tests.faults.servers import SentinelGroup
 from tests.integration.conftest import SMALL_TOPOLOGY
+from tests.integration.test_monitoring import free_port, http_get, wait_for_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -75,5 +80,33 @@ def test_primary_killed_under_load_loses_no_acknowledged_request(
         primary = redis_client(group.url, socket_timeout=5)
         assert primary.info("replication")["role"] == "master"
         primary.close()
+        _flower_sees_the_agents(group.url)
     finally:
         runtime.down()
+
+
+def _flower_sees_the_agents(url: str) -> None:
+    """Flower, given the sentinel URL, lists both agents and reads their queue lengths."""
+    port = free_port()
+    env = {**os.environ, "CARBONEDGE_REDIS_URL": url, "CARBONEDGE_FLOWER_BASIC_AUTH": "ops:pw"}
+    proc = subprocess.Popen([sys.executable, "-m", "carbonedge.cli", "flower", "--port",
+                             str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port, proc)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:  # agents answer `inspect` between tasks
+            status, body = http_get(base + "/api/workers?refresh=1", auth="ops:pw")
+            names = {n.split("@")[0] for n in json.loads(body)} if status == 200 else set()
+            if names >= {"node-a", "node-b"} or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert names >= {"node-a", "node-b"}, (status, body[:300])
+        status, body = http_get(base + "/api/queues/length", auth="ops:pw")
+        assert status == 200
+        queues = {q["name"] for q in json.loads(body)["active_queues"]}
+        assert {"ce.node.node-a", "ce.node.node-b"} <= queues
+    finally:
+        proc.terminate()
+        proc.wait(30)
