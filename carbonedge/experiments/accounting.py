@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +104,21 @@ class OutcomeLedger:
 
     def submit_pings(self, n: int, **options: Any) -> list[str]:
         return self.submit_many([build_request(kind="ping", **options) for _ in range(n)])
+
+    def submit_paced(self, requests: int, rate_per_s: float,
+                     after_batch: Callable[[int], None] | None = None) -> None:
+        """Submit ``requests`` pings at ``rate_per_s`` in batches of 20 ms; after each
+        batch, ``after_batch(sent so far)`` (where a load run injects its faults)."""
+        batch = max(1, round(rate_per_s / 50))
+        started = time.monotonic()
+        sent = 0
+        while sent < requests:
+            n = min(batch, requests - sent)
+            self.submit_pings(n)
+            sent += n
+            if after_batch is not None:
+                after_batch(sent)
+            time.sleep(max(0.0, started + sent / rate_per_s - time.monotonic()))
 
     # -- waiting and counting ----------------------------------------------------------
 

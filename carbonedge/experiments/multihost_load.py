@@ -71,20 +71,17 @@ def run_multihost_load(url: str, faults: list[Fault], *, requests: int = 3000,
     """Submit ``requests`` pings at ``rate_per_s`` through ``url`` while ``faults`` happen."""
     client = redis_client(url, socket_timeout=30)
     ledger = OutcomeLedger(url)
-    batch = max(1, round(rate_per_s / 50))
     pending = sorted(faults, key=lambda f: f.at)
     timers: list[threading.Thread] = []
     started = time.monotonic()
+
+    def begin_due(sent: int) -> None:
+        while pending and sent >= requests * pending[0].at:
+            timers.extend(_begin(pending.pop(0)))
+
     try:
         skip = client.xlen(keys.RECOVERIES)
-        sent = 0
-        while sent < requests:
-            n = min(batch, requests - sent)
-            ledger.submit_pings(n)
-            sent += n
-            while pending and sent >= requests * pending[0].at:
-                timers.extend(_begin(pending.pop(0)))
-            time.sleep(max(0.0, started + sent / rate_per_s - time.monotonic()))
+        ledger.submit_paced(requests, rate_per_s, begin_due)
         for fault in pending:  # a fault set at the very end
             timers.extend(_begin(fault))
         for timer in timers:

@@ -21,6 +21,7 @@ from carbonedge.broker.client import Client
 from carbonedge.compose.topology import load_topology, zone_constraint
 from carbonedge.protocol import keys
 from carbonedge.settings import Settings
+from tests.docker.conftest import assert_limits_applied
 from tests.docker.engine import ROOT, VENV, Engine
 from tests.docker.test_containers import NODE_CLASSES, live_ids, wait_until
 from tests.integration.test_monitoring import free_port
@@ -134,10 +135,7 @@ def test_stack_deploy_then_service_scale(engine: Engine, swarm: str, tmp_path: P
         for name in NODE_CLASSES:
             spec = topology.node(name)
             (container,) = stack.containers(name)
-            host = container["HostConfig"]
-            assert host["NanoCpus"] == round(spec.cpus * 1e9)
-            assert host["Memory"] == spec.mem_limit_bytes
-            assert host["Init"] is True
+            assert_limits_applied(container, spec)
             (node_id,) = ids[name]
             assert node_id == f"{name}-{container['Id'][:12]}"
 
