@@ -313,8 +313,8 @@ _SERVICES = frozenset({"dispatcher", "agent", "carbon", "flower", "metrics"})
 """Long-running commands: they wait for Redis at start-up (it may start after them)."""
 
 _COMMANDS = {"up": _up, "down": _down, "agent": _agent, "dispatcher": _dispatcher,
-             "metrics": _metrics, "flower": _flower, "carbon": _carbon, "acl": _acl, "report": _report,
-             "status": _status, "demo": _demo}
+             "metrics": _metrics, "flower": _flower, "carbon": _carbon, "acl": _acl,
+             "report": _report, "status": _status, "demo": _demo}
 
 if __name__ == "__main__":
     sys.exit(main())

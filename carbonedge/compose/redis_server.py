@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from carbonedge.connections import redis_client
+from carbonedge.connections import redact, redis_client
 from carbonedge.errors import ConfigError, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
@@ -202,11 +202,12 @@ def ensure_redis(
     """
     parts = urlsplit(url)
     if ping(url):  # any Redis that answers will do, TLS (rediss://) included
-        log.info("a Redis already answers at %s; using it", url)
+        log.info("a Redis already answers at %s; using it", redact(url))
         return None
     if parts.scheme != "redis":
         raise ConfigError(
-            f"cannot start a Redis for {url}: only redis:// URLs can be started locally",
+            f"cannot start a Redis for {redact(url)}: only redis:// URLs can be started "
+            "locally",
             field="redis_url",
         )
     host = parts.hostname or "127.0.0.1"
