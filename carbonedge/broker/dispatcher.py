@@ -164,10 +164,12 @@ class Dispatcher:
         delivered: either all of that happened, or none did and the entries stay pending
         for a dispatcher to reclaim.
         """
-        await self._refresh_view(r)
+        entries = list(entries)
+        # A re-dispatched request (field "a") comes from a node the watchdog just found
+        # dead; a view older than that could send it straight back there.
+        await self._refresh_view(r, force=any(b"a" in fields for _, fields in entries))
         await self._sync_in_flight(r)
         await self._refresh_spend(r)
-        entries = list(entries)
         await self.partitions.prepare(r, entries, sorted(self._snapshots))
         pipe = r.pipeline(transaction=True)
         ids = []
