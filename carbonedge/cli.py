@@ -309,8 +309,9 @@ def _parse_scale(items: list[str]) -> dict[str, int]:
     return scale
 
 
-_SERVICES = frozenset({"dispatcher", "agent", "carbon", "flower", "metrics"})
-"""Long-running commands: they wait for Redis at start-up (it may start after them)."""
+_SERVICES = frozenset({"dispatcher", "agent", "carbon", "flower"})
+"""Long-running commands: they wait for Redis at start-up (it may start after them). The
+metrics exporter does not: it reports Redis down (``ce_redis_up 0``) instead."""
 
 _COMMANDS = {"up": _up, "down": _down, "agent": _agent, "dispatcher": _dispatcher,
              "metrics": _metrics, "flower": _flower, "carbon": _carbon, "acl": _acl,

@@ -66,8 +66,8 @@ class Settings:
     heartbeats the dispatcher believes, and under which an agent agrees to start; empty:
     any well-formed id."""
     redis_wait_s: float = 120.0
-    """How long a long-running service (dispatcher, agent, carbon service, Flower, metrics)
-    waits at start-up for Redis to answer before it gives up."""
+    """How long a long-running service (dispatcher, agent, carbon service, Flower) waits at
+    start-up for Redis to answer before it gives up."""
     host_id: str = ""
     """The host this process runs on, when agents run on several: each host's carbon
     service publishes its power under this id and its agents charge from it. Empty: one
