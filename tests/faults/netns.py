@@ -2,8 +2,8 @@
 
 Processes started in it (through ``nsenter --net``, which keeps this machine's mounts, so
 cgroup files stay readable) see only their own loopback and the veth: the one address
-they can reach is this side's end, a test address in 10.0.0.0/8 that the namespace pair
-owns. No route leads anywhere else, so no traffic leaves the machine. ``cut`` takes the
+they can reach is this side's end, a test address in 198.18.0.0/15 (the range set aside
+for test networks) that the namespace pair owns. No route leads anywhere else, so no traffic leaves the machine. ``cut`` takes the
 link down (connections stall as a pulled cable would), ``restore`` brings it back.
 """
 
@@ -37,8 +37,9 @@ class SecondHost:
         tag = secrets.token_hex(3)
         self.ns = f"ce-host-{tag}"
         self.outer_if, self.inner_if = f"ceo{tag}", f"cei{tag}"
-        a, b = secrets.randbelow(200) + 20, secrets.randbelow(63) * 4
-        self.outer_ip, self.inner_ip = f"10.{a}.{b}.1", f"10.{a}.{b}.2"
+        # 198.18.0.0/15 is set aside for benchmarking test networks (RFC 2544)
+        a, b, c = 18 + secrets.randbelow(2), secrets.randbelow(256), secrets.randbelow(63) * 4
+        self.outer_ip, self.inner_ip = f"198.{a}.{b}.{c + 1}", f"198.{a}.{b}.{c + 2}"
         """This side's end (what the other host reaches) and the other host's address."""
 
     def create(self) -> SecondHost:
