@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     carbon.add_argument("--csv", help="emissions CSV (default <run_dir>/emissions.csv)")
     carbon.add_argument("--window", type=float, help="reconciliation window, seconds")
     _metrics_options(carbon, "also export Prometheus metrics (energy, carbon, windows) here")
+    acl = sub.add_parser("acl", help="print a Redis ACL file: one user per role (producer, "
+                         "dispatcher, agent, monitor); passwords from "
+                         "CARBONEDGE_ACL_<ROLE>_PASSWORD")
+    acl.add_argument("--role", action="append", choices=("producer", "dispatcher", "agent",
+                                                         "monitor"),
+                     help="only these roles (default: all four)")
     report = sub.add_parser("report", help="summarise an emissions CSV")
     report.add_argument("csv", nargs="?", help="emissions CSV (default <run_dir>/emissions.csv)")
 
@@ -110,6 +116,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=logging.DEBUG if args.verbose else getattr(logging, settings.log_level, 20),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        if args.command not in ("down", "report", "acl"):  # a URL that cannot work fails here
+            from carbonedge.connections import parse_redis_url, wait_until_reachable
+
+            parse_redis_url(settings.redis_url)
+            if args.command == "agent" and not args.check:  # refused before waiting for Redis
+                from carbonedge.broker.allowlist import check_agent_allowed
+                from carbonedge.node_agent.health import instance_node_id
+
+                check_agent_allowed(instance_node_id(args.node, args.instance),
+                                    settings.node_allowlist)
+            if args.command in _SERVICES and not getattr(args, "check", False):
+                wait_until_reachable(settings.redis_url, settings.redis_wait_s)
         return _COMMANDS[args.command](args, settings) or 0
     except CarbonEdgeError as e:
         print(f"carbonedge: error: {e}", file=sys.stderr)
@@ -177,9 +195,10 @@ def _agent(args: argparse.Namespace, settings: Settings) -> int:
 def _agent_check(node_id: str, settings: Settings) -> int:
     import redis
 
+    from carbonedge.connections import redis_client
     from carbonedge.node_agent.health import check_heartbeat
 
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    client = redis_client(settings.redis_url, socket_timeout=5)
     try:
         health = check_heartbeat(client, node_id, settings.heartbeat_ttl_s)
     except redis.RedisError as e:
@@ -233,6 +252,13 @@ def _carbon(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _acl(args: argparse.Namespace, settings: Settings) -> int:
+    from carbonedge.broker.acl import ROLES, acl_file, passwords_from_env
+
+    print(acl_file(passwords_from_env(tuple(args.role or ROLES))), end="")
+    return 0
+
+
 def _report(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
@@ -249,8 +275,9 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     import redis
 
     from carbonedge.broker.status import collect_status, format_status
+    from carbonedge.connections import redis_client
 
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    client = redis_client(settings.redis_url, socket_timeout=5)
     try:
         while True:
             table = format_status(collect_status(client))
@@ -283,9 +310,13 @@ def _parse_scale(items: list[str]) -> dict[str, int]:
     return scale
 
 
+_SERVICES = frozenset({"dispatcher", "agent", "carbon", "flower"})
+"""Long-running commands: they wait for Redis at start-up (it may start after them). The
+metrics exporter does not: it reports Redis down (``ce_redis_up 0``) instead."""
+
 _COMMANDS = {"up": _up, "down": _down, "agent": _agent, "dispatcher": _dispatcher,
-             "metrics": _metrics, "flower": _flower, "carbon": _carbon, "report": _report,
-             "status": _status, "demo": _demo}
+             "metrics": _metrics, "flower": _flower, "carbon": _carbon, "acl": _acl,
+             "report": _report, "status": _status, "demo": _demo}
 
 if __name__ == "__main__":
     sys.exit(main())

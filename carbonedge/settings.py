@@ -72,7 +72,15 @@ class Settings:
     one died while holding it)."""
     node_allowlist: str = ""
     """Node ids (or ``fnmatch`` patterns such as ``node-high-*``), comma-separated, whose
-    heartbeats the dispatcher believes; empty: any well-formed id."""
+    heartbeats the dispatcher believes, and under which an agent agrees to start; empty:
+    any well-formed id."""
+    redis_wait_s: float = 120.0
+    """How long a long-running service (dispatcher, agent, carbon service, Flower) waits at
+    start-up for Redis to answer before it gives up."""
+    host_id: str = ""
+    """The host this process runs on, when agents run on several: each host's carbon
+    service publishes its power under this id and its agents charge from it. Empty: one
+    host."""
 
     def __post_init__(self) -> None:
         if self.accounting not in ACCOUNTING_METHODS:

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-import ssl
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from celery import Celery
 
-from carbonedge.errors import ConfigError
+from carbonedge.connections import celery_connection
 from carbonedge.settings import Settings
 
 SERIALIZER = "msgpack"
 
 
 def make_celery_app(settings: Settings, *, main: str = "carbonedge", **conf: Any) -> Celery:
-    """A Celery app on the settings' Redis, accepting msgpack and nothing else (no pickle)."""
-    url, tls = split_tls(settings.redis_url)
-    app = Celery(main, broker=url, backend=url, set_as_current=False)
-    if tls is not None:
-        conf = {"broker_use_ssl": tls, "redis_backend_use_ssl": tls, **conf}
+    """A Celery app on the settings' Redis (plain, TLS or Sentinel: see
+    :mod:`carbonedge.connections`), accepting msgpack and nothing else (no pickle)."""
+    connection = celery_connection(settings.redis_url)
+    broker = connection.pop("broker_url")
+    app = Celery(main, broker=broker, backend=connection.pop("result_backend"),
+                 set_as_current=False)
+    transport = {**connection.pop("broker_transport_options", {}),
+                 **conf.pop("broker_transport_options", {})}
+    conf = {**connection, **conf}
     app.conf.update(
         task_serializer=SERIALIZER,
         result_serializer=SERIALIZER,
@@ -38,7 +40,7 @@ def make_celery_app(settings: Settings, *, main: str = "carbonedge", **conf: Any
         # by the dispatchers' watchdog (broker/recovery.py), which also removes their
         # unacked entries; a short timeout would only make kombu re-queue the long tasks
         # of live agents.
-        broker_transport_options={"visibility_timeout": 3600},
+        broker_transport_options={"visibility_timeout": 3600, **transport},
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         task_track_started=False,
@@ -46,32 +48,3 @@ def make_celery_app(settings: Settings, *, main: str = "carbonedge", **conf: Any
         **conf,
     )
     return app
-
-
-_CERT_REQS = {"required": ssl.CERT_REQUIRED, "cert_required": ssl.CERT_REQUIRED,
-              "optional": ssl.CERT_OPTIONAL, "cert_optional": ssl.CERT_OPTIONAL,
-              "none": ssl.CERT_NONE, "cert_none": ssl.CERT_NONE}
-_TLS_PARAMS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
-
-
-def split_tls(url: str) -> tuple[str, dict[str, Any] | None]:
-    """A ``rediss://`` URL's TLS options for kombu and Celery, and the URL without them.
-
-    redis-py reads ``ssl_cert_reqs``/``ssl_ca_certs``/... from the URL itself, but kombu
-    ignores them and, for a bare ``rediss://``, falls back to *not* verifying the server.
-    Verification is on unless the URL says ``ssl_cert_reqs=none``.
-    """
-    parts = urlsplit(url)
-    if parts.scheme != "rediss":
-        return url, None
-    query = dict(parse_qsl(parts.query))
-    reqs = query.pop("ssl_cert_reqs", "required").lower()
-    if reqs not in _CERT_REQS:
-        raise ConfigError(f"ssl_cert_reqs={reqs!r} in the Redis URL is not one of "
-                          f"{sorted(_CERT_REQS)}", field="redis_url")
-    tls: dict[str, Any] = {"ssl_cert_reqs": _CERT_REQS[reqs]}
-    for name in _TLS_PARAMS:
-        if name in query:
-            tls[name] = query.pop(name)
-    rest = "&".join(f"{k}={v}" for k, v in query.items())
-    return urlunsplit(parts._replace(query=rest)), tls

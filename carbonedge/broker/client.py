@@ -13,10 +13,8 @@ import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
-from urllib.parse import urlsplit
 
 import redis
-import redis.asyncio as aioredis
 from PIL import Image
 
 from carbonedge.broker.celery_app import make_celery_app
@@ -24,6 +22,13 @@ from carbonedge.broker.images import preprocess_image
 from carbonedge.broker.listener import ResultListener, decode_meta, result_key
 from carbonedge.broker.publish import encode_task_message
 from carbonedge.broker.results import InferenceResult, parse_result
+from carbonedge.connections import (
+    async_redis_client,
+    confirm_replicated,
+    confirm_replicated_async,
+    redact,
+    redis_client,
+)
 from carbonedge.errors import NoNodeAvailable, ResultTimeout, RuntimeUnavailable
 from carbonedge.protocol import keys
 from carbonedge.protocol.codec import TensorLimits, encode_tensor, tensor_header
@@ -149,9 +154,8 @@ def diagnose(client: redis.Redis, request_id: str, timeout: float, ttl_s: float)
 
 
 def _where(url: str) -> str:
-    """A Redis URL fit for an error message: host and port, no credentials."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}"
+    """A Redis URL fit for an error message: no passwords (any form, Sentinel included)."""
+    return redact(url)
 
 
 class InferenceHandle:
@@ -186,7 +190,7 @@ class Client(_Producer):
 
     def __init__(self, settings: Settings | None = None, *, redis_url: str | None = None) -> None:
         super().__init__(settings, redis_url=redis_url)
-        self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=10)
+        self._redis = redis_client(self.settings.redis_url, socket_timeout=10)
         self._app = make_celery_app(self.settings)
         self._listener = ResultListener(self._redis)
 
@@ -254,6 +258,7 @@ class Client(_Producer):
             pipe.delete(*self._listener.to_delete)
             self._listener.to_delete.clear()
         pipe.execute()
+        confirm_replicated(self._redis, self.settings.redis_url, f"request {request['id']}")
         return InferenceHandle(self, request["id"], float(request.get("deadline_s") or 0.0))
 
     def result_for(self, request_id: str, timeout: float | None = None) -> InferenceResult:
@@ -291,7 +296,7 @@ class AsyncClient(_Producer):
 
     def __init__(self, settings: Settings | None = None, *, redis_url: str | None = None) -> None:
         super().__init__(settings, redis_url=redis_url)
-        self._redis = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=10)
+        self._redis = async_redis_client(self.settings.redis_url, socket_timeout=10)
 
     async def infer(self, model: str, image_or_tensor: Any, *, timeout: float | None = None,
                     **options: Unpack[RequestOptions]) -> InferenceResult:
@@ -327,10 +332,12 @@ class AsyncClient(_Producer):
             detach_input(request, pipe, self.settings)
             pipe.xadd(keys.REQUEST_STREAM, {keys.REQUEST_FIELD: pack(request)})
             await pipe.execute()
+            await confirm_replicated_async(self._redis, self.settings.redis_url,
+                                           f"request {request['id']}")
             try:
                 raw = await asyncio.wait_for(self._await_meta(pubsub, key), timeout)
             except TimeoutError:
-                sync = redis.Redis.from_url(self.settings.redis_url)
+                sync = redis_client(self.settings.redis_url)
                 try:
                     reason = diagnose(sync, request["id"], timeout, self.settings.heartbeat_ttl_s)
                 finally:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import logging
 import os
 import socket
@@ -23,12 +22,14 @@ import redis
 import redis.asyncio as aioredis
 from celery import Celery
 
+from carbonedge.broker.allowlist import node_allowed
 from carbonedge.broker.celery_app import make_celery_app
 from carbonedge.broker.deferral import DeferralReleaser, plan_for, wants_deferral
 from carbonedge.broker.delivery import DELIVER_LUA, delivery_call
 from carbonedge.broker.partition_route import PartitionRouter
 from carbonedge.broker.publish import encode_task_message
 from carbonedge.broker.recovery import Watchdog
+from carbonedge.connections import async_redis_client
 from carbonedge.errors import (
     CarbonEdgeError,
     DispatchFailed,
@@ -106,7 +107,7 @@ class Dispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set."""
-        r = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=10)
+        r = async_redis_client(self.settings.redis_url, socket_timeout=10)
         try:
             await self._reclaim(r)
             beat = asyncio.create_task(self._beat(r, stop))
@@ -163,10 +164,12 @@ class Dispatcher:
         delivered: either all of that happened, or none did and the entries stay pending
         for a dispatcher to reclaim.
         """
-        await self._refresh_view(r)
+        entries = list(entries)
+        # A re-dispatched request (field "a") comes from a node the watchdog just found
+        # dead; a view older than that could send it straight back there.
+        await self._refresh_view(r, force=any(b"a" in fields for _, fields in entries))
         await self._sync_in_flight(r)
         await self._refresh_spend(r)
-        entries = list(entries)
         await self.partitions.prepare(r, entries, sorted(self._snapshots))
         pipe = r.pipeline(transaction=True)
         ids = []
@@ -403,12 +406,6 @@ class Dispatcher:
             except redis.RedisError as e:
                 log.warning("dispatcher heartbeat failed: %s", e)
             await asyncio.sleep(self.settings.heartbeat_interval_s)
-
-
-def node_allowed(node_id: str, allowlist: str) -> bool:
-    """Whether ``node_id`` matches the comma-separated ids or patterns (empty: all do)."""
-    patterns = [p.strip() for p in allowlist.split(",") if p.strip()]
-    return not patterns or any(fnmatch.fnmatchcase(node_id, p) for p in patterns)
 
 
 def _attempt(fields: dict, max_attempts: int) -> int:

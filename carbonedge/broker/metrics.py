@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from carbonedge.broker.status import collect_status
+from carbonedge.connections import redis_client
 from carbonedge.protocol import keys
 from carbonedge.scheduler.budgets import parse_budgets, period_index
 from carbonedge.settings import Settings
@@ -38,7 +39,7 @@ class RedisStateCollector(Collector):
 
     def __init__(self, redis_url: str, *, budgets: Mapping[str, float] | None = None,
                  budget_period_s: float = 86400.0) -> None:
-        self._client = redis.Redis.from_url(redis_url, socket_timeout=5)
+        self._client = redis_client(redis_url, socket_timeout=5)
         self._budgets = dict(budgets or {})
         self._budget_period_s = budget_period_s
 

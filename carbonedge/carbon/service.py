@@ -4,6 +4,9 @@ Every sample (default 1 s) it reads the host through CodeCarbon and each live no
 cumulative cgroup CPU time from its heartbeat, keeps the sample (and appends it to
 ``ce:carbon:samples``, so that a restarted service can still settle what its samples
 cover) and publishes the host's power to ``ce:carbon:host`` for ``carbonedge status``.
+Where agents run on several hosts, one service runs on each (``host_id`` set): it keeps
+its own samples and host power under ``<key>:<host_id>``, reads the ledger through its own
+consumer group and settles only the rows of the nodes whose agents say they run on it.
 It consumes the ledger through a consumer group and holds each row until samples cover
 it, then settles its ``measured`` charge (:mod:`carbonedge.carbon.measured`), writes the
 row's two CSV rows (``device`` and ``measured``), appends the settlement to
@@ -42,6 +45,7 @@ from carbonedge.carbon.windows import (
     ledger_rows,
     node_rows,
 )
+from carbonedge.connections import async_redis_client
 from carbonedge.errors import InvalidMessage
 from carbonedge.protocol import keys
 from carbonedge.settings import Settings
@@ -90,6 +94,10 @@ class CarbonService:
         self._consumer = f"{socket.gethostname()}-{os.getpid()}"
         self._windows: dict[int, Window] = {}
         self._node_cpu: dict[str, float] = {}
+        self._host_id = settings.host_id
+        self._group = keys.ledger_group(settings.host_id)
+        self._samples_key = keys.host_samples_key(settings.host_id)
+        self._host_nodes: set[str] = set()
         self._run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{os.getpid()}"
         self.samples = SampleLog()
         self.settler = Settler(self.samples, host_mem_bytes=0.0, estimated=True)
@@ -106,7 +114,7 @@ class CarbonService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then settle what it can and close every window."""
-        client = aioredis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        client = async_redis_client(self.settings.redis_url, decode_responses=True)
         await asyncio.to_thread(self.tracker.start)
         self.settler.host_mem_bytes = self.tracker.ram_total_bytes
         self.settler.estimated = self.tracker.estimated
@@ -130,7 +138,7 @@ class CarbonService:
     async def _restore(self, client: aioredis.Redis) -> None:
         """Take over what a previous life left: its samples, and its unsettled entries."""
         now = self._clock()
-        raw = await client.xrevrange(keys.CARBON_SAMPLES, count=SAMPLES_MAXLEN)
+        raw = await client.xrevrange(self._samples_key, count=SAMPLES_MAXLEN)
         restored = []
         for _, fields in raw:
             try:
@@ -145,9 +153,11 @@ class CarbonService:
         claimed = 0
         while True:
             start, entries, *_ = await client.xautoclaim(
-                keys.LEDGER_STREAM, keys.LEDGER_GROUP, self._consumer, CLAIM_IDLE_MS, start,
+                keys.LEDGER_STREAM, self._group, self._consumer, CLAIM_IDLE_MS, start,
                 count=1000)
-            claimed += self._take(entries)
+            for entry_id, row in self._take(entries):  # read (so filtered) by a past life
+                self.settler.add(entry_id, row)
+                claimed += 1
             if start in ("0-0", b"0-0"):
                 break
         if restored or claimed:
@@ -168,7 +178,7 @@ class CarbonService:
 
     async def _ensure_group(self, client: aioredis.Redis) -> None:
         try:
-            await client.xgroup_create(keys.LEDGER_STREAM, keys.LEDGER_GROUP, id="0",
+            await client.xgroup_create(keys.LEDGER_STREAM, self._group, id="0",
                                        mkstream=True)
         except ResponseError as e:
             if "BUSYGROUP" not in str(e):
@@ -207,18 +217,19 @@ class CarbonService:
         host = HostPower(cpu_w=reading.cpu_w, idle_cpu_w=min(idle_w, reading.cpu_w),
                          busy_cpus=reading.busy_cpu_s / reading.seconds,
                          host_cpus=self.host_cpus, source=self.tracker.source, ts=now)
+        power_key = keys.host_power_key(self._host_id)
         pipe = client.pipeline(transaction=True)
-        pipe.delete(keys.HOST_POWER)
-        pipe.hset(keys.HOST_POWER, mapping=host.to_fields())
-        pipe.expire(keys.HOST_POWER, max(int(self.window_s * 3), 10))
-        pipe.xadd(keys.CARBON_SAMPLES, sample.to_fields(),  # type: ignore[arg-type]
+        pipe.delete(power_key)
+        pipe.hset(power_key, mapping=host.to_fields())
+        pipe.expire(power_key, max(int(self.window_s * 3), 10))
+        pipe.xadd(self._samples_key, sample.to_fields(),  # type: ignore[arg-type]
                   maxlen=SAMPLES_MAXLEN, approximate=True)
         await pipe.execute()
         await self._settle(client)
 
     async def _node_readings(self, client: aioredis.Redis) -> dict[str, dict[str, float]]:
         """Each live node's cumulative CPU time and declared resources, from its heartbeat."""
-        node_ids = sorted(await client.smembers(keys.NODES))
+        node_ids = sorted(await self._node_ids(client))
         pipe = client.pipeline(transaction=False)
         for node_id in node_ids:
             pipe.hmget(keys.node_key(node_id), list(_NODE_FIELDS))
@@ -234,6 +245,13 @@ class CarbonService:
             if all(math.isfinite(v) and v >= 0 for v in info.values()):
                 out[node_id] = info
         return out
+
+    async def _node_ids(self, client: aioredis.Redis) -> set[str]:
+        """Every node, or this host's where agents run on several hosts."""
+        if not self._host_id:
+            return set(await client.smembers(keys.NODES))
+        self._host_nodes = set(await client.smembers(keys.host_nodes_key(self._host_id)))
+        return self._host_nodes
 
     # -- ledger ---------------------------------------------------------------------------
 
@@ -252,36 +270,36 @@ class CarbonService:
         """Read one batch of ledger rows into the settler; returns how many were read.
 
         A malformed entry is logged and acknowledged at once (it can never settle)."""
-        reply = await client.xreadgroup(keys.LEDGER_GROUP, self._consumer,
+        reply = await client.xreadgroup(self._group, self._consumer,
                                         {keys.LEDGER_STREAM: ">"}, count=1000, block=block_ms)
         if not reply:
             return 0
         entries = reply[0][1]
-        bad = len(entries) - self._take(entries)
-        if bad:
-            await client.xack(keys.LEDGER_STREAM, keys.LEDGER_GROUP,
-                              *[e for e, f in entries if not self._valid(f)])
+        taken = self._take(entries)
+        if self._host_id and any(row.node not in self._host_nodes for _, row in taken):
+            await self._node_ids(client)  # a node that joined since the last sample
+        ours = [(e, row) for e, row in taken
+                if not self._host_id or row.node in self._host_nodes]
+        for entry_id, row in ours:
+            self.settler.add(entry_id, row)
+        kept = {e for e, _ in ours}
+        others = [e for e, _ in entries if e not in kept]  # malformed, or another host's
+        if others:
+            await client.xack(keys.LEDGER_STREAM, self._group, *others)
         return len(entries)
 
-    def _take(self, entries: list[tuple[Any, Any]]) -> int:
-        taken = 0
+    @staticmethod
+    def _take(entries: list[tuple[Any, Any]]) -> list[tuple[Any, LedgerRow]]:
+        """The well-formed rows among ``entries`` (a malformed one is logged)."""
+        rows = []
         for entry_id, fields in entries:
             if not fields:  # trimmed from the stream meanwhile
                 continue
             try:
-                self.settler.add(entry_id, LedgerRow.from_fields(fields))
-                taken += 1
+                rows.append((entry_id, LedgerRow.from_fields(fields)))
             except InvalidMessage as e:
                 log.warning("carbon service: ledger entry %s rejected: %s", entry_id, e)
-        return taken
-
-    @staticmethod
-    def _valid(fields: Any) -> bool:
-        try:
-            LedgerRow.from_fields(fields)
-        except InvalidMessage:
-            return False
-        return bool(fields)
+        return rows
 
     async def _settle(self, client: aioredis.Redis, *, force: bool = False) -> None:
         """Settle the rows the samples now cover: CSV, the settled stream, acknowledge."""
@@ -296,7 +314,7 @@ class CarbonService:
         for item in ready:
             pipe.xadd(keys.CARBON_SETTLED, _settled_fields(item),  # type: ignore[arg-type]
                       maxlen=LEDGER_MAXLEN, approximate=True)
-        pipe.xack(keys.LEDGER_STREAM, keys.LEDGER_GROUP, *[i.entry_id for i in ready])
+        pipe.xack(keys.LEDGER_STREAM, self._group, *[i.entry_id for i in ready])
         await pipe.execute()
         self.rows_settled += len(ready)
 

@@ -164,7 +164,8 @@ class LocalRuntime:
     def wait_ready(self, timeout_s: float) -> None:
         """Block until every agent's heartbeat and the dispatcher's beat are visible."""
         wait_until_ready(self.settings.redis_url, self.node_ids, timeout_s,
-                         check_started=self._check_started, carbon_service=self.carbon_service)
+                         check_started=self._check_started, carbon_service=self.carbon_service,
+                         host_id=self.settings.host_id)
 
     def _check_started(self) -> None:
         for rec in self.state.processes:

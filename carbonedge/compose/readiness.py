@@ -5,15 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-import redis
-
+from carbonedge.connections import redis_client
 from carbonedge.errors import RuntimeUnavailable
 from carbonedge.protocol import keys
 
 
 def clear_stale_in_flight(redis_url: str) -> None:
     """Forget in-flight counts of a previous run so they do not bias the scheduler."""
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     try:
         client.delete(keys.IN_FLIGHT)
     finally:
@@ -22,18 +21,18 @@ def clear_stale_in_flight(redis_url: str) -> None:
 
 def wait_until_ready(redis_url: str, node_ids: Sequence[str], timeout_s: float, *,
                      check_started: Callable[[], None], carbon_service: bool = False,
-                     poll_s: float = 0.1) -> None:
+                     host_id: str = "", poll_s: float = 0.1) -> None:
     """Block until every agent's heartbeat, the dispatcher's beat and (if asked) the carbon
-    service's host reading are visible. ``check_started`` raises if a process or container
+    service's host reading (``host_id``'s, where agents run on several hosts) are visible. ``check_started`` raises if a process or container
     died during start-up."""
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     deadline = time.monotonic() + timeout_s
     try:
         while True:
             missing = [n for n in node_ids if not client.exists(keys.node_key(n))]
             if not client.hlen(keys.DISPATCHER_ALIVE):
                 missing.append("the dispatcher")
-            if carbon_service and not client.exists(keys.HOST_POWER):
+            if carbon_service and not client.exists(keys.host_power_key(host_id)):
                 missing.append("the carbon service")
             if not missing:
                 return

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import redis
 
+from carbonedge.connections import redact, redis_client
 from carbonedge.errors import ConfigError, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def find_redis_binary() -> Path:
 
 def ping(url: str, timeout_s: float = PING_TIMEOUT_S) -> bool:
     """Whether a Redis answers PING at ``url`` (False when nothing listens)."""
-    client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    client = redis_client(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     try:
         return bool(client.ping())
     except redis.AuthenticationError as e:
@@ -124,7 +125,7 @@ class OwnedRedis:
 
 
 def _shutdown(url: str) -> None:
-    client = redis.Redis.from_url(
+    client = redis_client(
         url, socket_timeout=PING_TIMEOUT_S, socket_connect_timeout=PING_TIMEOUT_S
     )
     try:
@@ -201,11 +202,12 @@ def ensure_redis(
     """
     parts = urlsplit(url)
     if ping(url):  # any Redis that answers will do, TLS (rediss://) included
-        log.info("a Redis already answers at %s; using it", url)
+        log.info("a Redis already answers at %s; using it", redact(url))
         return None
     if parts.scheme != "redis":
         raise ConfigError(
-            f"cannot start a Redis for {url}: only redis:// URLs can be started locally",
+            f"cannot start a Redis for {redact(url)}: only redis:// URLs can be started "
+            "locally",
             field="redis_url",
         )
     host = parts.hostname or "127.0.0.1"

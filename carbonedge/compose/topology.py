@@ -1,11 +1,19 @@
 """The topology, read from the compose file: one service per node class.
 
-A node service has ``cpus``, ``mem_limit`` and an ``x-carbonedge`` block::
+A node service has its limits under ``deploy.resources.limits`` (what Compose v2 and
+Swarm both honour; the older service-level ``cpus`` and ``mem_limit`` are read too) and
+an ``x-carbonedge`` block::
 
     node-green:
-      cpus: 0.4
-      mem_limit: 512m
-      x-carbonedge: {role: node, carbon_intensity: 380, pue: 1.0}
+      deploy:
+        resources:
+          limits: {cpus: "0.4", memory: 512M}
+        placement:
+          constraints: ["node.labels.carbonedge.zone.paper-low == true"]
+      x-carbonedge: {role: node, zone: paper-low, carbon_intensity: 380, pue: 1.0}
+
+A ``zone`` names the grid zone the class runs in; Swarm must then place it only on hosts
+labelled with that zone (the constraint above), so that its intensity is that zone's.
 
 ``carbon_intensity`` is a number (gCO2eq/kWh) or a provider mapping, e.g.
 ``{provider: trace, file: GB_2023_week23, start: 2024-06-03T00:00:00Z, speedup: 60}``
@@ -44,6 +52,8 @@ class NodeSpec:
     """The node's carbon-intensity provider spec (a plain number becomes ``static``)."""
     pue: float = 1.0
     replicas: int = 1
+    zone: str = ""
+    """The grid zone its hosts are labelled with (``carbonedge.zone.<zone>``); empty: any."""
 
     @property
     def carbon_intensity(self) -> float:
@@ -168,19 +178,58 @@ def _intensity_spec(value: Any, where: str) -> dict[str, Any]:
     return spec
 
 
+ZONE_LABEL = "carbonedge.zone"
+"""Swarm node label prefix: a host in grid zone Z carries ``carbonedge.zone.Z=true``."""
+
+
+def zone_constraint(zone: str) -> str:
+    """The placement constraint that keeps a class on hosts of ``zone``."""
+    return f"node.labels.{ZONE_LABEL}.{zone} == true"
+
+
+def _limit(svc: dict[str, Any], deploy_key: str, legacy_key: str, where: str) -> Any:
+    """A limit from ``deploy.resources.limits`` or the service-level key (they must agree)."""
+    deploy = svc.get("deploy") or {}
+    limits = ((deploy.get("resources") or {}) if isinstance(deploy, dict) else {}).get(
+        "limits") or {}
+    new, old = limits.get(deploy_key), svc.get(legacy_key)
+    if new is not None and old is not None and str(new).lower() != str(old).lower():
+        raise ConfigError(f"{where}: deploy.resources.limits.{deploy_key} {new!r} and "
+                          f"{legacy_key} {old!r} disagree; keep deploy.resources.limits")
+    return new if new is not None else old
+
+
+def _zone(ext: dict[str, Any], svc: dict[str, Any], where: str) -> str:
+    zone = ext.get("zone")
+    if zone is None:
+        return ""
+    if not isinstance(zone, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", zone):
+        raise ConfigError(f"{where}: zone {zone!r} must be letters, digits, '.', '_' or '-'",
+                          field="zone")
+    constraints = ((svc.get("deploy") or {}).get("placement") or {}).get("constraints") or []
+    wanted = zone_constraint(zone)
+    if wanted.replace(" ", "") not in {str(c).replace(" ", "") for c in constraints}:
+        raise ConfigError(f"{where}: zone {zone} needs deploy.placement.constraints: "
+                          f"[\"{wanted}\"], so that Swarm runs it only on hosts of that zone",
+                          field="zone")
+    return zone
+
+
 def _node_spec(name: str, svc: dict[str, Any], source: Path) -> NodeSpec:
     where = f"{source}: service {name}"
     if not valid_node_id(name):
         raise ConfigError(f"{where}: name must be letters, digits, '.', '_' or '-'")
     ext = svc["x-carbonedge"]
+    raw_cpus = _limit(svc, "cpus", "cpus", where)
     try:
-        cpus = float(svc.get("cpus", 0))
+        cpus = float(raw_cpus or 0)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: cpus {svc.get('cpus')!r} is not a number") from e
+        raise ConfigError(f"{where}: cpus {raw_cpus!r} is not a number") from e
     if not cpus > 0:
-        raise ConfigError(f"{where}: a node needs cpus > 0")
-    if "mem_limit" not in svc:
-        raise ConfigError(f"{where}: a node needs mem_limit")
+        raise ConfigError(f"{where}: a node needs deploy.resources.limits.cpus > 0")
+    memory = _limit(svc, "memory", "mem_limit", where)
+    if memory is None:
+        raise ConfigError(f"{where}: a node needs deploy.resources.limits.memory")
     intensity = _intensity_spec(ext.get("carbon_intensity"), where)
     try:
         pue = float(ext.get("pue", 1.0))
@@ -192,8 +241,9 @@ def _node_spec(name: str, svc: dict[str, Any], source: Path) -> NodeSpec:
     return NodeSpec(
         name=name,
         cpus=cpus,
-        mem_limit_bytes=parse_bytes(svc["mem_limit"], f"{where} mem_limit"),
+        mem_limit_bytes=parse_bytes(memory, f"{where} memory limit"),
         intensity=intensity,
         pue=pue,
         replicas=max(replicas, 1),
+        zone=_zone(ext, svc, where),
     )

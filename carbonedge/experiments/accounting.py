@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,8 @@ import redis
 
 from carbonedge.broker.client import build_request
 from carbonedge.broker.listener import RESULT_KEY_PREFIX
+from carbonedge.connections import confirm_replicated, redis_client
+from carbonedge.errors import RuntimeUnavailable
 from carbonedge.protocol import keys
 from carbonedge.protocol.messages import pack
 
@@ -37,12 +40,16 @@ class Report:
     """Requests answered more than once (must be 0)."""
     lost: int
     """Requests never answered (must be 0)."""
+    unconfirmed: int = 0
+    """Submissions that raised (Redis lost, or not replicated in time): not acknowledged,
+    so not counted as lost when unanswered."""
     errors: Counter[str] = field(default_factory=Counter)
     nodes: Counter[str] = field(default_factory=Counter)
 
     def line(self) -> str:
         return (f"submitted={self.submitted} delivered={self.delivered} errored={self.errored} "
-                f"duplicated={self.duplicated} lost={self.lost} errors={dict(self.errors)} "
+                f"duplicated={self.duplicated} lost={self.lost} unconfirmed={self.unconfirmed} "
+                f"errors={dict(self.errors)} "
                 f"nodes={dict(self.nodes)}")
 
 
@@ -51,11 +58,13 @@ class OutcomeLedger:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._client = redis.Redis.from_url(url, socket_timeout=30)
+        self._client = redis_client(url, socket_timeout=30)
         self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         self._pubsub.psubscribe(RESULT_KEY_PREFIX + "*")
         self._pubsub.get_message(timeout=5)  # the subscription is confirmed before any submit
         self.submitted: dict[str, float] = {}
+        self.unconfirmed: dict[str, float] = {}
+        """Requests whose submission raised: they may or may not have arrived."""
         self.outcomes: dict[str, list[tuple[float, dict[str, Any]]]] = defaultdict(list)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -76,7 +85,14 @@ class OutcomeLedger:
                 self.submitted[request["id"]] = now
         for request in requests:
             pipe.xadd(keys.REQUEST_STREAM, {keys.REQUEST_FIELD: pack(request)})
-        pipe.execute()
+        try:
+            pipe.execute()
+            confirm_replicated(self._client, self.url, f"{len(requests)} request(s)")
+        except (redis.RedisError, RuntimeUnavailable):
+            with self._lock:
+                for request in requests:
+                    self.unconfirmed[request["id"]] = self.submitted.pop(request["id"])
+            raise
         return [r["id"] for r in requests]
 
     def expect(self, request_ids: list[str]) -> None:
@@ -88,6 +104,21 @@ class OutcomeLedger:
 
     def submit_pings(self, n: int, **options: Any) -> list[str]:
         return self.submit_many([build_request(kind="ping", **options) for _ in range(n)])
+
+    def submit_paced(self, requests: int, rate_per_s: float,
+                     after_batch: Callable[[int], None] | None = None) -> None:
+        """Submit ``requests`` pings at ``rate_per_s`` in batches of 20 ms; after each
+        batch, ``after_batch(sent so far)`` (where a load run injects its faults)."""
+        batch = max(1, round(rate_per_s / 50))
+        started = time.monotonic()
+        sent = 0
+        while sent < requests:
+            n = min(batch, requests - sent)
+            self.submit_pings(n)
+            sent += n
+            if after_batch is not None:
+                after_batch(sent)
+            time.sleep(max(0.0, started + sent / rate_per_s - time.monotonic()))
 
     # -- waiting and counting ----------------------------------------------------------
 
@@ -130,7 +161,7 @@ class OutcomeLedger:
 
     def report(self) -> Report:
         with self._lock:
-            report = Report(len(self.submitted), 0, 0, 0, 0)
+            report = Report(len(self.submitted), 0, 0, 0, 0, unconfirmed=len(self.unconfirmed))
             for request_id in self.submitted:
                 results = self.outcomes.get(request_id, [])
                 if not results:

@@ -21,11 +21,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
 from tqdm import tqdm
 
 from carbonedge.broker.client import Client
 from carbonedge.broker.results import InferenceResult
+from carbonedge.connections import redis_client
 from carbonedge.experiments.stats import Interval, bootstrap_mean_ci, mean_ci
 from carbonedge.experiments.workload import percentile
 from carbonedge.protocol import keys
@@ -100,7 +100,7 @@ def attach_measured(records: Sequence[TaskRecord], redis_url: str, *,
     """Join each record with its measured charge from ``ce:carbon:settled`` (waiting up to
     ``timeout`` for the carbon service to settle them); returns how many were found."""
     by_id = {r.result.id: r for r in records}
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)
     found: set[str] = set()
     last = "-"
     deadline = time.monotonic() + timeout

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from carbonedge.compose.local_runner import LocalRuntime, process_alive
+from carbonedge.connections import redis_client
 from carbonedge.experiments.accounting import OutcomeLedger, Report
 from carbonedge.protocol import keys
 
@@ -63,21 +64,18 @@ def run_fault_load(runtime: LocalRuntime, *, requests: int = 5000, rate_per_s: f
     them and restart it once its requests were re-dispatched; account for every one."""
     node = node or runtime.node_ids[0]
     url = runtime.settings.redis_url
-    client = redis.Redis.from_url(url)
+    client = redis_client(url)
     ledger = OutcomeLedger(url)
-    batch = max(1, round(rate_per_s / 50))
     killed_at: list[float] = []
     started = time.monotonic()
+
+    def kill_once(sent: int) -> None:
+        if not killed_at and sent >= requests * kill_at:
+            killed_at.append(_kill(runtime, node))
+
     try:
         recoveries_before = client.xlen(keys.RECOVERIES)
-        sent = 0
-        while sent < requests:
-            n = min(batch, requests - sent)
-            ledger.submit_pings(n)
-            sent += n
-            if not killed_at and sent >= requests * kill_at:
-                killed_at.append(_kill(runtime, node))
-            time.sleep(max(0.0, started + sent / rate_per_s - time.monotonic()))
+        ledger.submit_paced(requests, rate_per_s, kill_once)
         if not killed_at:
             killed_at.append(_kill(runtime, node))
         redispatch = _wait_recovery(client, node, recoveries_before, killed_at[0],

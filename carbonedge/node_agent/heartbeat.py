@@ -34,8 +34,10 @@ class HeartbeatPublisher:
         ttl_s: float,
         on_beat: Callable[[], None] | None = None,
         work_group: str = "",
+        host_id: str = "",
     ) -> None:
         self.config = config
+        self._host_id = host_id
         self._client = client
         self._accounting = accounting
         self._energy = energy
@@ -92,6 +94,8 @@ class HeartbeatPublisher:
         pipe.hset(key, mapping=self.measure().to_fields())
         pipe.pexpire(key, self._ttl_ms)
         pipe.sadd(keys.NODES, self.config.node_id)
+        if self._host_id:  # the carbon service of this host accounts for this node
+            pipe.sadd(keys.host_nodes_key(self._host_id), self.config.node_id)
         pipe.execute()
 
     def start(self) -> None:

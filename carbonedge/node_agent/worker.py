@@ -7,11 +7,11 @@ import logging
 import math
 import socket
 
-import redis
-
+from carbonedge.broker.allowlist import check_agent_allowed
 from carbonedge.broker.celery_app import make_celery_app
 from carbonedge.broker.recovery import hand_back, release_previous_life
 from carbonedge.carbon.device import DevicePower, cpu_watts_per_core
+from carbonedge.connections import redis_client
 from carbonedge.node_agent.bookkeeping import TaskBookkeeper
 from carbonedge.node_agent.cgroup import CgroupAccounting
 from carbonedge.node_agent.charging import ChargeMeter
@@ -46,6 +46,7 @@ def run_agent(
     events: bool = False,
 ) -> None:
     """Serve ``config.node_id``'s queue until the worker is stopped (SIGTERM / Ctrl-C)."""
+    check_agent_allowed(config.node_id, settings.node_allowlist)  # before any queue is touched
     accounting = CgroupAccounting.for_current_process()
     meter = ChargeMeter(accounting.cpu_usage_s, config.cpu_quota)  # start-up begins now
     import torch  # the agent is the only process that needs torch
@@ -57,7 +58,7 @@ def run_agent(
     watts, watts_source = cpu_watts_per_core(settings.cpu_watts_per_core)
     device = DevicePower(config.cpu_quota, config.mem_limit_bytes, watts, watts_source)
     stats = ExecStats(config.stats_window)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    client = redis_client(settings.redis_url, socket_timeout=5)
     models = ModelCache(settings.model_dir)
 
     energy = EnergyAccountant(config, device)
@@ -74,7 +75,7 @@ def run_agent(
     register_tasks(app, runtime, guard)
     heartbeat = HeartbeatPublisher(config, client, accounting=accounting, energy=energy,
                                    stats=stats, interval_s=settings.heartbeat_interval_s,
-                                   ttl_s=settings.heartbeat_ttl_s,
+                                   ttl_s=settings.heartbeat_ttl_s, host_id=settings.host_id,
                                    on_beat=lambda: runtime.flush_idle(IDLE_ROW_S),
                                    work_group=work_group("torch"))
     AgentConsumer.on_message = meter.message_received

@@ -68,6 +68,27 @@ REQUEST_FIELD = "p"
 """The single stream-entry field that holds the msgpack request."""
 
 
+def host_power_key(host_id: str = "") -> str:
+    """:data:`HOST_POWER` of one host where agents run on several (``host_id`` set)."""
+    return f"{HOST_POWER}:{host_id}" if host_id else HOST_POWER
+
+
+def host_samples_key(host_id: str = "") -> str:
+    """:data:`CARBON_SAMPLES` of one host where agents run on several (``host_id`` set)."""
+    return f"{CARBON_SAMPLES}:{host_id}" if host_id else CARBON_SAMPLES
+
+
+def host_nodes_key(host_id: str) -> str:
+    """Set of the node ids whose agents run on host ``host_id`` (they say so each beat)."""
+    return f"{PREFIX}:host:{host_id}:nodes"
+
+
+def ledger_group(host_id: str = "") -> str:
+    """The carbon service's consumer group on the ledger: one per host, each of which
+    keeps the rows of its own host's nodes."""
+    return f"{LEDGER_GROUP}:{host_id}" if host_id else LEDGER_GROUP
+
+
 def budget_spend_key(period: int) -> str:
     """Hash tenant -> grams of CO2 spent in budget period ``period``."""
     return f"{PREFIX}:budget:{period}"

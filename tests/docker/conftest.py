@@ -5,9 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from carbonedge.compose.topology import NodeSpec
 from tests.docker.engine import Engine, EngineUnavailable, provision
 
 
@@ -21,6 +23,14 @@ def engine() -> Iterator[Engine]:
         pytest.skip(f"no Docker engine for the container tests: {e}")
     yield engine
     engine.stop()
+
+
+def assert_limits_applied(container: dict[str, Any], spec: NodeSpec) -> None:
+    """What the engine was asked for (`docker inspect`) is the node class's limits and init."""
+    host = container["HostConfig"]
+    assert host["NanoCpus"] == round(spec.cpus * 1e9)
+    assert host["Memory"] == spec.mem_limit_bytes
+    assert host["Init"] is True
 
 
 def cgroup_limits(container_id: str) -> tuple[float, int]:

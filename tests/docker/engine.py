@@ -23,6 +23,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+VENV = (ROOT / ".venv").resolve()
+"""The project's virtualenv, which test containers mount where it really lives."""
 BASE_IMAGE = "carbonedge-base:bookworm"
 TEST_IMAGE_REPO = "carbonedge-test"
 PLUGIN_DIR = Path("/usr/local/lib/docker/cli-plugins")

@@ -25,8 +25,8 @@ from carbonedge.errors import NoNodeAvailable
 from carbonedge.protocol import keys
 from carbonedge.protocol.telemetry import Heartbeat
 from carbonedge.settings import Settings
-from tests.docker.conftest import cgroup_limits
-from tests.docker.engine import ROOT, Engine
+from tests.docker.conftest import assert_limits_applied, cgroup_limits
+from tests.docker.engine import ROOT, VENV, Engine
 from tests.integration.test_monitoring import free_port, scrape
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.timeout(900)]
@@ -52,6 +52,7 @@ class Project:
             f"CARBONEDGE_REDIS_PASSWORD={self.password}",
             f"CARBONEDGE_FLOWER_BASIC_AUTH={self.flower_auth}",
             f"CE_TEST_IMAGE={engine.test_image}", f"CE_TEST_SRC={ROOT}",
+            f"CE_TEST_VENV={VENV}",
             f"CE_TEST_REDIS_PORT={self.redis_port}", f"CE_TEST_METRICS_PORT={self.metrics_port}",
             f"CE_TEST_FLOWER_PORT={self.flower_port}",
             f"CE_TEST_CARBON_METRICS_PORT={self.carbon_metrics_port}", ""]))
@@ -137,10 +138,7 @@ def test_compose_topology_in_containers(project: Project) -> None:
     for node_class in NODE_CLASSES:
         spec = topology.node(node_class)
         (container,) = p.containers(node_class)
-        host = container["HostConfig"]
-        assert host["NanoCpus"] == round(spec.cpus * 1e9)
-        assert host["Memory"] == spec.mem_limit_bytes
-        assert host["Init"] is True
+        assert_limits_applied(container, spec)
         cpus, mem = cgroup_limits(container["Id"])
         assert cpus == pytest.approx(spec.cpus) and mem == spec.mem_limit_bytes
         (node_id,) = ids[node_class]

@@ -17,7 +17,7 @@ from carbonedge.protocol import keys
 from carbonedge.settings import Settings
 from tests.conftest import SMALL_RUNTIME_URL, _redis_or_fail
 from tests.docker.conftest import cgroup_limits
-from tests.docker.engine import ROOT, Engine
+from tests.docker.engine import ROOT, VENV, Engine
 from tests.integration.conftest import SMALL_TOPOLOGY
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.timeout(900)]
@@ -32,7 +32,9 @@ def test_docker_sdk_runtime(engine: Engine, tmp_path: Path) -> None:
                              result_timeout_s=120.0)
     runtime = DockerRuntime(load_topology(compose), settings, scale={"node-b": 2},
                             image=engine.test_image, project=f"cesdk{os.getpid()}",
-                            volumes={str(ROOT): {"bind": "/src", "mode": "ro"}})
+                            volumes={str(ROOT): {"bind": "/src", "mode": "ro"},
+                                     # .venv may be a symbolic link out of /src
+                                     str(VENV): {"bind": str(VENV), "mode": "ro"}})
     client = docker_client()
     try:
         runtime.up(wait_s=240)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 
 import msgpack
 import pytest
 import redis
 import redis.asyncio as aioredis
 
-from carbonedge.broker.celery_app import make_celery_app, split_tls
+from carbonedge.broker.celery_app import make_celery_app
 from carbonedge.broker.delivery import deliver
 from carbonedge.broker.listener import result_key
 from carbonedge.broker.publish import encode_task_message
@@ -23,7 +22,6 @@ from carbonedge.broker.recovery import (
     release_previous_life,
     take_call,
 )
-from carbonedge.errors import ConfigError
 from carbonedge.node_agent.guard import DeliveryGuard
 from carbonedge.protocol import keys
 from carbonedge.settings import Settings
@@ -158,17 +156,3 @@ def test_guard_skips_moved_requests_and_answers_crashes(redis_client: redis.Redi
     result = _meta(r, "mine")["result"]
     assert result["status"] == "error" and "boom" in result["error"]["message"]
     assert result["error"]["code"] == "inference_failed"
-
-
-def test_rediss_urls_verify_certificates_in_celery_too() -> None:
-    url, tls = split_tls("rediss://:pw@host:6380/0?ssl_ca_certs=/ca.pem&ssl_cert_reqs=required")
-    assert url == "rediss://:pw@host:6380/0"
-    assert tls == {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": "/ca.pem"}
-    assert split_tls("rediss://host/0")[1] == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
-    assert split_tls("redis://host/0") == ("redis://host/0", None)
-    with pytest.raises(ConfigError, match="ssl_cert_reqs"):
-        split_tls("rediss://host/0?ssl_cert_reqs=maybe")
-    app = make_celery_app(Settings.load(env={}, redis_url="rediss://host/0?ssl_ca_certs=/ca"))
-    assert app.conf.broker_use_ssl["ssl_cert_reqs"] == ssl.CERT_REQUIRED
-    assert app.conf.redis_backend_use_ssl["ssl_ca_certs"] == "/ca"
-    assert app.conf.accept_content == ["msgpack"]  # never pickle

@@ -38,7 +38,7 @@ def test_bad_sizes(value: object) -> None:
     ("service", "match"),
     [
         ("cpus: 0\n    mem_limit: 1g", "cpus > 0"),
-        ("cpus: 1", "needs mem_limit"),
+        ("cpus: 1", "needs deploy.resources.limits.memory"),
         ("cpus: fast\n    mem_limit: 1g", "not a number"),
     ],
 )
@@ -47,6 +47,43 @@ def test_bad_node_services(tmp_path: Path, service: str, match: str) -> None:
     f.write_text(f"services:\n  n1:\n    {service}\n    x-carbonedge: {{role: node, "
                  "carbon_intensity: 100}\n")
     with pytest.raises(ConfigError, match=match):
+        load_topology(f)
+
+
+def test_limits_under_deploy_resources_as_compose_v2_and_swarm_read_them(
+        tmp_path: Path) -> None:
+    f = tmp_path / "c.yml"
+    f.write_text("services:\n  n1:\n    deploy: {resources: {limits: {cpus: '0.4', "
+                 "memory: 512M}}}\n    x-carbonedge: {role: node, carbon_intensity: 100}\n"
+                 "  n2:\n    cpus: 0.5\n    mem_limit: 1g\n    deploy: {resources: {limits: "
+                 "{cpus: '0.5', memory: 1g}}}\n"
+                 "    x-carbonedge: {role: node, carbon_intensity: 100}\n")
+    got = {n.name: (n.cpus, n.mem_limit_bytes) for n in load_topology(f).nodes}
+    assert got == {"n1": (0.4, 512 << 20), "n2": (0.5, 1 << 30)}
+    f.write_text("services:\n  n1:\n    cpus: 0.5\n    deploy: {resources: {limits: "
+                 "{cpus: '0.4', memory: 1g}}}\n    x-carbonedge: {role: node, "
+                 "carbon_intensity: 100}\n")
+    with pytest.raises(ConfigError, match="disagree"):
+        load_topology(f)
+
+
+def test_a_zone_needs_the_matching_placement_constraint(tmp_path: Path) -> None:
+    assert {n.zone for n in load_topology().nodes} == {"paper-high", "paper-average",
+                                                       "paper-low"}
+    f = tmp_path / "c.yml"
+    limits = "deploy: {resources: {limits: {cpus: '0.4', memory: 512M}}"
+    f.write_text(f"services:\n  n1:\n    {limits}}}\n"
+                 "    x-carbonedge: {role: node, zone: FR, carbon_intensity: 60}\n")
+    with pytest.raises(ConfigError, match=r"node.labels.carbonedge.zone.FR == true") as info:
+        load_topology(f)
+    assert info.value.field == "zone"
+    f.write_text(f"services:\n  n1:\n    {limits}, placement: {{constraints: "
+                 "['node.labels.carbonedge.zone.FR==true']}}\n"
+                 "    x-carbonedge: {role: node, zone: FR, carbon_intensity: 60}\n")
+    assert load_topology(f).node("n1").zone == "FR"
+    f.write_text(f"services:\n  n1:\n    {limits}}}\n"
+                 "    x-carbonedge: {role: node, zone: 'F R', carbon_intensity: 60}\n")
+    with pytest.raises(ConfigError, match="letters, digits"):
         load_topology(f)
 
 
