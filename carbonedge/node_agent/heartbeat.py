@@ -48,6 +48,7 @@ class HeartbeatPublisher:
         self._last_cpu = accounting.cpu_usage_s()
         self._last_task_cpu = stats.task_cpu_s
         self._last_t = time.monotonic()
+        self._started_at = time.time()
 
     def measure(self) -> Heartbeat:
         """Telemetry since the previous call."""
@@ -77,6 +78,7 @@ class HeartbeatPublisher:
             cpu_source=self._accounting.source,
             exec_ms=self._stats.exec_ms(),
             cpu_usage_s=cpu,
+            started_at=self._started_at,
             ci_forecast=self._energy.forecast(),
         )
 
