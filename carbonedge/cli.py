@@ -247,12 +247,13 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
     import redis
 
-    from carbonedge.broker.status import collect_status, format_status
+    from carbonedge.broker.status import collect_cluster, format_cluster
 
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
     try:
         while True:
-            table = format_status(collect_status(client))
+            table = format_cluster(collect_cluster(client,
+                                                   heartbeat_ttl_s=settings.heartbeat_ttl_s))
             if not args.watch:
                 print(table)
                 return 0

@@ -34,6 +34,8 @@ from carbonedge.carbon.power import RAM_WATTS_PER_GB
 from carbonedge.carbon.units import JOULES_PER_KWH
 from carbonedge.errors import InvalidMessage
 from carbonedge.protocol import keys
+from carbonedge.protocol.telemetry import CLOCK_SKEW_S, PLAUSIBLE, valid_node_id
+from carbonedge.protocol.untrusted import Rejections, is_wrong_type, move_aside, parse_amount
 from carbonedge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,8 @@ class CarbonService:
         self.window_s = settings.carbon_window_s
         self._clock = clock
         self._consumer = f"{socket.gethostname()}-{os.getpid()}"
+        self.rejections = Rejections(f"carbon service {self._consumer}", log)
+        """Malformed heartbeats, ledger rows and keys, logged once per cause and counted."""
         self._windows: dict[int, Window] = {}
         self._node_cpu: dict[str, float] = {}
         self._run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{os.getpid()}"
@@ -123,7 +127,10 @@ class CarbonService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then close every open window."""
-        client = aioredis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        # anything may be in Redis: bytes that are not UTF-8 read as U+FFFD, and fail the
+        # checks of the value they are in, instead of failing the whole read
+        client = aioredis.Redis.from_url(self.settings.redis_url, decode_responses=True,
+                                         encoding_errors="replace")
         await asyncio.to_thread(self.tracker.start)
         log.info("carbon service: window %.0f s, apportioning %s, host power %s, csv %s",
                  self.window_s, self.method, self.tracker.source, self.csv.path)
@@ -156,7 +163,10 @@ class CarbonService:
             await client.xgroup_create(keys.LEDGER_STREAM, keys.LEDGER_GROUP, id="0",
                                        mkstream=True)
         except ResponseError as e:
-            if "BUSYGROUP" not in str(e):
+            if is_wrong_type(e):  # holds no ledger row: out of the way, then a new stream
+                await move_aside(client, keys.LEDGER_STREAM, "stream", self.rejections)
+                await self._ensure_group(client)
+            elif "BUSYGROUP" not in str(e):
                 raise
 
     # -- sampling -------------------------------------------------------------------------
@@ -165,9 +175,18 @@ class CarbonService:
         while not stop.is_set():
             try:
                 await self._sample(client)
+                await self._flush_rejections(client)
             except RedisError as e:
                 log.warning("carbon service: sample failed (will retry): %s", e)
             await _wait(stop, self.settings.carbon_sample_s)
+
+    async def _flush_rejections(self, client: aioredis.Redis) -> None:
+        pending = self.rejections.take_pending()
+        if pending:
+            pipe = client.pipeline(transaction=False)
+            for field_name, n in pending.items():
+                pipe.hincrby(keys.REJECTED, field_name, n)
+            await pipe.execute(raise_on_error=False)
 
     async def _sample(self, client: aioredis.Redis) -> None:
         reading = await asyncio.to_thread(self.tracker.sample)
@@ -185,7 +204,7 @@ class CarbonService:
                          busy_cpus=reading.busy_cpu_s / reading.seconds,
                          host_cpus=self.host_cpus, source=self.tracker.source, ts=now)
         pipe = client.pipeline(transaction=True)
-        pipe.delete(keys.HOST_POWER)
+        pipe.delete(keys.HOST_POWER)  # whatever was there, of whatever type
         pipe.hset(keys.HOST_POWER, mapping=host.to_fields())
         pipe.expire(keys.HOST_POWER, max(int(self.window_s * 3), 10))
         await pipe.execute()
@@ -208,21 +227,30 @@ class CarbonService:
 
     async def _node_readings(self, client: aioredis.Redis) -> dict[str, dict[str, float]]:
         """Each live node's cumulative CPU time and declared resources, from its heartbeat."""
-        node_ids = sorted(await client.smembers(keys.NODES))
+        try:
+            members = await client.smembers(keys.NODES)
+        except ResponseError as e:
+            if not is_wrong_type(e):
+                raise
+            members = set()  # the dispatcher moves it aside; no node to read meanwhile
+        node_ids = sorted(n for n in members if valid_node_id(n))
         pipe = client.pipeline(transaction=False)
         for node_id in node_ids:
             pipe.hmget(keys.node_key(node_id), list(_NODE_FIELDS))
         out: dict[str, dict[str, float]] = {}
-        for node_id, values in zip(node_ids, await pipe.execute(), strict=True):
-            if values[0] is None:  # no heartbeat (dead), or an agent without the counter
+        for node_id, values in zip(node_ids, await pipe.execute(raise_on_error=False),
+                                   strict=True):
+            if isinstance(values, Exception) or values[0] is None:
+                continue  # no heartbeat (dead), an agent without the counter, a wrong type
+            info = {name: parse_amount(v) for name, v in zip(_NODE_FIELDS, values, strict=True)}
+            bad = [name for name, v in info.items()
+                   if v is None or not PLAUSIBLE[name][0] <= v <= PLAUSIBLE[name][1]]
+            if bad:
+                self.rejections.reject("heartbeat", node_id, f"{', '.join(bad)} not a "
+                                       "plausible number")
                 continue
-            try:
-                info = {name: float(v) for name, v in zip(_NODE_FIELDS, values, strict=True)}
-            except (TypeError, ValueError):
-                log.warning("carbon service: node %s has a malformed heartbeat", node_id)
-                continue
-            if all(math.isfinite(v) and v >= 0 for v in info.values()):
-                out[node_id] = info
+            self.rejections.accept("heartbeat", node_id)
+            out[node_id] = info  # type: ignore[assignment]
         return out
 
     # -- ledger ---------------------------------------------------------------------------
@@ -245,11 +273,21 @@ class CarbonService:
             return 0
         entries = reply[0][1]
         rows = []
+        latest = self._clock() + CLOCK_SKEW_S
         for entry_id, fields in entries:
             try:
-                rows.append(LedgerRow.from_fields(fields))
+                row = LedgerRow.from_fields(fields)
+                if not valid_node_id(row.node):
+                    raise InvalidMessage(f"ledger row names no node: {row.node[:40]!r}",
+                                         field="node")
+                if row.ts > latest:
+                    raise InvalidMessage(f"ledger row is from the future (ts {row.ts:.0f})",
+                                         field="ts")
             except InvalidMessage as e:
-                log.warning("carbon service: ledger entry %s rejected: %s", entry_id, e)
+                # acknowledged below like the others: a bad row is never read again
+                self.rejections.reject("ledger-row", entry_id, e.message)
+                continue
+            rows.append(row)
         for row in rows:
             self._window(row.ts).node(row.node).add(row)
         self.tasks_written += self.csv.write(self._task_row(row) for row in rows)

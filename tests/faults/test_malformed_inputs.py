@@ -188,7 +188,7 @@ def test_request_id_not_a_string_is_dead_lettered(client: Client, r: redis.Redis
 
 def test_stream_entry_without_the_request_field(client: Client, r: redis.Redis) -> None:
     _dead_lettered(r, lambda: client._redis.xadd(keys.REQUEST_STREAM, {"q": b"x"}),
-                   b"msgpack")
+                   b"no request field 'p'")
 
 
 def test_mode_of_the_wrong_type(client: Client) -> None:
