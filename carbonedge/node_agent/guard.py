@@ -17,7 +17,7 @@ from typing import Any
 import redis
 
 from carbonedge.broker.delivery import deliver
-from carbonedge.errors import InferenceFailed
+from carbonedge.errors import CarbonEdgeError, InferenceFailed
 from carbonedge.protocol import keys
 from carbonedge.protocol.messages import error_result
 
@@ -68,12 +68,30 @@ class DeliveryGuard:
                         "first", task_id)
         return delivered
 
-    def _owns(self, task_id: str, owner: str) -> bool:
+    def reject(self, task_id: str, error: CarbonEdgeError) -> bool:
+        """Answer a request this agent cannot run (a poison message) with ``error``.
+
+        If the dispatcher routed it here, its in-flight count is released and it leaves
+        the node's registry, as a result would; returns whether the answer was delivered
+        (a result delivered before wins).
+        """
+        owned = self._owns(task_id, self.node_id, unknown=False)
+        if owned:
+            try:
+                self._client.hincrby(keys.IN_FLIGHT, self.node_id, -1)
+            except redis.RedisError as e:
+                log.warning("could not release the in-flight count of %s: %s", task_id, e)
+        result = error_result(task_id, error, node=self.node_id)
+        return self._deliver(task_id, result, owned, self.node_id)
+
+    def _owns(self, task_id: str, owner: str, *, unknown: bool = True) -> bool:
+        """Whether ``task_id`` is in ``owner``'s registry (``unknown`` when Redis cannot
+        tell: for running, True is safe, as delivery is guarded)."""
         try:
             return bool(self._client.hexists(keys.assigned_key(owner), task_id))
-        except redis.RedisError as e:  # cannot tell: running it is safe, delivery is guarded
+        except redis.RedisError as e:
             log.warning("could not check ownership of %s: %s", task_id, e)
-            return True
+            return unknown
 
     def _deliver(self, task_id: str, result: dict[str, Any], counted: bool, owner: str) -> bool:
         """Deliver, retrying through a Redis outage (the result must not be lost)."""
