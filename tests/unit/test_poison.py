@@ -47,7 +47,7 @@ POISON = [
     (_envelope(properties={"delivery_tag": "t", "delivery_info": "x"}), "delivery_info"),
     (_envelope(properties={"delivery_tag": "t", "delivery_info": {}}), "routing_key"),
     (_envelope(body=12), "'body' is int"),
-    (_envelope(body="!!!notbase64"), "not valid base64"),
+    (_envelope(body="abcde"), "not valid base64"),
     (_envelope(properties={"delivery_tag": "t", "body_encoding": "rot13",
                            "delivery_info": {"exchange": "", "routing_key": "q"}}),
      "not base64"),
@@ -69,7 +69,7 @@ def test_a_message_is_built_from_any_item(payload: object, problem: str) -> None
 
 
 @pytest.mark.parametrize("payload", [[], 123, None, _envelope(headers="x"),
-                                     _envelope(body="!!!notbase64")])
+                                     _envelope(body="abcde")])
 def test_kombu_alone_cannot_build_a_message_from_these(payload: object) -> None:
     with pytest.raises((TypeError, AttributeError, ValueError)):
         Message(payload, channel=_Channel())
