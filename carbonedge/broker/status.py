@@ -22,6 +22,8 @@ from carbonedge.protocol.telemetry import Heartbeat, valid_node_id
 from carbonedge.protocol.untrusted import decode_fields, parse_amount, parse_count, text
 
 MIB = 1 << 20
+CARBON_STALE_S = 5.0
+"""The carbon service publishes host power every second; this much older, it is not."""
 DISPATCHER_STALE_S = 5.0
 """A dispatcher that has not beaten for this long (or 3 heartbeat TTLs) counts as dead."""
 
@@ -240,10 +242,13 @@ def format_cluster(status: ClusterStatus) -> str:
         lines.append(f"dispatcher: DEAD: none has beaten for {latest:.0f} s; {status.waiting} "
                      "request(s) wait unrouted (start `carbonedge dispatcher` or `up`)")
     else:
-        lines.append(f"dispatcher: NONE has ever run on this Redis; {status.waiting} "
-                     "request(s) waiting")
-    if status.carbon_age_s is None:
-        lines.append("carbon service: not running (agents charge a linear power estimate)")
+        lines.append(f"dispatcher: NONE RUNNING on this Redis; {status.waiting} request(s) "
+                     "wait unrouted")
+    if status.carbon_age_s is None or status.carbon_age_s > CARBON_STALE_S:
+        since = "" if status.carbon_age_s is None else \
+            f", last host power {status.carbon_age_s:.0f} s ago"
+        lines.append(f"carbon service: NOT RUNNING{since} (agents charge a linear power "
+                     "estimate)")
     else:
         lines.append(f"carbon service: host power published {status.carbon_age_s:.1f} s ago")
     if status.processes:
