@@ -198,8 +198,8 @@ class Dispatcher:
         except redis.ResponseError as e:
             if is_wrong_type(e):  # no request can be in a key that is not a stream
                 await move_aside(r, keys.REQUEST_STREAM, "stream", self.rejections)
-            elif "NOGROUP" not in str(e):
-                raise
+            elif "NOGROUP" not in str(e) and "UNBLOCKED" not in str(e):
+                raise  # (UNBLOCKED: the stream was deleted while we waited on it)
             await self._ensure_group(r)
             return 0
         entries = reply[0][1] if reply else []
@@ -323,8 +323,7 @@ class Dispatcher:
                 if first is not None:
                     node, task = first, keys.TASK_INFER_SEGMENT
             message = encode_task_message(self.app, task, request, task_id=request["id"],
-                                          queue=keys.node_queue(node),
-                                          ignore_result=task == keys.TASK_INFER_SEGMENT)
+                                          queue=keys.node_queue(node))
         except Exception as e:  # one bad request must not take the dispatcher down
             error = e if isinstance(e, CarbonEdgeError) else DispatchFailed(
                 f"{type(e).__name__}: {e}")
@@ -497,7 +496,7 @@ class Dispatcher:
                 log.warning("dispatcher heartbeat failed: %s", e)
             await asyncio.sleep(self.settings.heartbeat_interval_s)
 
-    async def _beat_once(self, r: aioredis.Redis) -> None:
+    async def _beat_once(self, r: aioredis.Redis, *, again: bool = True) -> None:
         pipe = r.pipeline(transaction=False)
         pipe.hset(keys.DISPATCHER_ALIVE, self.name, repr(time.time()))
         pending = self.rejections.take_pending()
@@ -505,9 +504,12 @@ class Dispatcher:
             pipe.hincrby(keys.REJECTED, field, n)
         replies = await pipe.execute(raise_on_error=False)
         written = [keys.DISPATCHER_ALIVE, *[keys.REJECTED] * len(pending)]
-        for key in {k for k, reply in zip(written, replies, strict=True)
-                    if isinstance(reply, redis.ResponseError) and is_wrong_type(reply)}:
+        wrong = {k for k, reply in zip(written, replies, strict=True)
+                 if isinstance(reply, redis.ResponseError) and is_wrong_type(reply)}
+        for key in wrong:
             await move_aside(r, key, "hash", self.rejections)
+        if wrong and again:  # beat now, not an interval late
+            await self._beat_once(r, again=False)
 
 
 def _attempt(fields: dict, max_attempts: int) -> int:

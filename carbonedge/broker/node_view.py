@@ -5,8 +5,10 @@ Everything here comes from Redis and is untrusted (see
 removed from the registry, a heartbeat that is not UTF-8, not valid or not plausible is
 ignored until a good one arrives, an in-flight count that is not an integer is reset to
 the node's assigned-registry size, a key of the wrong type is moved aside. Each of these
-is logged once per cause and counted. Valid heartbeats then pass the
-:class:`~carbonedge.broker.quarantine.Quarantine`'s jump rules.
+is logged once per cause and counted. A node whose heartbeat is overwritten with garbage
+keeps its last valid one until that expires (the agent replaces the hash every beat).
+Valid heartbeats then pass the :class:`~carbonedge.broker.quarantine.Quarantine`'s jump
+rules.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from carbonedge.protocol.telemetry import Heartbeat, valid_node_id
 from carbonedge.protocol.untrusted import Rejections, decode_fields, parse_count, text
 
 log = logging.getLogger(__name__)
+
+MAX_SEEN = 10_000
+"""Node ids remembered from valid heartbeats (read even when the registry lacks them)."""
 
 
 def node_allowed(node_id: str, allowlist: str) -> bool:
@@ -58,10 +63,14 @@ class TelemetryReader:
         self.quarantine = quarantine or Quarantine()
         self._published: dict[str, Quarantined] = {}
         self._all_held = False
+        self._seen: set[str] = set()
+        self._last: dict[str, Heartbeat] = {}
 
     async def read(self, r: aioredis.Redis, now: float) -> NodeTelemetry:
         """Registry, heartbeats and in-flight counts in two round trips."""
-        out = NodeTelemetry(known=await self.registry(r))
+        # nodes that beat validly before stay known if the registry loses them (moved
+        # aside, deleted): their agents add them again on their next beat
+        out = NodeTelemetry(known=sorted(set(await self.registry(r)) | self._seen))
         pipe = r.pipeline(transaction=False)
         for node_id in out.known:
             pipe.hgetall(keys.node_key(node_id))
@@ -70,11 +79,21 @@ class TelemetryReader:
         out.in_flight = await self.counts(r, in_flight)
         valid: dict[str, Heartbeat] = {}
         for node_id, raw in zip(out.known, beats, strict=True):
-            beat = self._heartbeat(node_id, raw, now)
-            if beat is None:
+            if not raw:  # no heartbeat: dead, or withdrawn by its agent
+                self._last.pop(node_id, None)
                 self.quarantine.forget(node_id)
                 continue
+            beat = self._heartbeat(node_id, raw, now)
+            if beat is None:
+                # a heartbeat overwritten with garbage does not take the node out: its last
+                # valid one stands until it is older than the heartbeat TTL
+                beat = self._last.get(node_id)
+                if beat is None:
+                    continue
+            self._last[node_id] = beat
             valid[node_id] = beat
+            if len(self._seen) < MAX_SEEN:
+                self._seen.add(node_id)
             held = self.quarantine.observe(beat, now)
             if held is not None:
                 out.quarantined[node_id] = held
@@ -105,7 +124,10 @@ class TelemetryReader:
                 continue
             ids.append(name)
         if bad:
-            await r.srem(keys.NODES, *bad)
+            try:
+                await r.srem(keys.NODES, *bad)
+            except redis.ResponseError as e:  # replaced meanwhile by a key of another type
+                await self._wrong_type(r, keys.NODES, "set", e)
             for member in bad:
                 self.rejections.reject("node-registry", member, "not a node id: removed from "
                                        f"{keys.NODES}")
@@ -133,8 +155,6 @@ class TelemetryReader:
         if isinstance(raw, Exception):
             # the agent replaces its hash whole on its next beat, whatever is there now
             self.rejections.reject("heartbeat", node_id, f"unreadable: {raw}")
-            return None
-        if not raw:
             return None
         fields = decode_fields(raw)
         try:

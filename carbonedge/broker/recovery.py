@@ -49,7 +49,7 @@ import redis.asyncio as aioredis
 
 from carbonedge.broker.repair import is_wrong_type, move_aside
 from carbonedge.protocol import keys
-from carbonedge.protocol.telemetry import valid_node_id
+from carbonedge.protocol.telemetry import CLOCK_SKEW_S, valid_node_id
 from carbonedge.protocol.untrusted import Rejections, parse_amount, text
 from carbonedge.settings import Settings
 
@@ -292,7 +292,9 @@ class Watchdog:
         except redis.ResponseError as e:
             if not is_wrong_type(e):
                 raise
-            return []  # the dispatcher's telemetry read moves it aside
+            # no node id in it; agents add theirs again on their next beat
+            await move_aside(r, keys.NODES, "set", self.rejections)
+            return []
         node_ids = sorted(n for n in map(text, members) if n is not None and valid_node_id(n))
         pipe = r.pipeline(transaction=False)
         for node_id in node_ids:
@@ -378,6 +380,8 @@ class Watchdog:
             beats = {}  # the dispatcher's beat moves it aside
         now = time.time()
         stale_after = max(self.settings.heartbeat_ttl_s, 2 * self.settings.heartbeat_interval_s)
+        await self._forget_bad_beats(r, beats, now, stale_after,
+                                     {c["name"] for c in consumers})
         claimed = 0
         for consumer in consumers:
             name = consumer["name"]
@@ -394,6 +398,21 @@ class Watchdog:
                 log.info("removed dead dispatcher %r from the consumer group", name)
         self.reclaimed += claimed
         return claimed
+
+    async def _forget_bad_beats(self, r: aioredis.Redis, beats: dict, now: float,
+                                stale_after: float, consumers: set) -> None:
+        """Beats that are no number or from the future, and stale ones of no consumer
+        (a dispatcher that never read), would count as dispatchers for ever: removed."""
+        bad = []
+        for name, raw in beats.items():
+            ts = parse_amount(raw)
+            if ts is None or ts > now + CLOCK_SKEW_S:
+                self.rejections.reject("dispatcher-beat", name, f"not a time: {raw[:40]!r}")
+                bad.append(name)
+            elif name not in consumers and now - ts > 10 * stale_after:
+                bad.append(name)
+        if bad:
+            await r.hdel(keys.DISPATCHER_ALIVE, *bad)
 
     async def _claim_from(self, r: aioredis.Redis, consumer: str | bytes) -> int:
         pending = await r.xpending_range(keys.REQUEST_STREAM, keys.DISPATCH_GROUP, "-", "+",

@@ -18,7 +18,7 @@ import redis
 
 from carbonedge.errors import CarbonEdgeError
 from carbonedge.protocol import keys
-from carbonedge.protocol.telemetry import Heartbeat, valid_node_id
+from carbonedge.protocol.telemetry import CLOCK_SKEW_S, Heartbeat, valid_node_id
 from carbonedge.protocol.untrusted import decode_fields, parse_amount, parse_count, text
 
 MIB = 1 << 20
@@ -172,7 +172,7 @@ def collect_cluster(client: redis.Redis, *, now: float | None = None,
     dispatchers = {}
     for name, beat in _reply(beats, dict).items():
         label, ts = text(name), parse_amount(beat)
-        if label is None or ts is None:
+        if label is None or ts is None or ts > now + CLOCK_SKEW_S:
             ignored += 1
             continue
         dispatchers[label] = max(now - ts, 0.0)

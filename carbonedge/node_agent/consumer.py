@@ -60,9 +60,12 @@ class AgentConsumer(Consumer):  # type: ignore[misc]
         def on_task_received(message: Any) -> Any:
             try:
                 return handler(message)
-            except broker_errors:
-                raise  # Celery reconnects; the watchdog and hand-back keep the request
             except Exception as e:
+                # kombu's Redis transport counts KeyError as a connection error: a message
+                # without an 'id' header would then restart the consumer, which restores
+                # the message to the head of the queue, for ever
+                if isinstance(e, broker_errors) and not isinstance(e, KeyError):
+                    raise  # Celery reconnects; the watchdog and hand-back keep the request
                 self._dead_letter(message, InvalidMessage(
                     f"the worker could not take this message: {type(e).__name__}: "
                     f"{str(e)[:200]}"))

@@ -15,6 +15,7 @@ from carbonedge.node_agent.energy import EnergyAccountant
 from carbonedge.node_agent.stats import ExecStats
 from carbonedge.protocol import keys
 from carbonedge.protocol.telemetry import Heartbeat
+from carbonedge.protocol.untrusted import Rejections, is_wrong_type, move_aside_sync
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class HeartbeatPublisher:
         self._stats = stats
         self._interval = interval_s
         self._ttl_ms = max(int(ttl_s * 1000), 1)
+        self.rejections = Rejections(f"agent {config.node_id}", log)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -86,12 +88,20 @@ class HeartbeatPublisher:
         """Publish one heartbeat (the hash is replaced whole, then given its expiry)."""
         key = keys.node_key(self.config.node_id)
         pipe = self._client.pipeline(transaction=True)
-        pipe.delete(key)
+        pipe.delete(key)  # whatever was there, of whatever type
         pipe.hset(key, mapping=self.measure().to_fields())
         pipe.pexpire(key, self._ttl_ms)
         pipe.sadd(keys.NODES, self.config.node_id)
         pipe.hgetall(keys.HOST_POWER)
-        self._energy.update_host(pipe.execute()[-1])
+        *replies, host = pipe.execute(raise_on_error=False)
+        if isinstance(replies[3], redis.ResponseError) and is_wrong_type(replies[3]):
+            # the registry of the wrong type holds no node: out of the way, and in again
+            move_aside_sync(self._client, keys.NODES, "set", self.rejections)
+            self._client.sadd(keys.NODES, self.config.node_id)
+        elif errors := [e for e in replies if isinstance(e, Exception)]:
+            raise errors[0]
+        # host power unreadable (the carbon service rewrites it whole): none this beat
+        self._energy.update_host(host if isinstance(host, dict) else None)
 
     def start(self) -> None:
         self.beat()

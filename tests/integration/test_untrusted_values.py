@@ -297,3 +297,25 @@ def test_carbon_service_survives_garbage_heartbeats_ledger_rows_and_keys(
     assert service.rejections.total["heartbeat"] == 2
     assert r.exists(keys.HOST_POWER)
     assert r.hget(keys.REJECTED, f"{service.rejections.process}|ledger-row") == b"3"
+
+
+def test_agent_bookkeeping_repairs_what_it_cannot_add_to(redis_url: str,
+                                                         redis_client: redis.Redis) -> None:
+    from carbonedge.node_agent.bookkeeping import TaskBookkeeper
+
+    r = redis_client
+    r.hset(keys.CARBON_TOTALS, "node-y", "lots")
+    r.set(keys.LEDGER_STREAM, "wrong type")
+    row = LedgerRow(task_id="t", node="node-y", kind="infer", model="m", mode="green",
+                    status="ok", ts=time.time(), wall_s=0.1, cpu_s=0.05, cpu_kwh=1e-7,
+                    ram_kwh=1e-8, energy_kwh=1.1e-7, carbon_g=4e-5, intensity_g_per_kwh=400.0,
+                    intensity_source="static", pue=1.0, power_source="p", apportioning="usage")
+    books = TaskBookkeeper(redis.Redis.from_url(redis_url), "node-y")
+    books.task_done(counted=False, input_key=None, ledger=row)  # lost: said once, repaired
+    books.close()
+    assert _corrupt_keys(r, keys.LEDGER_STREAM) and r.hget(keys.CARBON_TOTALS, "node-y") is None
+    books = TaskBookkeeper(redis.Redis.from_url(redis_url), "node-y")
+    books.task_done(counted=False, input_key=None, ledger=row)
+    books.close()
+    assert r.xlen(keys.LEDGER_STREAM) == 1
+    assert float(r.hget(keys.CARBON_TOTALS, "node-y")) == pytest.approx(4e-5)
