@@ -180,7 +180,11 @@ class Dispatcher:
                 await asyncio.sleep(1.0)
             except Exception as e:  # e.g. ACLs, a script killed, a bug: serve on
                 reason = f"{type(e).__name__}: {e}"[:200]
-                if reason != failing:
+                if isinstance(e, redis.ResponseError) and is_wrong_type(e):
+                    # a key replaced by one of another type between a read and a write:
+                    # the next read repairs it; the batch, still pending, is reclaimed
+                    self.rejections.reject("dispatch", "a key", f"changed type: {reason}")
+                elif reason != failing:
                     log.exception("dispatching failed; retrying every second (logged once "
                                   "per cause)")
                 failing, reclaim = reason, True

@@ -269,7 +269,8 @@ class Watchdog:
             except (redis.ConnectionError, redis.TimeoutError) as e:
                 log.warning("recovery check failed (%s); retrying", e)
             except Exception as e:  # the watchdog must outlive any one bad check
-                if not self.rejections.active("watchdog"):
+                quiet = isinstance(e, redis.ResponseError) and is_wrong_type(e)
+                if not quiet and not self.rejections.active("watchdog"):
                     log.exception("recovery check crashed; retrying (logged once)")
                 self.rejections.reject("watchdog", "check", f"{type(e).__name__}: {e}"[:200])
             try:

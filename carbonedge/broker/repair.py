@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 RESET_IN_FLIGHT_LUA = """
 -- KEYS: in-flight hash, the node's assigned registry; ARGV: node id, the bad value
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return false end
+-- (pcall: the hash may have been replaced by a key of another type since it was read)
+if redis.pcall('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return false end
 local held = redis.pcall('HLEN', KEYS[2])
 if type(held) ~= 'number' then held = 0 end
 redis.call('HSET', KEYS[1], ARGV[1], held)
@@ -37,7 +38,7 @@ return held
 
 RESET_FIELD_LUA = """
 -- KEYS: a hash; ARGV: field, the bad value, the value to put instead ('' deletes)
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return false end
+if redis.pcall('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return false end
 if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1])
 else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
 return true
