@@ -65,20 +65,14 @@ def parse_count(raw: object) -> int | None:
 
 def parse_amount(raw: object) -> float | None:
     """A finite, non-negative number (what HINCRBYFLOAT writes), else None."""
-    value = text(raw) if not isinstance(raw, (int, float)) or isinstance(raw, bool) \
-        else repr(raw)
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if math.isfinite(number) and number >= 0 else None
+    number = parse_number(raw)
+    return number if number is not None and number >= 0 else None
 
 
 def parse_number(raw: object) -> float | None:
     """Any finite number (negative ones too), else None."""
-    value = text(raw)
+    value = text(raw) if not isinstance(raw, (int, float)) or isinstance(raw, bool) \
+        else repr(raw)
     if value is None:
         return None
     try:
