@@ -47,7 +47,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from carbonedge.broker.repair import is_wrong_type, move_aside
+from carbonedge.broker.repair import cap_in_flight, is_wrong_type, move_aside
 from carbonedge.protocol import keys
 from carbonedge.protocol.telemetry import CLOCK_SKEW_S, valid_node_id
 from carbonedge.protocol.untrusted import Rejections, parse_amount, text
@@ -257,6 +257,7 @@ class Watchdog:
         self.reclaimed = 0
         self.orphans_moved = 0
         self._orphans_at = 0.0
+        self._counts_at = 0.0
         self._suspects: dict[tuple[str, str], float] = {}
         """(node, request id) seen orphaned -> when it was first seen so (monotonic)."""
 
@@ -280,14 +281,27 @@ class Watchdog:
 
     async def check(self, r: aioredis.Redis) -> list[Taken]:
         """One pass: take dead nodes' requests, live nodes' orphans, then dead dispatchers'
-        pending entries."""
+        pending entries; now and then, in-flight counts above their registries."""
         taken = [t for t in await self.recover_nodes(r) if t.requests]
         await self.rescue_orphans(r)
         await self.reclaim_dispatchers(r)
+        await self.cap_counts(r)
         return taken
 
-    async def _nodes_holding_requests(self, r: aioredis.Redis, *, alive: bool) -> list[str]:
-        """Nodes with requests assigned to them whose heartbeat is (``alive``) or is not."""
+    async def cap_counts(self, r: aioredis.Redis) -> int:
+        """Every half ``orphan_after_s``: an in-flight count above the node's registry
+        (leaked, or forged to steer traffic away) is lowered to the registry's size."""
+        now = time.monotonic()
+        if now - self._counts_at < self.settings.orphan_after_s / 2:
+            return 0
+        self._counts_at = now
+        capped = 0
+        for node_id in await self._node_ids(r):
+            capped += await cap_in_flight(r, node_id, self.rejections)
+        return capped
+
+    async def _node_ids(self, r: aioredis.Redis) -> list[str]:
+        """The valid node ids of the registry (one of the wrong type is moved aside)."""
         try:
             members = await r.smembers(keys.NODES)
         except redis.ResponseError as e:
@@ -296,7 +310,11 @@ class Watchdog:
             # no node id in it; agents add theirs again on their next beat
             await move_aside(r, keys.NODES, "set", self.rejections)
             return []
-        node_ids = sorted(n for n in map(text, members) if n is not None and valid_node_id(n))
+        return sorted(n for n in map(text, members) if n is not None and valid_node_id(n))
+
+    async def _nodes_holding_requests(self, r: aioredis.Redis, *, alive: bool) -> list[str]:
+        """Nodes with requests assigned to them whose heartbeat is (``alive``) or is not."""
+        node_ids = await self._node_ids(r)
         pipe = r.pipeline(transaction=False)
         for node_id in node_ids:
             pipe.exists(keys.node_key(node_id))

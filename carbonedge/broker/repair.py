@@ -21,8 +21,8 @@ from typing import Any
 from carbonedge.protocol import keys
 from carbonedge.protocol.untrusted import Rejections, is_wrong_type, move_aside, move_aside_sync
 
-__all__ = ["is_not_a_number", "is_wrong_type", "move_aside", "move_aside_sync",
-           "reset_field", "reset_in_flight"]
+__all__ = ["cap_in_flight", "is_not_a_number", "is_wrong_type", "move_aside",
+           "move_aside_sync", "reset_field", "reset_in_flight"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,18 @@ local held = redis.pcall('HLEN', KEYS[2])
 if type(held) ~= 'number' then held = 0 end
 redis.call('HSET', KEYS[1], ARGV[1], held)
 return held
+"""
+
+CAP_IN_FLIGHT_LUA = """
+-- KEYS: in-flight hash, the node's assigned registry; ARGV: node id
+-- A node's in-flight count never exceeds its registry: the dispatcher adds to both in one
+-- MULTI, and an agent releases the count before its delivery removes the entry. A larger
+-- count leaked or was forged; it becomes the registry's size.
+local count = tonumber(redis.pcall('HGET', KEYS[1], ARGV[1]))
+local held = redis.pcall('HLEN', KEYS[2])
+if count == nil or type(held) ~= 'number' or count <= held then return false end
+redis.call('HSET', KEYS[1], ARGV[1], held)
+return {count, held}
 """
 
 RESET_FIELD_LUA = """
@@ -52,6 +64,17 @@ async def reset_in_flight(r: Any, node_id: str, bad: bytes, rejections: Rejectio
     rejections.reject("in-flight", node_id, f"count {bad[:40]!r} is not an integer"
                       + (f": reset to the {held} request(s) assigned to it"
                          if held is not None else ""))
+
+
+async def cap_in_flight(r: Any, node_id: str, rejections: Rejections) -> bool:
+    """Bring a node's in-flight count down to its registry's size if it is above it."""
+    capped = await r.eval(CAP_IN_FLIGHT_LUA, 2, keys.IN_FLIGHT, keys.assigned_key(node_id),
+                          node_id)
+    if capped:
+        count, held = capped
+        rejections.reject("in-flight", node_id, f"count {count} is more than the {held} "
+                          "request(s) assigned to it: lowered to that")
+    return bool(capped)
 
 
 async def reset_field(r: Any, key: str, field: bytes | str, bad: bytes, value: str,

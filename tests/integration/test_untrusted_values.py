@@ -319,3 +319,23 @@ def test_agent_bookkeeping_repairs_what_it_cannot_add_to(redis_url: str,
     books.close()
     assert r.xlen(keys.LEDGER_STREAM) == 1
     assert float(r.hget(keys.CARBON_TOTALS, "node-y")) == pytest.approx(4e-5)
+
+
+def test_a_forged_in_flight_count_is_lowered_to_the_nodes_registry(
+        redis_url: str, redis_client: redis.Redis) -> None:
+    """99999 requests 'in flight' on node-y would send everything to node-x; no more than
+    the requests assigned to node-y can be in flight there."""
+    r = redis_client
+    _cluster(r)
+    r.hset(keys.assigned_key("node-y"), mapping={"a": b"x", "b": b"y"})
+    r.hset(keys.IN_FLIGHT, mapping={"node-y": 99999, "node-x": 0})
+    settings = Settings.load(env={}, redis_url=redis_url)
+
+    async def check(d: Dispatcher, ar: object) -> None:
+        watchdog = Watchdog(settings, d.name, d.handle, d.rejections)
+        assert await watchdog.cap_counts(ar) == 1  # type: ignore[arg-type]
+        assert await watchdog.cap_counts(ar) == 0  # type: ignore[arg-type]  # not again yet
+
+    d = _dispatch(settings, check)
+    assert r.hget(keys.IN_FLIGHT, "node-y") == b"2" and r.hget(keys.IN_FLIGHT, "node-x") == b"0"
+    assert d.rejections.total["in-flight"] == 1
