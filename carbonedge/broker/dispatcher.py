@@ -54,7 +54,13 @@ from carbonedge.protocol.messages import (
     unpack_entry,
     validate_request,
 )
-from carbonedge.protocol.untrusted import Rejections, parse_amount, parse_count, text
+from carbonedge.protocol.untrusted import (
+    Rejections,
+    parse_amount,
+    parse_count,
+    printable,
+    text,
+)
 from carbonedge.scheduler import ClusterView, Decision, NodeSnapshot, select, weights_for
 from carbonedge.scheduler.budgets import BudgetVerdict, judge, parse_budgets, period_index
 from carbonedge.scheduler.slo import apply_latency_slo
@@ -331,10 +337,11 @@ class Dispatcher:
         except Exception as e:  # one bad request must not take the dispatcher down
             error = e if isinstance(e, CarbonEdgeError) else DispatchFailed(
                 f"{type(e).__name__}: {e}")
+            shown = printable(req_id or entry_id)  # ids are the sender's text: escaped
             if not isinstance(e, CarbonEdgeError):
-                log.exception("request %s could not be dispatched", req_id or entry_id)
+                log.exception("request %s could not be dispatched", shown)
             self.rejected += 1
-            log.warning("request %s rejected: %s", req_id or entry_id, error)
+            log.warning("request %s rejected: %s", shown, printable(error, 300))
             if req_id is None or not 0 < len(req_id) <= MAX_ANSWERED_ID:
                 return _DeadLetter(entry_id, error)
             return _Rejected(req_id, error)

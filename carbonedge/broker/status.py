@@ -19,7 +19,13 @@ import redis
 from carbonedge.errors import CarbonEdgeError
 from carbonedge.protocol import keys
 from carbonedge.protocol.telemetry import CLOCK_SKEW_S, Heartbeat, valid_node_id
-from carbonedge.protocol.untrusted import decode_fields, parse_amount, parse_count, text
+from carbonedge.protocol.untrusted import (
+    decode_fields,
+    parse_amount,
+    parse_count,
+    printable,
+    text,
+)
 
 MIB = 1 << 20
 CARBON_STALE_S = 5.0
@@ -152,7 +158,7 @@ def _quarantined(raw: dict[Any, Any], now: float) -> dict[str, str]:
         name, entry = text(node), _json(value)
         until = parse_amount(entry.get("until"))
         if name is not None and until is not None and until > now:
-            out[name] = f"{str(entry.get('reason'))[:120]} (until {_clock(until)})"
+            out[name] = f"{printable(entry.get('reason'), 120)} (until {_clock(until)})"
     return out
 
 
@@ -175,7 +181,7 @@ def collect_cluster(client: redis.Redis, *, now: float | None = None,
         if label is None or ts is None or ts > now + CLOCK_SKEW_S:
             ignored += 1
             continue
-        dispatchers[label] = max(now - ts, 0.0)
+        dispatchers[printable(label, 60)] = max(now - ts, 0.0)
     processes = []
     for name, value in sorted(_reply(procs, dict).items()):
         entry, label = _json(value), text(name)
@@ -185,10 +191,10 @@ def collect_cluster(client: redis.Redis, *, now: float | None = None,
         alive = entry.get("alive") is True
         started = parse_amount(entry.get("started_at"))
         processes.append(ProcessStatus(
-            name=label, alive=alive, pid=parse_count(entry.get("pid")),
+            name=printable(label, 40), alive=alive, pid=parse_count(entry.get("pid")),
             restarts=parse_count(entry.get("restarts")) or 0,
             up_s=max(now - started, 0.0) if alive and started is not None else None,
-            last_exit=str(entry.get("last_exit") or "")[:60]))
+            last_exit=printable(entry.get("last_exit") or "", 60)))
     sup_ts, carbon_ts = parse_amount(sup_beat), parse_amount(host_ts)
     return ClusterStatus(
         nodes=nodes, dispatchers=dispatchers,
@@ -197,7 +203,7 @@ def collect_cluster(client: redis.Redis, *, now: float | None = None,
         processes=processes,
         supervisor_age_s=max(now - sup_ts, 0.0) if sup_ts is not None else None,
         carbon_age_s=max(now - carbon_ts, 0.0) if carbon_ts is not None else None,
-        rejected={n: c for k, v in _reply(rejected, dict).items()
+        rejected={printable(n, 80): c for k, v in _reply(rejected, dict).items()
                   if (n := text(k)) is not None and (c := parse_count(v)) is not None},
         ignored=ignored)
 

@@ -125,7 +125,7 @@ class Heartbeat:
         for key, raw in fields.items():
             if key.startswith(EXEC_PREFIX):
                 model = key[len(EXEC_PREFIX):]
-                if not model or len(model) > MAX_TEXT:
+                if not model or len(model) > MAX_TEXT or not model.isprintable():
                     raise InvalidMessage(f"heartbeat field {_short(key)!r} names no model",
                                          field="exec_ms")
                 exec_ms[model] = _plausible(key, "exec_ms", _parse(key, raw, float))

@@ -25,7 +25,7 @@ MAX_CAUSES = 10_000
 """Bad causes remembered (to log each once) before the oldest are forgotten."""
 
 __all__ = ["Rejections", "decode_fields", "is_wrong_type", "move_aside", "move_aside_sync", "parse_amount",
-           "parse_count", "parse_number", "text"]
+           "parse_count", "parse_number", "printable", "text"]
 
 
 def text(raw: object) -> str | None:
@@ -139,7 +139,13 @@ class Rejections:
             pipe.hincrby(keys.REJECTED, field, n)
 
 
-def _printable(what: object) -> str:
+def printable(what: object, limit: int = 80) -> str:
+    """Text fit for a log line or a terminal: non-UTF-8 bytes and control characters
+    escaped, at most ``limit`` characters."""
+    return _printable(what, limit)
+
+
+def _printable(what: object, limit: int = 80) -> str:
     """A name fit for a log line: non-UTF-8 bytes and control characters escaped."""
     if isinstance(what, (bytes, bytearray)):
         decoded = text(what)
@@ -147,7 +153,7 @@ def _printable(what: object) -> str:
     shown = str(what)
     if not shown.isprintable():
         shown = shown.encode("unicode_escape").decode("ascii")
-    return shown if len(shown) <= 80 else shown[:77] + "..."
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
 
 
 CORRUPT_TTL_S = 86_400

@@ -214,7 +214,9 @@ def test_status_metrics_and_cli_read_garbage_without_a_traceback(
     r.rpush(keys.ENERGY_TOTALS, "wrong type")
     r.hset(keys.QUARANTINE, mapping={"node-x": "{not json", "node-y": json.dumps(
         {"reason": "test", "until": "soon"})})
-    r.hset(keys.PROCESSES, mapping={"node-x": b"\xff", "dispatcher": json.dumps([1])})
+    r.hset(keys.PROCESSES, mapping={"node-x": b"\xff", "dispatcher": json.dumps([1]),
+                                    "evil\x1b[2J": json.dumps({"alive": True, "pid": 1,
+                                                                "last_exit": "\x1b[31mred"})})
     r.hset(keys.DISPATCHER_ALIVE, mapping={"d1": repr(time.time() - 100), b"\xff": "x"})
     r.hset(keys.REJECTED, mapping={"agent|queue-item": "3", "x": "y"})
     r.set(keys.DEFERRED_TOTAL, "many")
@@ -228,6 +230,7 @@ def test_status_metrics_and_cli_read_garbage_without_a_traceback(
         100, abs=5)}
     out = format_cluster(status)
     assert "dispatcher: DEAD" in out and "agent|queue-item 3" in out
+    assert "\x1b" not in out and "evil\\x1b[2J" in out  # no terminal escapes get through
     cli = subprocess.run([sys.executable, "-m", "carbonedge.cli", "--redis-url", redis_url,
                           "status"], capture_output=True, text=True, timeout=60)
     assert cli.returncode == 0 and "Traceback" not in cli.stderr, cli.stderr
