@@ -36,7 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--image", default="carbonedge:latest", help="image of --runtime docker")
     up.add_argument("--metrics-port", type=int,
                     help="the local dispatcher exports Prometheus metrics on 127.0.0.1:PORT")
+    up.add_argument("--no-carbon", action="store_true",
+                    help="do not run the carbon service (agents then charge a linear power "
+                         "estimate)")
     sub.add_parser("down", help="stop what `carbonedge up` started")
+    supervise = sub.add_parser("supervise", help="(started by `up`) run and restart the "
+                               "processes listed in RUN_DIR/supervise.json")
+    supervise.add_argument("--run-dir", required=True)
 
     agent = with_compose(sub.add_parser("agent", help="run one node agent (a Celery worker)"))
     agent.add_argument("--node", required=True, help="node id (a node class, or class-N)")
@@ -154,11 +160,22 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     metrics = ("--metrics-port", str(args.metrics_port)) if args.metrics_port else ()
     runtime = LocalRuntime(load_topology(settings.compose_file or None), settings,
                            scale=_parse_scale(args.scale), preload=tuple(args.preload),
-                           dispatcher_args=metrics)
+                           dispatcher_args=metrics, carbon_service=not args.no_carbon,
+                           supervise=True)
     runtime.up(wait_s=args.wait)
-    print(f"up: {', '.join(runtime.node_ids)} and a dispatcher on {settings.redis_url}"
+    services = "a dispatcher" + ("" if args.no_carbon else " and the carbon service")
+    print(f"up: {', '.join(runtime.node_ids)}, {services} on {settings.redis_url}"
           f"{'' if runtime.state.constrained else ' (no cgroup limits: not permitted here)'}")
+    print(f"supervised (pid {runtime.state.supervisor_pid}): a process that exits is "
+          "restarted with back-off; `carbonedge status` shows them")
     print(f"logs in {runtime.run_dir / 'logs'}; stop with `carbonedge down`")
+    return 0
+
+
+def _supervise(args: argparse.Namespace, settings: Settings) -> int:
+    from carbonedge.compose.supervisor import run_supervisor
+
+    run_supervisor(settings, Path(args.run_dir))
     return 0
 
 
@@ -274,21 +291,22 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
     import redis
 
-    from carbonedge.broker.status import collect_status, format_status
-    from carbonedge.connections import redis_client
+    from carbonedge.broker.status import collect_cluster, format_cluster
+    from carbonedge.connections import redact, redis_client
 
     client = redis_client(settings.redis_url, socket_timeout=5)
     try:
         while True:
-            table = format_status(collect_status(client))
+            table = format_cluster(collect_cluster(client,
+                                                   heartbeat_ttl_s=settings.heartbeat_ttl_s))
             if not args.watch:
                 print(table)
                 return 0
-            print("\033[2J\033[H" + time.strftime("%H:%M:%S ") + settings.redis_url)
+            print("\033[2J\033[H" + time.strftime("%H:%M:%S ") + redact(settings.redis_url))
             print(table, flush=True)
             time.sleep(args.watch)
     except redis.ConnectionError as e:
-        raise RuntimeUnavailable(f"no Redis at {settings.redis_url}: {e}") from e
+        raise RuntimeUnavailable(f"no Redis at {redact(settings.redis_url)}: {e}") from e
     finally:
         client.close()
 
@@ -314,9 +332,10 @@ _SERVICES = frozenset({"dispatcher", "agent", "carbon", "flower"})
 """Long-running commands: they wait for Redis at start-up (it may start after them). The
 metrics exporter does not: it reports Redis down (``ce_redis_up 0``) instead."""
 
-_COMMANDS = {"up": _up, "down": _down, "agent": _agent, "dispatcher": _dispatcher,
-             "metrics": _metrics, "flower": _flower, "carbon": _carbon, "acl": _acl,
-             "report": _report, "status": _status, "demo": _demo}
+_COMMANDS = {"up": _up, "down": _down, "supervise": _supervise, "agent": _agent,
+             "dispatcher": _dispatcher, "metrics": _metrics, "flower": _flower,
+             "carbon": _carbon, "acl": _acl, "report": _report, "status": _status,
+             "demo": _demo}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -70,6 +70,12 @@ class Settings:
     max_attempts: int = 3
     """Nodes a request may be dispatched to before it is answered with an error (each
     one died while holding it)."""
+    quarantine_s: float = 30.0
+    """How long a dispatcher keeps a node whose telemetry jumped implausibly out of
+    scheduling (see carbonedge.broker.quarantine)."""
+    telemetry_jump_factor: float = 10.0
+    """Change between two heartbeats of a node's carbon intensity or service time that is
+    taken as implausible."""
     node_allowlist: str = ""
     """Node ids (or ``fnmatch`` patterns such as ``node-high-*``), comma-separated, whose
     heartbeats the dispatcher believes, and under which an agent agrees to start; empty:

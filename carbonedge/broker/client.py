@@ -8,6 +8,7 @@ result backend under the request's id.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -22,6 +23,7 @@ from carbonedge.broker.images import preprocess_image
 from carbonedge.broker.listener import ResultListener, decode_meta, result_key
 from carbonedge.broker.publish import encode_task_message
 from carbonedge.broker.results import InferenceResult, parse_result
+from carbonedge.broker.status import collect_cluster
 from carbonedge.connections import (
     async_redis_client,
     confirm_replicated,
@@ -29,7 +31,7 @@ from carbonedge.connections import (
     redact,
     redis_client,
 )
-from carbonedge.errors import NoNodeAvailable, ResultTimeout, RuntimeUnavailable
+from carbonedge.errors import InvalidRequest, NoNodeAvailable, ResultTimeout, RuntimeUnavailable
 from carbonedge.protocol import keys
 from carbonedge.protocol.codec import TensorLimits, encode_tensor, tensor_header
 from carbonedge.protocol.messages import PROTOCOL_VERSION, pack, validate_request
@@ -102,7 +104,7 @@ def build_request(
         if value is not None:
             request[name] = value
     if weights is not None:
-        request["weights"] = [float(w) for w in weights]
+        request["weights"] = _weights(weights)
     if partition is not None:
         request["partition"] = partition
     if route is not None:
@@ -115,6 +117,29 @@ def build_request(
         request["latency_slo_ms"] = latency_slo_ms
     validate_request(request)
     return request
+
+
+def _weights(weights: Any) -> list[float]:
+    """Five custom weights as floats; a string or any other non-sequence is refused (a
+    string of five digits would otherwise read as five weights)."""
+    if isinstance(weights, (str, bytes, bytearray, dict)) or not hasattr(weights, "__len__"):
+        raise InvalidRequest(f"weights must be a list of 5 numbers (R, L, P, B, C), got "
+                             f"{type(weights).__name__}", field="weights")
+    try:
+        return [float(w) for w in weights]
+    except (TypeError, ValueError, OverflowError) as e:
+        raise InvalidRequest(f"weights must be numbers: {e}", field="weights") from e
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    """A caller's result timeout: None (the default), or a number of seconds >= 0."""
+    if timeout is None:
+        return None
+    if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+            or not math.isfinite(timeout) or timeout < 0):
+        raise InvalidRequest(f"timeout must be a finite number of seconds >= 0 or None, got "
+                             f"{timeout!r}", field="timeout")
+    return float(timeout)
 
 
 def detach_input(request: dict[str, Any], pipe: Any, settings: Settings) -> None:
@@ -135,22 +160,29 @@ def detach_input(request: dict[str, Any], pipe: Any, settings: Settings) -> None
 def diagnose(client: redis.Redis, request_id: str, timeout: float, ttl_s: float) -> str:
     """Why a result did not arrive: no agent alive, no dispatcher, or still queued."""
     now = time.time()
-    nodes = [m.decode() for m in client.smembers(keys.NODES)]
-    alive = [n for n in nodes if client.exists(keys.node_key(n))]
-    beats = client.hgetall(keys.DISPATCHER_ALIVE)
-    dispatchers = [k for k, v in beats.items() if now - float(v) < max(3 * ttl_s, 5.0)]
+    status = collect_cluster(client, now=now, heartbeat_ttl_s=ttl_s)
+    nodes = [row.node_id for row in status.nodes]
+    alive = [row.node_id for row in status.nodes if row.alive]
+    dispatchers = status.live_dispatchers
     head = f"no result for request {request_id} within {timeout:.1f} s: "
     if not dispatchers:
         return head + "no dispatcher is running (start `carbonedge up` or `carbonedge dispatcher`)"
     if not alive:
         return head + "no node agent is alive (every heartbeat under ce:node:* has expired)"
-    holder = next((n for n in nodes if client.hexists(keys.assigned_key(n), request_id)), None)
+    holder = next((n for n in nodes if _holds(client, n, request_id)), None)
     if holder is not None:
         return head + f"it is queued or running on {holder}"
     if client.xlen(keys.REQUEST_STREAM) == 0 and not client.exists(keys.done_key(request_id)):
         return head + ("Redis holds no trace of it (not waiting for a dispatcher, not assigned "
                        "to a node, not answered): was Redis restarted without persistence?")
     return head + f"it is still queued or running (live nodes: {', '.join(sorted(alive))})"
+
+
+def _holds(client: redis.Redis, node_id: str, request_id: str) -> bool:
+    try:
+        return bool(client.hexists(keys.assigned_key(node_id), request_id))
+    except redis.ResponseError:  # a registry of the wrong type holds nothing
+        return False
 
 
 def _where(url: str) -> str:
@@ -266,6 +298,7 @@ class Client(_Producer):
         return self._wait(request_id, timeout)
 
     def _wait(self, request_id: str, timeout: float | None) -> InferenceResult:
+        timeout = check_timeout(timeout)
         timeout = self.settings.result_timeout_s if timeout is None else timeout
         try:
             raw = self._listener.wait(request_id, timeout)
@@ -324,6 +357,7 @@ class AsyncClient(_Producer):
 
     async def _roundtrip_once(self, request: dict[str, Any],
                               timeout: float | None) -> InferenceResult:
+        timeout = check_timeout(timeout)
         timeout = self.settings.result_timeout_s if timeout is None else timeout
         key = result_key(request["id"])
         async with self._redis.pubsub() as pubsub:

@@ -19,7 +19,9 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
+from carbonedge.broker.repair import is_wrong_type, move_aside
 from carbonedge.protocol import keys
+from carbonedge.protocol.untrusted import Rejections
 from carbonedge.scheduler.deferral import DeferralPlan, plan_deferral
 
 log = logging.getLogger(__name__)
@@ -61,9 +63,10 @@ def plan_for(request: Mapping[str, Any], now: float, forecasts: Mapping[str, Seq
 class DeferralReleaser:
     """Moves due deferred requests back to the request stream, every ``interval_s``."""
 
-    def __init__(self, interval_s: float = 0.25) -> None:
+    def __init__(self, interval_s: float = 0.25, rejections: Rejections | None = None) -> None:
         self.interval_s = interval_s
         self.released = 0
+        self.rejections = rejections or Rejections("deferral releaser", log)
 
     async def release_due(self, r: aioredis.Redis, now: float | None = None) -> int:
         now = time.time() if now is None else now
@@ -77,6 +80,11 @@ class DeferralReleaser:
             try:
                 while await self.release_due(r) == RELEASE_BATCH:
                     pass
+            except redis.ResponseError as e:
+                if is_wrong_type(e):  # no deferred request can be in it: out of the way
+                    await move_aside(r, keys.DEFERRED, "zset", self.rejections)
+                else:
+                    self.rejections.reject("deferral", keys.DEFERRED, str(e)[:200])
             except redis.RedisError as e:
                 log.warning("deferred requests could not be released (will retry): %s", e)
             try:

@@ -26,9 +26,18 @@ from carbonedge.broker.allowlist import node_allowed
 from carbonedge.broker.celery_app import make_celery_app
 from carbonedge.broker.deferral import DeferralReleaser, plan_for, wants_deferral
 from carbonedge.broker.delivery import DELIVER_LUA, delivery_call
+from carbonedge.broker.node_view import TelemetryReader
 from carbonedge.broker.partition_route import PartitionRouter
 from carbonedge.broker.publish import encode_task_message
+from carbonedge.broker.quarantine import Quarantine, Quarantined
 from carbonedge.broker.recovery import Watchdog
+from carbonedge.broker.repair import (
+    is_not_a_number,
+    is_wrong_type,
+    move_aside,
+    reset_field,
+    reset_in_flight,
+)
 from carbonedge.connections import async_redis_client
 from carbonedge.errors import (
     CarbonEdgeError,
@@ -40,14 +49,32 @@ from carbonedge.errors import (
 )
 from carbonedge.partitioner.catalog import MODEL_NAMES
 from carbonedge.protocol import keys
-from carbonedge.protocol.messages import error_result, pack, unpack, validate_request
-from carbonedge.protocol.telemetry import Heartbeat
+from carbonedge.protocol.messages import (
+    error_result,
+    pack,
+    request_label,
+    unpack_entry,
+    validate_request,
+)
+from carbonedge.protocol.untrusted import (
+    Rejections,
+    parse_amount,
+    parse_count,
+    printable,
+    text,
+)
 from carbonedge.scheduler import ClusterView, Decision, NodeSnapshot, select, weights_for
 from carbonedge.scheduler.budgets import BudgetVerdict, judge, parse_budgets, period_index
 from carbonedge.scheduler.slo import apply_latency_slo
 from carbonedge.settings import Settings
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Dispatcher", "node_allowed", "run_dispatcher"]
+
+MAX_ANSWERED_ID = 1024
+"""Longer request ids are not worth an error result (a key named after them): the entry
+is dead-lettered instead."""
 
 CLAIM_IDLE_MS = 30_000
 """Entries pending this long on another consumer are taken over (that consumer died)."""
@@ -61,6 +88,8 @@ class _Routed:
     request_id: str
     request: bytes
     """The request as submitted: what is re-dispatched if the node dies."""
+    first: bool
+    """Its first dispatch (a re-dispatch after a node died is not a new decision)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +108,18 @@ class _Rejected:
     error: CarbonEdgeError
 
 
+@dataclass(frozen=True, slots=True)
+class _DeadLetter:
+    entry_id: bytes
+    error: CarbonEdgeError
+    """An entry without a readable request id: nobody can be answered."""
+
+
+_EXPECTED_TYPES = {"LPUSH": "list", "HSET": "hash", "HINCRBY": "hash", "ZADD": "zset",
+                   "INCR": "string", "XADD": "stream", "XACK": "stream", "XDEL": "stream"}
+"""The type each command of a dispatch MULTI needs its key to have."""
+
+
 class Dispatcher:
     """One dispatcher process (several may share the consumer group)."""
 
@@ -91,9 +132,15 @@ class Dispatcher:
         self._view_at = 0.0
         self._known_nodes: set[str] = set()
         self._snapshots: dict[str, NodeSnapshot] = {}
-        self._bad_heartbeats: set[str] = set()
+        self._quarantined: dict[str, Quarantined] = {}
         self._forecasts: dict[str, tuple[tuple[float, float], ...]] = {}
-        self.releaser = DeferralReleaser()
+        self.rejections = Rejections(f"dispatcher {self.name}", log)
+        """Malformed values read from Redis, logged once per cause and counted."""
+        self.telemetry = TelemetryReader(
+            self.rejections, allowlist=settings.node_allowlist,
+            quarantine=Quarantine(hold_s=settings.quarantine_s,
+                                  factor=settings.telemetry_jump_factor))
+        self.releaser = DeferralReleaser(rejections=self.rejections)
         self._budgets = parse_budgets(settings.carbon_budgets)
         self._spent: dict[str, float] = {}
         self._spent_at = 0.0
@@ -111,8 +158,8 @@ class Dispatcher:
         try:
             await self._reclaim(r)
             beat = asyncio.create_task(self._beat(r, stop))
-            watchdog = asyncio.create_task(Watchdog(self.settings, self.name, self.handle)
-                                           .run(r, stop))
+            watchdog = asyncio.create_task(Watchdog(self.settings, self.name, self.handle,
+                                                    self.rejections).run(r, stop))
             releaser = asyncio.create_task(self.releaser.run(r, stop))
             try:
                 await self._serve(r, stop)
@@ -128,6 +175,7 @@ class Dispatcher:
     async def _serve(self, r: aioredis.Redis, stop: asyncio.Event) -> None:
         """Dispatch until stopped; ride out Redis outages (pending entries are reclaimed)."""
         reclaim = False
+        failing: str | None = None
         while not stop.is_set():
             try:
                 if reclaim:
@@ -138,6 +186,21 @@ class Dispatcher:
                 log.warning("Redis unavailable (%s); retrying in 1 s", e)
                 reclaim = True
                 await asyncio.sleep(1.0)
+            except Exception as e:  # e.g. ACLs, a script killed, a bug: serve on
+                reason = f"{type(e).__name__}: {e}"[:200]
+                if isinstance(e, redis.ResponseError) and is_wrong_type(e):
+                    # a key replaced by one of another type between a read and a write:
+                    # the next read repairs it; the batch, still pending, is reclaimed
+                    self.rejections.reject("dispatch", "a key", f"changed type: {reason}")
+                elif reason != failing:
+                    log.exception("dispatching failed; retrying every second (logged once "
+                                  "per cause)")
+                failing, reclaim = reason, True
+                await asyncio.sleep(1.0)
+            else:
+                if failing:
+                    log.info("dispatching works again")
+                failing = None
 
     async def step(self, r: aioredis.Redis, *, block_ms: int = 0) -> int:
         """Read one batch of new requests and dispatch it; returns how many were handled."""
@@ -145,8 +208,10 @@ class Dispatcher:
             reply = await r.xreadgroup(keys.DISPATCH_GROUP, self.name, {keys.REQUEST_STREAM: ">"},
                                        count=self.settings.dispatch_batch, block=block_ms or None)
         except redis.ResponseError as e:
-            if "NOGROUP" not in str(e):
-                raise
+            if is_wrong_type(e):  # no request can be in a key that is not a stream
+                await move_aside(r, keys.REQUEST_STREAM, "stream", self.rejections)
+            elif "NOGROUP" not in str(e) and "UNBLOCKED" not in str(e):
+                raise  # (UNBLOCKED: the stream was deleted while we waited on it)
             await self._ensure_group(r)
             return 0
         entries = reply[0][1] if reply else []
@@ -172,36 +237,77 @@ class Dispatcher:
         await self._refresh_spend(r)
         await self.partitions.prepare(r, entries, sorted(self._snapshots))
         pipe = r.pipeline(transaction=True)
+        writes: list[tuple[str, str | None, str | None]] = []
+        """Per command of the MULTI: its key, the type it needs and the hash field it adds
+        to (to repair what a failed command found there)."""
+
+        def write(command: str, key: str, *args: Any, field: str | None = None,
+                  **options: Any) -> None:
+            getattr(pipe, command.lower())(key, *args, **options)
+            writes.append((key, _EXPECTED_TYPES.get(command), field))
+
         ids = []
         for entry_id, fields in entries:
             ids.append(entry_id)
             outcome = self._route(entry_id, fields)
             if isinstance(outcome, _Routed):
-                pipe.lpush(keys.node_queue(outcome.node), outcome.message)
-                pipe.hset(keys.assigned_key(outcome.node), outcome.request_id, outcome.request)
-                pipe.hincrby(keys.IN_FLIGHT, outcome.node, 1)
-                pipe.hincrby(keys.DECISIONS, f"{outcome.node}|{outcome.mode}", 1)
+                write("LPUSH", keys.node_queue(outcome.node), outcome.message)
+                write("HSET", keys.assigned_key(outcome.node), outcome.request_id,
+                      outcome.request)
+                write("HINCRBY", keys.IN_FLIGHT, outcome.node, 1, field=outcome.node)
+                if outcome.first:
+                    decided = f"{outcome.node}|{outcome.mode}"
+                    write("HINCRBY", keys.DECISIONS, decided, 1, field=decided)
             elif isinstance(outcome, _Deferred):
-                pipe.zadd(keys.DEFERRED, {outcome.request: outcome.release_at})
-                pipe.incr(keys.DEFERRED_TOTAL)
+                write("ZADD", keys.DEFERRED, {outcome.request: outcome.release_at})
+                write("INCR", keys.DEFERRED_TOTAL)
                 if outcome.input_key is not None:
                     wait_s = max(outcome.release_at - time.time(), 0.0)
-                    pipe.expire(outcome.input_key, int(wait_s + self.settings.input_ttl_s))
+                    write("EXPIRE", outcome.input_key,
+                          int(wait_s + self.settings.input_ttl_s))
             elif isinstance(outcome, _Rejected):
                 script_keys, args = delivery_call(
                     outcome.request_id, error_result(outcome.request_id, outcome.error),
                     expires_s=int(self.app.conf.result_expires or 3600))
                 pipe.eval(DELIVER_LUA, len(script_keys), *script_keys, *args)
-        pipe.xack(keys.REQUEST_STREAM, keys.DISPATCH_GROUP, *ids)
-        pipe.xdel(keys.REQUEST_STREAM, *ids)
-        await pipe.execute()
+                writes.append((f"the result of {outcome.request_id}", None, None))
+            elif isinstance(outcome, _DeadLetter):
+                write("XADD", keys.DEAD_LETTER_STREAM,
+                      {"ts": repr(time.time()), "source": "request stream",
+                       "entry": outcome.entry_id, "error": outcome.error.message},
+                      maxlen=10_000, approximate=True)
+        write("XACK", keys.REQUEST_STREAM, keys.DISPATCH_GROUP, *ids)
+        write("XDEL", keys.REQUEST_STREAM, *ids)
+        replies = await pipe.execute(raise_on_error=False)
+        failed = [(w, e) for w, e in zip(writes, replies, strict=True)
+                  if isinstance(e, Exception)]
+        for (key, expected, field), error in failed:
+            await self._repair(r, key, expected, field, error)
 
-    def _route(self, entry_id: bytes, fields: dict) -> _Routed | _Deferred | _Rejected | None:
-        """Where an entry goes, or the error to answer it with (None: dead-lettered)."""
+    async def _repair(self, r: aioredis.Redis, key: str, expected: str | None,
+                      field: str | None, error: Exception) -> None:
+        """A command of the dispatch MULTI failed on what someone left in its key (the
+        others were applied: MULTI does not roll back). Repair it for the next batch."""
+        if is_wrong_type(error) and expected is not None:
+            await move_aside(r, key, expected, self.rejections)
+        elif is_not_a_number(error) and field is not None:
+            bad = await r.hget(key, field)
+            if bad is None:
+                return
+            if key == keys.IN_FLIGHT:
+                await reset_in_flight(r, field, bad, self.rejections)
+            else:
+                await reset_field(r, key, field, bad, "", self.rejections, "counter")
+        else:
+            self.rejections.reject("dispatch-write", key, str(error)[:200])
+
+    def _route(self, entry_id: bytes,
+               fields: dict) -> _Routed | _Deferred | _Rejected | _DeadLetter:
+        """Where an entry goes, or the error to answer it with (or to dead-letter it with,
+        when it has no request id to answer)."""
         req_id = None
         try:
-            raw = fields.get(keys.REQUEST_FIELD.encode(), b"")
-            request = unpack(raw, max_bytes=self.settings.max_payload_bytes)
+            raw, request = unpack_entry(fields, max_bytes=self.settings.max_payload_bytes)
             req_id = request.get("id") if isinstance(request.get("id"), str) else None
             validate_request(request)
             verdict = self._budget_verdict(request)
@@ -212,7 +318,7 @@ class Dispatcher:
             attempt = _attempt(fields, self.settings.max_attempts)
             started = time.perf_counter()
             decision = self._decide(request)
-            mode = str(request.get("mode") or self.settings.default_mode).lower()
+            mode = request_label(request, self.settings.default_mode)
             if self.on_decision is not None:
                 self.on_decision(mode, time.perf_counter() - started)
             slo = None
@@ -231,22 +337,21 @@ class Dispatcher:
                 if first is not None:
                     node, task = first, keys.TASK_INFER_SEGMENT
             message = encode_task_message(self.app, task, request, task_id=request["id"],
-                                          queue=keys.node_queue(node),
-                                          ignore_result=task == keys.TASK_INFER_SEGMENT)
+                                          queue=keys.node_queue(node))
         except Exception as e:  # one bad request must not take the dispatcher down
             error = e if isinstance(e, CarbonEdgeError) else DispatchFailed(
                 f"{type(e).__name__}: {e}")
+            shown = printable(req_id or entry_id)  # ids are the sender's text: escaped
             if not isinstance(e, CarbonEdgeError):
-                log.exception("request %s could not be dispatched", req_id or entry_id)
+                log.exception("request %s could not be dispatched", shown)
             self.rejected += 1
-            log.warning("request %s rejected: %s", req_id or entry_id, error)
-            if req_id is None:
-                self._dead_letter(entry_id, error)
-                return None
+            log.warning("request %s rejected: %s", shown, printable(error, 300))
+            if req_id is None or not 0 < len(req_id) <= MAX_ANSWERED_ID:
+                return _DeadLetter(entry_id, error)
             return _Rejected(req_id, error)
         self._view.add_in_flight(node, 1)  # type: ignore[union-attr]
         self.dispatched += 1
-        return _Routed(node, mode, message, request["id"], raw)
+        return _Routed(node, mode, message, request["id"], raw, first=attempt == 1)
 
     def _budget_verdict(self, request: dict[str, Any]) -> BudgetVerdict | None:
         """Refuse a tenant over its carbon budget; route one near it in Green mode."""
@@ -264,8 +369,23 @@ class Dispatcher:
         if not self._budgets or now - self._spent_at < self.settings.view_refresh_s:
             return
         key = keys.budget_spend_key(period_index(now, self.settings.carbon_budget_period_s))
-        raw = await r.hgetall(key)
-        self._spent = {k.decode(): float(v) for k, v in raw.items()}
+        try:
+            raw = await r.hgetall(key)
+        except redis.ResponseError as e:
+            if not is_wrong_type(e):
+                raise
+            await move_aside(r, key, "hash", self.rejections)
+            raw = {}
+        spent = {}
+        for raw_tenant, raw_grams in raw.items():
+            tenant, grams = text(raw_tenant), parse_amount(raw_grams)
+            if tenant is None:
+                self.rejections.reject("budget", raw_tenant, "tenant name is not UTF-8")
+            elif grams is None:  # agents cannot add to it either: start it again
+                await reset_field(r, key, raw_tenant, raw_grams, "", self.rejections, "budget")
+            else:
+                spent[tenant] = grams
+        self._spent = spent
         self._spent_at = now
 
     def _defer(self, request: dict[str, Any]) -> _Deferred | None:
@@ -302,6 +422,11 @@ class Dispatcher:
         pinned = request.get("node")
         if pinned is not None:
             if pinned not in view.node_ids:
+                held = self._quarantined.get(pinned)
+                if held is not None:
+                    raise NoNodeAvailable(f"node {pinned!r} is quarantined until "
+                                          f"{time.strftime('%H:%M:%S', time.localtime(held.until))}"
+                                          f": {held.reason}", field="node")
                 if pinned in self._known_nodes:
                     raise NoNodeAvailable(f"node {pinned!r} is not alive (heartbeat expired)",
                                           field="node")
@@ -312,47 +437,19 @@ class Dispatcher:
         normalisation = request.get("normalisation") or self.settings.normalisation
         return select(view, request.get("model") or "", weights, normalisation)
 
-    def _dead_letter(self, entry_id: bytes, error: CarbonEdgeError) -> None:
-        client = self.app.backend.client
-        client.xadd(keys.DEAD_LETTER_STREAM, {"ts": repr(time.time()), "entry": entry_id,
-                                              "error": error.message}, maxlen=10_000)
-
     # -- telemetry ---------------------------------------------------------------------
 
     async def _refresh_view(self, r: aioredis.Redis, *, force: bool = False) -> None:
         now = time.time()
         if not force and self._view is not None and now - self._view_at < self.settings.view_refresh_s:
             return
-        node_ids = sorted(m.decode() for m in await r.smembers(keys.NODES))
-        pipe = r.pipeline(transaction=False)
-        for node_id in node_ids:
-            pipe.hgetall(keys.node_key(node_id))
-        pipe.hgetall(keys.IN_FLIGHT)
-        *beats, in_flight = await pipe.execute()
-        counts = {k.decode(): int(v) for k, v in in_flight.items()}
-        snapshots = []
-        forecasts: dict[str, tuple[tuple[float, float], ...]] = {}
-        for node_id, raw in zip(node_ids, beats, strict=True):
-            if not raw:
-                continue
-            fields = {k.decode(): v.decode() for k, v in raw.items()}
-            try:
-                beat = Heartbeat.from_fields(fields, now=now)
-                if beat.node_id != node_id:
-                    raise InvalidMessage(f"heartbeat under {node_id} names {beat.node_id}")
-                if not node_allowed(node_id, self.settings.node_allowlist):
-                    raise UnknownNode(f"node {node_id} is not in node_allowlist", field="node")
-            except CarbonEdgeError as e:
-                if node_id not in self._bad_heartbeats:
-                    log.error("ignoring invalid heartbeat of %s: %s", node_id, e)
-                    self._bad_heartbeats.add(node_id)
-                continue
-            self._bad_heartbeats.discard(node_id)
-            snapshots.append(beat.to_snapshot(counts.get(node_id, 0)))
-            forecasts[node_id] = beat.ci_forecast
-        self._known_nodes.update(node_ids)
+        telemetry = await self.telemetry.read(r, now)
+        snapshots = [beat.to_snapshot(telemetry.in_flight.get(node_id, 0))
+                     for node_id, beat in telemetry.beats.items()]
+        self._known_nodes.update(telemetry.known)
         self._snapshots = {s.node_id: s for s in snapshots}
-        self._forecasts = forecasts
+        self._forecasts = {n: b.ci_forecast for n, b in telemetry.beats.items()}
+        self._quarantined = telemetry.quarantined
         self._view = ClusterView.build(snapshots, now=now, ttl_s=self.settings.heartbeat_ttl_s)
         self._view_at = now
 
@@ -364,14 +461,17 @@ class Dispatcher:
         count read now is exact, where one cached for even a few milliseconds would
         show the last request still running and push the next one elsewhere.
         """
-        counts = await r.hgetall(keys.IN_FLIGHT)
+        try:
+            raw = await r.hgetall(keys.IN_FLIGHT)
+        except redis.ResponseError as e:
+            raw = e
+        counts = await self.telemetry.counts(r, raw)
         view = self._view
         if view is None:
             return
-        for raw_id, raw_count in counts.items():
-            node_id = raw_id.decode()
+        for node_id, count in counts.items():
             if node_id in view:
-                view.add_in_flight(node_id, max(int(raw_count), 0) - view.in_flight(node_id))
+                view.add_in_flight(node_id, max(count, 0) - view.in_flight(node_id))
 
     # -- housekeeping ------------------------------------------------------------------
 
@@ -379,7 +479,10 @@ class Dispatcher:
         try:
             await r.xgroup_create(keys.REQUEST_STREAM, keys.DISPATCH_GROUP, id="0", mkstream=True)
         except redis.ResponseError as e:
-            if "BUSYGROUP" not in str(e):
+            if is_wrong_type(e):  # no request can be in a key that is not a stream
+                await move_aside(r, keys.REQUEST_STREAM, "stream", self.rejections)
+                await self._ensure_group(r)
+            elif "BUSYGROUP" not in str(e):
                 raise
 
     async def _reclaim(self, r: aioredis.Redis) -> None:
@@ -400,21 +503,37 @@ class Dispatcher:
             await self.handle(r, entries)
 
     async def _beat(self, r: aioredis.Redis, stop: asyncio.Event) -> None:
+        """Beat (for watchdogs and `carbonedge status`) and publish the rejection counts."""
         while not stop.is_set():
             try:
-                await r.hset(keys.DISPATCHER_ALIVE, self.name, repr(time.time()))
+                await self._beat_once(r)
             except redis.RedisError as e:
                 log.warning("dispatcher heartbeat failed: %s", e)
             await asyncio.sleep(self.settings.heartbeat_interval_s)
 
+    async def _beat_once(self, r: aioredis.Redis, *, again: bool = True) -> None:
+        pipe = r.pipeline(transaction=False)
+        pipe.hset(keys.DISPATCHER_ALIVE, self.name, repr(time.time()))
+        pending = self.rejections.take_pending()
+        for field, n in pending.items():
+            pipe.hincrby(keys.REJECTED, field, n)
+        replies = await pipe.execute(raise_on_error=False)
+        written = [keys.DISPATCHER_ALIVE, *[keys.REJECTED] * len(pending)]
+        wrong = {k for k, reply in zip(written, replies, strict=True)
+                 if isinstance(reply, redis.ResponseError) and is_wrong_type(reply)}
+        for key in wrong:
+            await move_aside(r, key, "hash", self.rejections)
+        if wrong and again:  # beat now, not an interval late
+            await self._beat_once(r, again=False)
+
 
 def _attempt(fields: dict, max_attempts: int) -> int:
     """Which dispatch of the request this is (1 unless its node died while holding it)."""
-    try:
-        attempt = int(fields.get(b"a", b"0")) + 1
-    except ValueError:
+    count = parse_count(fields.get(b"a", b"0"))
+    if count is None or count < 0:
         raise InvalidMessage("stream entry field 'a' (attempt) must be an integer",
-                             field="a") from None
+                             field="a")
+    attempt = count + 1
     if attempt > max_attempts:
         raise DispatchFailed(f"request given up after {attempt - 1} node(s) died while "
                              f"holding it (max_attempts={max_attempts})")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import redis
@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from carbonedge.broker.status import collect_status
 from carbonedge.connections import redis_client
 from carbonedge.protocol import keys
+from carbonedge.protocol.untrusted import parse_amount, parse_count, parse_number, text
 from carbonedge.scheduler.budgets import parse_budgets, period_index
 from carbonedge.settings import Settings
 
@@ -76,8 +77,15 @@ class RedisStateCollector(Collector):
         pipe.zcard(keys.DEFERRED)
         pipe.get(keys.DEFERRED_TOTAL)
         pipe.hgetall(keys.budget_spend_key(period_index(time.time(), self._budget_period_s)))
+        pipe.hgetall(keys.REJECTED)
         (decisions, energy, pending, dead, n_windows, last_window, held, ever_deferred,
-         spend) = pipe.execute()
+         spend, rejected) = pipe.execute(raise_on_error=False)
+        # every key may hold anything: a reply of the wrong kind exports nothing
+        decisions, energy, spend, rejected = (_reply(x, dict) for x in (decisions, energy,
+                                                                         spend, rejected))
+        pending, dead, n_windows, held = (_reply(x, int) for x in (pending, dead, n_windows,
+                                                                   held))
+        last_window = _reply(last_window, list)
 
         def gauge(name: str, doc: str) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, doc, labels=["node"])
@@ -102,14 +110,14 @@ class RedisStateCollector(Collector):
                 intensity.add_metric([row.node_id], row.heartbeat.carbon_intensity)
                 power.add_metric([row.node_id], row.heartbeat.power_w)
                 util.add_metric([row.node_id], row.heartbeat.cpu_util)
-        for node, value in sorted(energy.items()):
-            kwh.add_metric([node.decode()], float(value))
+        for node, value in _numbers(energy, parse_amount):
+            kwh.add_metric([node], value)
 
         decided = CounterMetricFamily("ce_decisions", "Scheduling decisions per node and mode",
                                       labels=["node", "mode"])
-        for field, count in sorted(decisions.items()):
-            node, _, mode = field.decode().partition("|")
-            decided.add_metric([node, mode], int(count))
+        for field, count in _numbers(decisions, parse_count):
+            node, _, mode = field.partition("|")
+            decided.add_metric([node, mode], count)
 
         waiting = GaugeMetricFamily("ce_requests_waiting",
                                     "Requests in the stream not yet read by a dispatcher")
@@ -123,26 +131,49 @@ class RedisStateCollector(Collector):
                                    "Numeric fields of the latest reconciliation window",
                                    labels=["field"])
         for _, fields in last_window:
-            for name, raw in sorted(fields.items()):
-                try:
-                    latest.add_metric([name.decode()], float(raw))
-                except ValueError:
-                    continue  # text fields (node names, sources) are not samples
+            # text fields (node names, sources) are not samples
+            for name, value in _numbers(fields, parse_number):
+                latest.add_metric([name], value)
         deferred = GaugeMetricFamily("ce_deferred_requests",
                                      "Requests held for a lower-carbon slot right now")
         deferred.add_metric([], held)
         deferred_total = CounterMetricFamily("ce_deferrals", "Requests ever deferred")
-        deferred_total.add_metric([], int(ever_deferred or 0))
+        deferred_total.add_metric([], parse_count(ever_deferred) or 0)
         spent = GaugeMetricFamily("ce_budget_spent_grams",
                                   "Tenant's gCO2 in the current budget period", labels=["tenant"])
-        for tenant, grams in sorted(spend.items()):
-            spent.add_metric([tenant.decode()], float(grams))
+        for tenant, grams in _numbers(spend, parse_amount):
+            spent.add_metric([tenant], grams)
         budget = GaugeMetricFamily("ce_budget_grams", "Tenant's gCO2 budget per period",
                                    labels=["tenant"])
         for tenant, grams in sorted(self._budgets.items()):
             budget.add_metric([tenant], grams)
+        ignored = CounterMetricFamily(
+            "ce_rejected_values", "Malformed values read from Redis and ignored, by process "
+            "and kind (heartbeat, node-registry, in-flight, key-type, queue-item, ...)",
+            labels=["process", "source"])
+        for field, count in _numbers(rejected, parse_count):
+            process, _, source = field.rpartition("|")
+            ignored.add_metric([process, source], count)
         return [queue, in_flight, alive, intensity, power, util, carbon, kwh, decided,
-                waiting, dead_letters, windows, latest, deferred, deferred_total, spent, budget]
+                waiting, dead_letters, windows, latest, deferred, deferred_total, spent, budget,
+                ignored]
+
+
+def _reply(raw: Any, kind: type) -> Any:
+    """A pipeline reply of the expected type (an error, e.g. a key of the wrong type,
+    reads as empty)."""
+    return raw if isinstance(raw, kind) else kind()
+
+
+def _numbers(raw: Mapping[Any, Any],
+             parse: Callable[[Any], float | int | None]) -> list[tuple[str, Any]]:
+    """The fields of a hash whose names are text and values numbers, sorted by name."""
+    out = []
+    for name, value in raw.items():
+        label, number = text(name), parse(value)
+        if label is not None and number is not None and label.isprintable():
+            out.append((label, number))
+    return sorted(out)
 
 
 class DecisionLatency:

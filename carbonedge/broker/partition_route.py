@@ -41,6 +41,21 @@ _MARKERS = (b"\xa9partition", b"\xa5route")
 """The msgpack keys ``partition`` and ``route``: a request that has neither is not read."""
 
 
+def _valid_blocks(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A profile's blocks, each with a finite ``time_ms`` >= 0 and ``activation_bytes``."""
+    blocks = record.get("blocks")
+    if not isinstance(blocks, list) or not blocks:
+        raise InvalidRequest("profile has no list of blocks")
+    for b in blocks:
+        t = b.get("time_ms") if isinstance(b, dict) else None
+        size = b.get("activation_bytes") if isinstance(b, dict) else None
+        if (not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t)
+                or t < 0 or not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise InvalidRequest("a block lacks a finite time_ms >= 0 or an integer "
+                                 "activation_bytes >= 0")
+    return blocks
+
+
 def _round2(x: float) -> float:
     return float(f"{x:.2g}")
 
@@ -54,6 +69,8 @@ class PartitionRouter:
         self._profiles: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self._read_at = 0.0
         self._plans: dict[tuple[Any, ...], tuple[Plan | None, str]] = {}
+        self._bad: dict[tuple[str, str], str] = {}
+        """Malformed profiles seen, with why (each is logged once)."""
 
     # -- profiles ----------------------------------------------------------------------
 
@@ -74,7 +91,7 @@ class PartitionRouter:
         for model in models:
             for node in node_ids:
                 pipe.get(keys.block_profile_key(model, node))
-        raw = await pipe.execute()
+        raw = await pipe.execute(raise_on_error=False)
         profiles: dict[str, dict[str, list[dict[str, Any]]]] = {}
         it = iter(raw)
         for model in models:
@@ -83,13 +100,16 @@ class PartitionRouter:
                 if data is None:
                     continue
                 try:
-                    record = unpack(data, max_bytes=self._max_bytes)
-                    blocks = record["blocks"]
-                    _ = [(b["time_ms"], b["activation_bytes"]) for b in blocks]
-                except (CarbonEdgeError, KeyError, TypeError) as e:
-                    log.warning("ignoring a malformed block profile of %s on %s: %s",
-                                model, node, e)
+                    if isinstance(data, Exception):
+                        raise InvalidRequest(f"unreadable: {data}")
+                    blocks = _valid_blocks(unpack(data, max_bytes=self._max_bytes))
+                except CarbonEdgeError as e:
+                    if self._bad.get((model, node)) != e.message:
+                        log.warning("ignoring a malformed block profile of %s on %s: %s",
+                                    model, node, e)
+                    self._bad[model, node] = e.message
                     continue
+                self._bad.pop((model, node), None)
                 profiles.setdefault(model, {})[node] = blocks
         self._profiles = profiles
         self._read_at = time.monotonic()

@@ -23,12 +23,13 @@ ORIGIN = f"carbonedge@{socket.gethostname()}"
 
 
 def encode_task_message(app: Celery, name: str, payload: dict[str, Any], *, task_id: str,
-                        queue: str, ignore_result: bool = False) -> bytes:
+                        queue: str, ignore_result: bool = True) -> bytes:
     """The bytes kombu's Redis transport would LPUSH for ``name(payload)`` on ``queue``.
 
     ``ignore_result`` goes into the message headers, where the worker reads it in
-    preference to the task's own ``ignore_result``: a task that delivers its results
-    itself needs it set, or Celery stores its return value over them.
+    preference to the task's own ``ignore_result``: CarbonEdge's tasks deliver their
+    results themselves, so it is set, or Celery stores a task's return value (False for
+    one it skipped) where the producer reads the result.
     """
     message = app.amqp.as_task_v2(
         task_id, name, args=(payload,), kwargs={}, origin=ORIGIN, ignore_result=ignore_result,

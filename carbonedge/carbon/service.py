@@ -48,6 +48,8 @@ from carbonedge.carbon.windows import (
 from carbonedge.connections import async_redis_client
 from carbonedge.errors import InvalidMessage
 from carbonedge.protocol import keys
+from carbonedge.protocol.telemetry import CLOCK_SKEW_S, PLAUSIBLE, valid_node_id
+from carbonedge.protocol.untrusted import Rejections, is_wrong_type, move_aside, parse_amount
 from carbonedge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,8 @@ class CarbonService:
         """What CodeCarbon prices the host rows at (``host_country``/``host_region``)."""
         self._clock = clock
         self._consumer = f"{socket.gethostname()}-{os.getpid()}"
+        self.rejections = Rejections(f"carbon service {self._consumer}", log)
+        """Malformed heartbeats, ledger rows and keys, logged once per cause and counted."""
         self._windows: dict[int, Window] = {}
         self._node_cpu: dict[str, float] = {}
         self._host_id = settings.host_id
@@ -114,7 +118,10 @@ class CarbonService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set, then settle what it can and close every window."""
-        client = async_redis_client(self.settings.redis_url, decode_responses=True)
+        # anything may be in Redis: bytes that are not UTF-8 read as U+FFFD, and fail the
+        # checks of the value they are in, instead of failing the whole read
+        client = async_redis_client(self.settings.redis_url, decode_responses=True,
+                                    encoding_errors="replace")
         await asyncio.to_thread(self.tracker.start)
         self.settler.host_mem_bytes = self.tracker.ram_total_bytes
         self.settler.estimated = self.tracker.estimated
@@ -181,7 +188,10 @@ class CarbonService:
             await client.xgroup_create(keys.LEDGER_STREAM, self._group, id="0",
                                        mkstream=True)
         except ResponseError as e:
-            if "BUSYGROUP" not in str(e):
+            if is_wrong_type(e):  # holds no ledger row: out of the way, then a new stream
+                await move_aside(client, keys.LEDGER_STREAM, "stream", self.rejections)
+                await self._ensure_group(client)
+            elif "BUSYGROUP" not in str(e):
                 raise
 
     # -- sampling -------------------------------------------------------------------------
@@ -190,9 +200,18 @@ class CarbonService:
         while not stop.is_set():
             try:
                 await self._sample(client)
+                await self._flush_rejections(client)
             except RedisError as e:
                 log.warning("carbon service: sample failed (will retry): %s", e)
             await _wait(stop, self.settings.carbon_sample_s)
+
+    async def _flush_rejections(self, client: aioredis.Redis) -> None:
+        pending = self.rejections.take_pending()
+        if pending:
+            pipe = client.pipeline(transaction=False)
+            for field_name, n in pending.items():
+                pipe.hincrby(keys.REJECTED, field_name, n)
+            await pipe.execute(raise_on_error=False)
 
     async def _sample(self, client: aioredis.Redis) -> None:
         reading = await asyncio.to_thread(self.tracker.sample)
@@ -219,7 +238,7 @@ class CarbonService:
                          host_cpus=self.host_cpus, source=self.tracker.source, ts=now)
         power_key = keys.host_power_key(self._host_id)
         pipe = client.pipeline(transaction=True)
-        pipe.delete(power_key)
+        pipe.delete(power_key)  # whatever was there, of whatever type
         pipe.hset(power_key, mapping=host.to_fields())
         pipe.expire(power_key, max(int(self.window_s * 3), 10))
         pipe.xadd(self._samples_key, sample.to_fields(),  # type: ignore[arg-type]
@@ -234,24 +253,34 @@ class CarbonService:
         for node_id in node_ids:
             pipe.hmget(keys.node_key(node_id), list(_NODE_FIELDS))
         out: dict[str, dict[str, float]] = {}
-        for node_id, values in zip(node_ids, await pipe.execute(), strict=True):
-            if values[0] is None:  # no heartbeat (dead), or an agent without the counter
+        for node_id, values in zip(node_ids, await pipe.execute(raise_on_error=False),
+                                   strict=True):
+            if isinstance(values, Exception) or values[0] is None:
+                continue  # no heartbeat (dead), an agent without the counter, a wrong type
+            info = {name: parse_amount(v) for name, v in zip(_NODE_FIELDS, values, strict=True)}
+            bad = [name for name, v in info.items()
+                   if v is None or not PLAUSIBLE[name][0] <= v <= PLAUSIBLE[name][1]]
+            if bad:
+                self.rejections.reject("heartbeat", node_id, f"{', '.join(bad)} not a "
+                                       "plausible number")
                 continue
-            try:
-                info = {name: float(v) for name, v in zip(_NODE_FIELDS, values, strict=True)}
-            except (TypeError, ValueError):
-                log.warning("carbon service: node %s has a malformed heartbeat", node_id)
-                continue
-            if all(math.isfinite(v) and v >= 0 for v in info.values()):
-                out[node_id] = info
+            self.rejections.accept("heartbeat", node_id)
+            out[node_id] = info  # type: ignore[assignment]
         return out
 
     async def _node_ids(self, client: aioredis.Redis) -> set[str]:
-        """Every node, or this host's where agents run on several hosts."""
-        if not self._host_id:
-            return set(await client.smembers(keys.NODES))
-        self._host_nodes = set(await client.smembers(keys.host_nodes_key(self._host_id)))
-        return self._host_nodes
+        """Every node, or this host's where agents run on several."""
+        key = keys.host_nodes_key(self._host_id) if self._host_id else keys.NODES
+        try:
+            members = await client.smembers(key)
+        except ResponseError as e:
+            if not is_wrong_type(e):
+                raise
+            members = set()  # the dispatcher moves it aside; no node to read meanwhile
+        nodes = {n for n in members if valid_node_id(n)}
+        if self._host_id:
+            self._host_nodes = nodes
+        return nodes
 
     # -- ledger ---------------------------------------------------------------------------
 
@@ -288,17 +317,25 @@ class CarbonService:
             await client.xack(keys.LEDGER_STREAM, self._group, *others)
         return len(entries)
 
-    @staticmethod
-    def _take(entries: list[tuple[Any, Any]]) -> list[tuple[Any, LedgerRow]]:
-        """The well-formed rows among ``entries`` (a malformed one is logged)."""
+    def _take(self, entries: list[tuple[Any, Any]]) -> list[tuple[Any, LedgerRow]]:
+        """The well-formed rows among ``entries``; a malformed one is logged and counted."""
         rows = []
+        latest = self._clock() + CLOCK_SKEW_S
         for entry_id, fields in entries:
             if not fields:  # trimmed from the stream meanwhile
                 continue
             try:
-                rows.append((entry_id, LedgerRow.from_fields(fields)))
-            except InvalidMessage as e:
-                log.warning("carbon service: ledger entry %s rejected: %s", entry_id, e)
+                row = LedgerRow.from_fields(fields)
+                if not valid_node_id(row.node):
+                    raise InvalidMessage(f"ledger row names no node: {row.node[:40]!r}",
+                                         field="node")
+                if row.ts > latest:
+                    raise InvalidMessage(f"ledger row is from the future (ts {row.ts:.0f})",
+                                         field="ts")
+            except InvalidMessage as e:  # acknowledged by the caller: never read again
+                self.rejections.reject("ledger-row", entry_id, e.message)
+                continue
+            rows.append((entry_id, row))
         return rows
 
     async def _settle(self, client: aioredis.Redis, *, force: bool = False) -> None:

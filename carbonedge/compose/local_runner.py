@@ -1,9 +1,13 @@
 """Running the topology as local processes: each agent in its own cgroup.
 
 ``LocalRuntime.up()`` makes sure Redis answers (starting one it then owns), starts the
-dispatcher and one agent per node id, each inside a cgroup with the service's CPU quota
-and memory limit, and waits for every heartbeat. What it started is written to a state
-file so that ``carbonedge down`` (another process) can stop exactly that.
+dispatcher, the carbon service if asked, and one agent per node id, each inside a cgroup
+with the service's CPU quota and memory limit, and waits for every heartbeat. With
+``supervise`` (what `carbonedge up` does) the processes are started by a detached
+supervisor that restarts any that exits (:mod:`carbonedge.compose.supervisor`);
+otherwise (tests, the demo) by this process, and nothing restarts them. What it started
+is written to a state file so that ``carbonedge down`` (another process) can stop
+exactly that.
 """
 
 from __future__ import annotations
@@ -12,34 +16,37 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from carbonedge.carbon.codecarbon_adapter import check_host_grid
 from carbonedge.compose.cgroups import DEFAULT_PARENT, NodeCgroup, cgroups_available
+from carbonedge.compose.processes import (
+    ProcessRecord,
+    ProcessSpec,
+    launch,
+    process_alive,
+    signal_pid,
+    stop_in_order,
+)
 from carbonedge.compose.readiness import clear_stale_in_flight, wait_until_ready
 from carbonedge.compose.redis_server import ensure_redis, stop_pid
+from carbonedge.compose.supervisor import read_supervised, write_specs
 from carbonedge.compose.topology import Topology
 from carbonedge.errors import CarbonEdgeError, RuntimeUnavailable
+from carbonedge.protocol import keys
 from carbonedge.settings import Settings
+
+__all__ = ["LocalRuntime", "ProcessRecord", "RuntimeState", "process_alive", "stop_processes"]
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
-
-
-@dataclass
-class ProcessRecord:
-    """One process the runtime started."""
-
-    name: str
-    pid: int
-    log: str
-    cgroup: str | None = None
+SUPERVISOR = "supervisor"
 
 
 @dataclass
@@ -48,6 +55,10 @@ class RuntimeState:
     processes: list[ProcessRecord] = field(default_factory=list)
     redis_pid: int | None = None
     constrained: bool = True
+    supervisor_pid: int | None = None
+    """The supervisor of a supervised runtime (it owns the processes then)."""
+    cgroups: list[str] = field(default_factory=list)
+    """``<parent>/<name>`` of every cgroup created for the agents (removed by `down`)."""
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -72,6 +83,7 @@ class LocalRuntime:
         run_dir: str | Path | None = None,
         dispatcher_args: tuple[str, ...] = (),
         carbon_service: bool = False,
+        supervise: bool = False,
     ) -> None:
         self.topology = topology
         self.settings = settings
@@ -81,6 +93,8 @@ class LocalRuntime:
         """Extra `carbonedge dispatcher` options, e.g. ``("--metrics-port", "9808")``."""
         self.carbon_service = carbon_service
         """Also run `carbonedge carbon` (the host tracker, ledger and reconciliation)."""
+        self.supervise = supervise
+        """Start the processes through a detached supervisor that restarts them."""
         self.run_dir = Path(run_dir or settings.run_dir).resolve()
         self.state = RuntimeState(redis_url=settings.redis_url)
         topology.node_ids(self.scale)  # an unknown class fails here, naming the known ones
@@ -117,48 +131,58 @@ class LocalRuntime:
             if not ok:
                 log.warning("cannot create cgroups (%s): agents run WITHOUT CPU or memory limits",
                             why)
-            if self.carbon_service:
-                self._start("carbon", ["carbon", "--csv", str(self.emissions_csv)], None)
-            self._start("dispatcher", ["dispatcher", *self.dispatcher_args], None)
-            for node_id in self.node_ids:
-                self._start_agent(node_id)
+            specs = self._specs()
+            if self.supervise:
+                write_specs(self.run_dir, specs)
+                self.state.supervisor_pid = self._launch(ProcessSpec(
+                    SUPERVISOR, ("supervise", "--run-dir", str(self.run_dir)))).pid
+            else:
+                for spec in specs:
+                    self._start(spec)
             self.state.save(state_path)
             self.wait_ready(wait_s)
         except BaseException:
             self.down()
             raise
 
-    def _start_agent(self, node_id: str) -> None:
+    def _specs(self) -> list[ProcessSpec]:
+        """The carbon service (if asked), the dispatcher, then the agents in their cgroups."""
+        specs = []
+        if self.carbon_service:
+            specs.append(ProcessSpec("carbon", ("carbon", "--csv", str(self.emissions_csv))))
+        specs.append(ProcessSpec("dispatcher", ("dispatcher", *self.dispatcher_args)))
+        specs += [self._agent_spec(node_id) for node_id in self.node_ids]
+        return specs
+
+    def _agent_spec(self, node_id: str) -> ProcessSpec:
         spec = self.topology.node(node_id)
         cgroup = None
         if self.state.constrained:
-            cgroup = NodeCgroup.create(node_id, spec.cpus, spec.mem_limit_bytes,
-                                       self.settings.cgroup_parent)
+            made = NodeCgroup.create(node_id, spec.cpus, spec.mem_limit_bytes,
+                                     self.settings.cgroup_parent)
+            cgroup = f"{made.parent}/{made.name}"
+            if cgroup not in self.state.cgroups:
+                self.state.cgroups.append(cgroup)
         args = ["agent", "--node", node_id, "--compose", str(self.topology.source)]
         for name in self.preload:
             args += ["--preload", name]
-        self._start(node_id, args, cgroup)
+        return ProcessSpec(node_id, tuple(args), cgroup)
 
-    def _start(self, name: str, args: list[str], cgroup: NodeCgroup | None) -> None:
-        log_path = self.run_dir / "logs" / f"{name}.log"
+    def _launch(self, spec: ProcessSpec) -> Any:
         env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
-        with log_path.open("ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "carbonedge.cli", *args],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True,  # Ctrl-C reaches us; we stop them in order
-                preexec_fn=cgroup.preexec_fn() if cgroup else None,
-            )
-        self.state.processes.append(
-            ProcessRecord(name=name, pid=proc.pid, log=str(log_path),
-                          cgroup=f"{cgroup.parent}/{cgroup.name}" if cgroup else None))
-        log.info("started %s (pid %d%s)", name, proc.pid,
-                 f", cgroup {cgroup.name}" if cgroup else ", unconstrained")
+        return launch(spec, env, self.run_dir / "logs" / f"{spec.name}.log")
+
+    def _start(self, spec: ProcessSpec) -> None:
+        proc = self._launch(spec)
+        self.state.processes.append(ProcessRecord(
+            name=spec.name, pid=proc.pid, log=str(self.run_dir / "logs" / f"{spec.name}.log"),
+            cgroup=spec.cgroup))
 
     def restart_agent(self, node_id: str) -> None:
-        """Start ``node_id``'s agent again after it died (same cgroup, same arguments)."""
+        """Start ``node_id``'s agent again after it died (same cgroup, same arguments);
+        for a runtime that is not supervised (a supervised one restarts it by itself)."""
         self.state.processes = [p for p in self.state.processes if p.name != node_id]
-        self._start_agent(node_id)
+        self._start(self._agent_spec(node_id))
         self.state.save(self.run_dir / STATE_FILE)
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -168,6 +192,15 @@ class LocalRuntime:
                          host_id=self.settings.host_id)
 
     def _check_started(self) -> None:
+        """Raise if a process died during start-up (supervised: if one had to restart)."""
+        if self.state.supervisor_pid is not None:
+            if not process_alive(self.state.supervisor_pid):
+                raise RuntimeUnavailable("the supervisor exited during start-up; its log ends:"
+                                         f"\n{_tail(str(self.run_dir / 'logs' / 'supervisor.log'))}")
+            for name in _restarted(self.settings.redis_url):
+                log_path = self.run_dir / "logs" / f"{name}.log"
+                raise RuntimeUnavailable(
+                    f"{name} exited during start-up; its log ends:\n{_tail(str(log_path))}")
         for rec in self.state.processes:
             if not process_alive(rec.pid):
                 raise RuntimeUnavailable(
@@ -177,7 +210,7 @@ class LocalRuntime:
 
     def down(self, *, grace_s: float = 10.0) -> None:
         """Stop agents, then the dispatcher, remove cgroups and stop a Redis we started."""
-        stop_processes(self.state, grace_s)
+        stop_processes(self.state, grace_s, self.run_dir)
         (self.run_dir / STATE_FILE).unlink(missing_ok=True)
 
     @classmethod
@@ -187,7 +220,7 @@ class LocalRuntime:
         if not path.exists():
             return None
         state = RuntimeState.read(path)
-        stop_processes(state, grace_s)
+        stop_processes(state, grace_s, path.parent)
         path.unlink(missing_ok=True)
         return state
 
@@ -199,61 +232,54 @@ class LocalRuntime:
         self.down()
 
 
-def stop_processes(state: RuntimeState, grace_s: float) -> None:
-    """SIGTERM every recorded process (agents first), SIGKILL stragglers, clean up."""
-    services = ("dispatcher", "carbon")  # after the agents: the ledger must be drained
-    agents = [p for p in state.processes if p.name not in services]
-    others = [p for p in state.processes if p.name in services]
-    for group in (agents, others):
-        for rec in group:
-            _signal(rec.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for rec in group:
-            while process_alive(rec.pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if process_alive(rec.pid):
-                log.warning("%s did not stop in %.0f s; killing it", rec.name, grace_s)
-                _signal(rec.pid, signal.SIGKILL)
-        for rec in group:
-            _reap(rec.pid)
-            if rec.cgroup:
-                try:
-                    parent, _, name = rec.cgroup.rpartition("/")
-                    NodeCgroup.attach(name, parent or DEFAULT_PARENT).remove()
-                except CarbonEdgeError as e:
-                    log.warning("could not remove cgroup %s: %s", rec.cgroup, e)
+def stop_processes(state: RuntimeState, grace_s: float, run_dir: Path) -> None:
+    """Stop the supervisor (which stops its processes), then every recorded process still
+    running (agents first; SIGKILL after ``grace_s``), remove the cgroups, stop Redis."""
+    supervisor = state.supervisor_pid
+    if supervisor is not None and process_alive(supervisor):
+        signal_pid(supervisor, signal.SIGTERM)
+        deadline = time.monotonic() + 2 * grace_s + 5  # it gives each group grace_s
+        while process_alive(supervisor) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if process_alive(supervisor):
+            log.warning("the supervisor did not stop; killing it and what it ran")
+            signal_pid(supervisor, signal.SIGKILL)
+    state.supervisor_pid = None
+    # what the supervisor left running if it died first, and an unsupervised runtime's
+    stop_in_order([*state.processes, *read_supervised(run_dir)], grace_s)
     state.processes.clear()
+    for cgroup in state.cgroups:
+        parent, _, name = cgroup.rpartition("/")
+        try:
+            group = NodeCgroup.attach(name, parent or DEFAULT_PARENT)
+            if group.exists():
+                group.remove()
+        except CarbonEdgeError as e:
+            log.warning("could not remove cgroup %s: %s", cgroup, e)
+    state.cgroups.clear()
     if state.redis_pid:
         stop_pid(state.redis_pid)
         state.redis_pid = None
 
 
-def _signal(pid: int, sig: int) -> None:
+def _restarted(redis_url: str) -> list[str]:
+    """Processes the supervisor reports as having exited at least once."""
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
     try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie counts as gone; our own children are reaped)."""
-    _reap(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie we cannot reap (not our child) counts as dead
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
+        raw = client.hgetall(keys.PROCESSES)
+    except redis.RedisError:
+        return []
+    finally:
+        client.close()
+    out = []
+    for name, value in raw.items():
+        try:
+            entry = json.loads(value)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("restarts"):
+            out.append(name.decode(errors="replace"))
+    return sorted(out)
 
 
 def _tail(path: str, lines: int = 20) -> str:

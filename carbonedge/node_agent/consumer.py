@@ -1,26 +1,28 @@
 """A Celery consumer that turns undeliverable messages into error results, never silence.
 
-Celery's default is to log a foreign, undecodable or unregistered message and drop it.
-Here each one is also written to the ``ce:deadletter`` stream and, when the message names
-a task id, answered with an error result so that whoever waits on it learns why.
+Celery's default is to log a foreign, undecodable or unregistered message and drop it,
+and to stop the worker on anything its task handler did not expect (headers of the
+wrong types, a time limit that is no pair, ...). Here each such message goes to the
+agent's :class:`~carbonedge.node_agent.poison.PoisonHandler` (dead-lettered, counted,
+answered when its request id is known) and is acknowledged; the worker keeps serving.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
-import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
-import kombu.transport.redis as kombu_redis
 from celery.worker.consumer import Consumer
-from kombu.utils.json import loads as kombu_loads
+from vine import promise
 
 from carbonedge.errors import CarbonEdgeError, InvalidMessage, InvalidRequest
+from carbonedge.node_agent.poison import (
+    UNDECODABLE_CONTENT_TYPE,
+    PoisonHandler,
+    message_problem,
+)
 from carbonedge.protocol import keys
-from carbonedge.protocol.messages import error_result
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +34,8 @@ class AgentConsumer(Consumer):  # type: ignore[misc]
     """Set by the agent: hands back the requests a broken broker connection orphaned."""
     on_message: Callable[[], object] | None = None
     """Set by the agent: called as each task message arrives (a task's CPU starts here)."""
-
-    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
-        """Celery's task handler, announcing each message's arrival first."""
-        handler = super().create_task_handler(*args, **kwargs)
-        on_message = type(self).on_message
-        if on_message is None:
-            return handler
-
-        def on_task_received(message: Any) -> Any:
-            on_message()
-            return handler(message)
-
-        return on_task_received
+    poison: PoisonHandler | None = None
+    """Set by the agent: records and answers messages it cannot run."""
 
     def connect(self) -> Any:
         """Connect; after a lost connection, first hand back what this agent held.
@@ -62,9 +53,39 @@ class AgentConsumer(Consumer):  # type: ignore[misc]
                 log.exception("could not hand back requests after reconnecting")
         return connection
 
+    def create_task_handler(self, promise: Any = promise) -> Callable[[Any], Any]:
+        """Celery's handler, announcing each message's arrival first; a message it chokes
+        on is dead-lettered."""
+        handler = super().create_task_handler(promise)
+        broker_errors = (tuple(getattr(self, "connection_errors", ()))
+                         + tuple(getattr(self, "channel_errors", ())))
+        on_message = type(self).on_message
+
+        def on_task_received(message: Any) -> Any:
+            if on_message is not None:
+                on_message()
+            try:
+                return handler(message)
+            except Exception as e:
+                # kombu's Redis transport counts KeyError as a connection error: a message
+                # without an 'id' header would then restart the consumer, which restores
+                # the message to the head of the queue, for ever
+                if isinstance(e, broker_errors) and not isinstance(e, KeyError):
+                    raise  # Celery reconnects; the watchdog and hand-back keep the request
+                self._dead_letter(message, InvalidMessage(
+                    f"the worker could not take this message: {type(e).__name__}: "
+                    f"{str(e)[:200]}"))
+                _ack(message)
+                return None
+
+        return on_task_received
+
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        self._dead_letter(message, InvalidMessage(f"message could not be decoded: {exc}"))
-        message.ack()
+        if getattr(message, "content_type", None) == UNDECODABLE_CONTENT_TYPE:
+            self._dead_letter(message, message_problem(message))
+        else:
+            self._dead_letter(message, InvalidMessage(f"message could not be decoded: {exc}"))
+        _ack(message)
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
         self._dead_letter(message, InvalidMessage("message is not a CarbonEdge task"))
@@ -73,8 +94,8 @@ class AgentConsumer(Consumer):  # type: ignore[misc]
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
         name = _headers(message).get("task")
         self._dead_letter(message, InvalidRequest(
-            f"task {name!r} is not served here; known: {keys.TASK_INFER}, {keys.TASK_PING}",
-            field="task"))
+            f"task {str(name)[:80]!r} is not served here; known: {keys.TASK_INFER}, "
+            f"{keys.TASK_PING}, {keys.TASK_INFER_SEGMENT}", field="task"))
         message.reject_log_error(log, self.connection_errors)
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
@@ -82,55 +103,30 @@ class AgentConsumer(Consumer):  # type: ignore[misc]
         message.reject_log_error(log, self.connection_errors)
 
     def _dead_letter(self, message: Any, error: CarbonEdgeError) -> None:
-        headers = _headers(message)
-        task_id = headers.get("id") or _properties(message).get("correlation_id")
-        log.error("dead-lettered message (task id %s): %s", task_id, error)
-        try:
-            client = self.app.backend.client
-            client.xadd(keys.DEAD_LETTER_STREAM, {
-                "ts": repr(time.time()),
-                "task_id": str(task_id),
-                "error": error.message,
-                "content_type": str(getattr(message, "content_type", "")),
-                "size": str(len(getattr(message, "body", b"") or b"")),
-            }, maxlen=10_000, approximate=True)
-            if isinstance(task_id, str) and task_id:
-                self.app.backend.store_result(task_id, error_result(task_id, error), "SUCCESS")
-        except Exception:  # the dead letter itself must not kill the consumer
-            log.exception("could not record dead-lettered message %s", task_id)
+        task_id = _headers(message).get("id") or _properties(message).get("correlation_id")
+        if self.poison is None:  # not an agent's consumer: log it at least
+            log.error("undeliverable message (task id %s): %s", task_id, error)
+            return
+        self.poison.handle(task_id, error, content_type=str(getattr(message, "content_type",
+                                                                   "") or ""),
+                           raw=_raw_body(message))
 
 
-UNDECODABLE_CONTENT_TYPE = "application/x-carbonedge-undecodable"
-
-
-def tolerant_loads(data: Any, *args: Any, **kwargs: Any) -> Any:
-    """kombu's JSON envelope decoder, except that garbage becomes an undecodable message.
-
-    kombu's Redis transport decodes each popped queue item with a bare ``loads``; one
-    item that is not JSON raises out of the event loop and stops the worker for good
-    (the item is already popped, so it is lost too). Wrapping the raw bytes in an
-    envelope whose content type nobody accepts sends it to ``on_decode_error`` instead,
-    where :class:`AgentConsumer` dead-letters it and the worker carries on.
-    """
+def _ack(message: Any) -> None:
+    """Acknowledge a message that will not run (once; a broker error is logged)."""
     try:
-        return kombu_loads(data, *args, **kwargs)
-    except (ValueError, TypeError):
-        raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else bytes(data)
-        log.error("undecodable item on a queue (%d bytes): wrapping it for dead-lettering",
-                  len(raw))
-        return {
-            "body": base64.b64encode(raw).decode(),
-            "content-encoding": "binary",
-            "content-type": UNDECODABLE_CONTENT_TYPE,
-            "headers": {},
-            "properties": {"delivery_tag": uuid.uuid4().hex, "body_encoding": "base64",
-                           "delivery_info": {"exchange": "", "routing_key": ""}},
-        }
+        if not message.acknowledged:
+            message.ack()
+    except Exception as e:  # a broken connection: Celery reconnects and the watchdog
+        log.warning("could not acknowledge a dead-lettered message: %s", e)
 
 
-def install_tolerant_queue_decoder() -> None:
-    """Make this process's kombu Redis transport survive non-JSON queue items."""
-    kombu_redis.loads = tolerant_loads
+def _raw_body(message: Any) -> bytes:
+    """The message's body as received (for a wrapped poison item: the item itself)."""
+    body = getattr(message, "body", b"") or b""
+    if isinstance(body, str):
+        return body.encode("utf-8", "surrogateescape")
+    return bytes(body) if isinstance(body, (bytes, bytearray)) else b""
 
 
 def _headers(message: Any) -> dict[str, Any]:

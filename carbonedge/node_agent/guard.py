@@ -1,8 +1,9 @@
 """An agent's side of the delivery guarantees: run only what is still ours, deliver once.
 
 Before running a request the dispatcher routed here (``counted``), the agent checks that
-it is still in this node's ``ce:assigned`` registry: when the node was declared dead
-and came back, its queue may hold requests that were meanwhile re-dispatched elsewhere.
+recovery did not move it: when the node was declared dead and came back, its queue may
+hold requests that were meanwhile re-dispatched elsewhere (gone from this node's
+``ce:assigned`` registry, an attempt counted in ``ce:attempts``).
 After running it, the result goes through :func:`carbonedge.broker.delivery.deliver`,
 which drops it if another node's result was delivered first.
 """
@@ -17,9 +18,10 @@ from typing import Any
 import redis
 
 from carbonedge.broker.delivery import deliver
-from carbonedge.errors import InferenceFailed
+from carbonedge.errors import CarbonEdgeError, InferenceFailed
 from carbonedge.protocol import keys
 from carbonedge.protocol.messages import error_result
+from carbonedge.protocol.untrusted import parse_count
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ class DeliveryGuard:
         """
         owner = assigned_node or self.node_id
         counted = isinstance(payload, dict) and payload.get("counted") is True
-        if counted and not self._owns(task_id, owner):
+        if counted and self._moved(task_id, owner, payload):
             self.skipped += 1
             log.warning("request %s was re-dispatched to another node while queued here; "
                         "not running it", task_id)
@@ -68,12 +70,51 @@ class DeliveryGuard:
                         "first", task_id)
         return delivered
 
-    def _owns(self, task_id: str, owner: str) -> bool:
+    def reject(self, task_id: str, error: CarbonEdgeError) -> bool:
+        """Answer a request this agent cannot run (a poison message) with ``error``.
+
+        If the dispatcher routed it here, its in-flight count is released and it leaves
+        the node's registry, as a result would; returns whether the answer was delivered
+        (a result delivered before wins).
+        """
+        owned = self._owns(task_id, self.node_id, unknown=False)
+        if owned:
+            try:
+                self._client.hincrby(keys.IN_FLIGHT, self.node_id, -1)
+            except redis.RedisError as e:
+                log.warning("could not release the in-flight count of %s: %s", task_id, e)
+        result = error_result(task_id, error, node=self.node_id)
+        return self._deliver(task_id, result, owned, self.node_id)
+
+    def _moved(self, task_id: str, owner: str, payload: dict[str, Any]) -> bool:
+        """Whether recovery re-dispatched the request away from ``owner``: it is not in
+        the node's registry *and* the recovery scripts counted an attempt at least as
+        late as this message's. A request missing from the registry without such a count
+        (its registry write failed, the registry was moved aside as corrupt) is run:
+        delivery keeps the first result only."""
         try:
-            return bool(self._client.hexists(keys.assigned_key(owner), task_id))
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hexists(keys.assigned_key(owner), task_id)
+            pipe.hget(keys.ATTEMPTS, task_id)
+            owned, moves = pipe.execute(raise_on_error=False)
         except redis.RedisError as e:  # cannot tell: running it is safe, delivery is guarded
             log.warning("could not check ownership of %s: %s", task_id, e)
-            return True
+            return False
+        if owned is True or owned == 1:
+            return False
+        attempt = payload.get("attempt")
+        attempt = attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 1
+        moved = parse_count(moves) if not isinstance(moves, Exception) else None
+        return moved is not None and moved >= attempt
+
+    def _owns(self, task_id: str, owner: str, *, unknown: bool = True) -> bool:
+        """Whether ``task_id`` is in ``owner``'s registry (``unknown`` when Redis cannot
+        tell: for running, True is safe, as delivery is guarded)."""
+        try:
+            return bool(self._client.hexists(keys.assigned_key(owner), task_id))
+        except redis.RedisError as e:
+            log.warning("could not check ownership of %s: %s", task_id, e)
+            return unknown
 
     def _deliver(self, task_id: str, result: dict[str, Any], counted: bool, owner: str) -> bool:
         """Deliver, retrying through a Redis outage (the result must not be lost)."""

@@ -15,6 +15,7 @@ from carbonedge.node_agent.energy import EnergyAccountant
 from carbonedge.node_agent.stats import ExecStats
 from carbonedge.protocol import keys
 from carbonedge.protocol.telemetry import Heartbeat
+from carbonedge.protocol.untrusted import Rejections, is_wrong_type, move_aside_sync
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +47,26 @@ class HeartbeatPublisher:
         self._stats = stats
         self._interval = interval_s
         self._ttl_ms = max(int(ttl_s * 1000), 1)
+        self.rejections = Rejections(f"agent {config.node_id}", log)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_cpu = accounting.cpu_usage_s()
-        self._last_task_cpu = stats.task_cpu_s
+        self._last_own_cpu = time.process_time()
         self._last_t = time.monotonic()
+        self._started_at = time.time()
 
     def measure(self) -> Heartbeat:
         """Telemetry since the previous call."""
         cfg = self.config
         cpu, now = self._accounting.cpu_usage_s(), time.monotonic()
         cpu_delta, wall = max(cpu - self._last_cpu, 0.0), max(now - self._last_t, 1e-6)
-        task_cpu = self._stats.task_cpu_s
-        background = max(cpu_delta - (task_cpu - self._last_task_cpu), 0.0)
-        self._last_cpu, self._last_t, self._last_task_cpu = cpu, now, task_cpu
+        # S_R asks what else competes for the node's CPU: not the agent itself (its tasks,
+        # and its hand-offs, acknowledgements and heartbeats, which scale with the work it
+        # is given), but other processes in its cgroup or container
+        own = time.process_time()
+        background = max(cpu_delta - (own - self._last_own_cpu), 0.0)
+        self._last_cpu, self._last_t, self._last_own_cpu = cpu, now, own
         mem_limit = self._accounting.memory_limit_bytes() or cfg.mem_limit_bytes
         reading = self._energy.intensity()
         device = self._energy.device
@@ -82,6 +88,7 @@ class HeartbeatPublisher:
             cpu_source=self._accounting.source,
             exec_ms=self._stats.exec_ms(),
             cpu_usage_s=cpu,
+            started_at=self._started_at,
             ci_forecast=self._energy.forecast(),
             work_group=self._work_group,
         )
@@ -90,13 +97,19 @@ class HeartbeatPublisher:
         """Publish one heartbeat (the hash is replaced whole, then given its expiry)."""
         key = keys.node_key(self.config.node_id)
         pipe = self._client.pipeline(transaction=True)
-        pipe.delete(key)
+        pipe.delete(key)  # whatever was there, of whatever type
         pipe.hset(key, mapping=self.measure().to_fields())
         pipe.pexpire(key, self._ttl_ms)
         pipe.sadd(keys.NODES, self.config.node_id)
         if self._host_id:  # the carbon service of this host accounts for this node
             pipe.sadd(keys.host_nodes_key(self._host_id), self.config.node_id)
-        pipe.execute()
+        replies = pipe.execute(raise_on_error=False)
+        if isinstance(replies[3], redis.ResponseError) and is_wrong_type(replies[3]):
+            # the registry of the wrong type holds no node: out of the way, and in again
+            move_aside_sync(self._client, keys.NODES, "set", self.rejections)
+            self._client.sadd(keys.NODES, self.config.node_id)
+        elif errors := [e for e in replies if isinstance(e, Exception)]:
+            raise errors[0]
 
     def start(self) -> None:
         self.beat()

@@ -162,7 +162,7 @@ class AgentRuntime:
             ledger = ledger_row(result, charge, started_at=started_at, wall_s=wall_s,
                                 device=self.energy.device,
                                 tenant=tenant if isinstance(tenant, str) else "")
-        self.stats.finished(model_name, service_ms, cpu.total_s)
+        self.stats.finished(model_name, service_ms)
         if isinstance(payload, dict):
             self._bookkeeper.task_done(
                 counted=payload.get("counted") is True,

@@ -22,8 +22,6 @@ class ExecStats:
         self._lock = threading.Lock()
         self.in_flight = 0
         self.tasks_done = 0
-        self.task_cpu_s = 0.0
-        """CPU-seconds of all finished tasks (the heartbeat subtracts them from the cgroup's)."""
         self.on_first_sample: Callable[[], None] | None = None
         """Called (outside the lock) when a model gets its first measurement."""
 
@@ -31,14 +29,12 @@ class ExecStats:
         with self._lock:
             self.in_flight += 1
 
-    def finished(self, model: str | None = None, service_ms: float | None = None,
-                 cpu_s: float = 0.0) -> None:
+    def finished(self, model: str | None = None, service_ms: float | None = None) -> None:
         """Count a finished task; a measured one joins its model's window."""
         first = False
         with self._lock:
             self.in_flight -= 1
             self.tasks_done += 1
-            self.task_cpu_s += cpu_s
             if model is None or service_ms is None or service_ms <= 0:
                 return
             samples = self._samples.get(model)

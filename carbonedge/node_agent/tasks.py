@@ -12,35 +12,44 @@ from typing import Any
 from celery import Celery
 from celery.signals import task_postrun
 
+from carbonedge.errors import InvalidMessage
 from carbonedge.node_agent.guard import DeliveryGuard
+from carbonedge.node_agent.poison import PoisonHandler
 from carbonedge.node_agent.runtime import AgentRuntime
 from carbonedge.node_agent.segments import SegmentExecutor
 from carbonedge.protocol import keys
 
 
-def register_tasks(app: Celery, runtime: AgentRuntime, guard: DeliveryGuard) -> None:
+def register_tasks(app: Celery, runtime: AgentRuntime, guard: DeliveryGuard,
+                   poison: PoisonHandler) -> None:
     """Bind the agent's tasks to ``runtime`` (one runtime per worker process)."""
 
     @app.task(name=keys.TASK_INFER, bind=True, acks_late=True, reject_on_worker_lost=True,
               ignore_result=True)
-    def infer(task: Any, payload: Any) -> bool:
-        return guard.run(task.request.id, payload, runtime.infer)
+    def infer(task: Any, *args: Any, **kwargs: Any) -> bool:
+        payload = _payload(task, args, kwargs, poison)
+        return payload is not _REFUSED and guard.run(task.request.id, payload, runtime.infer)
 
     @app.task(name=keys.TASK_PING, bind=True, acks_late=True, reject_on_worker_lost=True,
               ignore_result=True)
-    def ping(task: Any, payload: Any) -> bool:
-        return guard.run(task.request.id, payload, runtime.ping)
+    def ping(task: Any, *args: Any, **kwargs: Any) -> bool:
+        payload = _payload(task, args, kwargs, poison)
+        return payload is not _REFUSED and guard.run(task.request.id, payload, runtime.ping)
 
-    register_segment_task(app, runtime, guard)
+    register_segment_task(app, runtime, guard, poison)
 
 
-def register_segment_task(app: Celery, runtime: AgentRuntime, guard: DeliveryGuard) -> None:
+def register_segment_task(app: Celery, runtime: AgentRuntime, guard: DeliveryGuard,
+                          poison: PoisonHandler) -> None:
     """The task of partitioned requests; models are profiled between tasks, once."""
     executor = SegmentExecutor(runtime, app)
 
     @app.task(name=keys.TASK_INFER_SEGMENT, bind=True, acks_late=True,
               reject_on_worker_lost=True, ignore_result=True)
-    def infer_segment(task: Any, payload: Any) -> bool:
+    def infer_segment(task: Any, *args: Any, **kwargs: Any) -> bool:
+        payload = _payload(task, args, kwargs, poison)
+        if payload is _REFUSED:
+            return False
         if not executor.owns(task.request.id, payload):
             executor.discard(payload)
             return False
@@ -52,3 +61,18 @@ def register_segment_task(app: Celery, runtime: AgentRuntime, guard: DeliveryGua
     @task_postrun.connect(weak=False)
     def profile_new_models(**_: Any) -> None:
         executor.profile_loaded()
+
+
+_REFUSED = object()
+
+
+def _payload(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+             poison: PoisonHandler) -> Any:
+    """The one payload a task message carries; a message with other arguments is a
+    poison message (dead-lettered and answered), and :data:`_REFUSED` is returned."""
+    if len(args) == 1 and not kwargs:
+        return args[0]
+    poison.handle(task.request.id, InvalidMessage(
+        f"a task message carries exactly one payload argument; this one has {len(args)} "
+        f"positional and {len(kwargs)} keyword argument(s)", field="args"))
+    return _REFUSED

@@ -16,11 +16,12 @@ from carbonedge.node_agent.bookkeeping import TaskBookkeeper
 from carbonedge.node_agent.cgroup import CgroupAccounting
 from carbonedge.node_agent.charging import ChargeMeter
 from carbonedge.node_agent.config import AgentConfig, work_group
-from carbonedge.node_agent.consumer import AgentConsumer, install_tolerant_queue_decoder
+from carbonedge.node_agent.consumer import AgentConsumer
 from carbonedge.node_agent.energy import EnergyAccountant
 from carbonedge.node_agent.guard import DeliveryGuard
 from carbonedge.node_agent.heartbeat import HeartbeatPublisher
 from carbonedge.node_agent.model_cache import ModelCache
+from carbonedge.node_agent.poison import PoisonHandler, install_queue_guard
 from carbonedge.node_agent.runtime import AgentRuntime
 from carbonedge.node_agent.stats import ExecStats
 from carbonedge.node_agent.tasks import register_tasks
@@ -68,11 +69,13 @@ def run_agent(
                            meter=meter)
     for name in preload:  # before the first heartbeat: no task is routed here until ready
         runtime.warm_up(name)
-    install_tolerant_queue_decoder()
+    install_queue_guard()
     app = make_celery_app(settings, worker_consumer="carbonedge.node_agent.consumer:AgentConsumer")
     guard = DeliveryGuard(client, config.node_id, expires_s=int(app.conf.result_expires or 3600),
                           retry_for_s=settings.result_timeout_s)
-    register_tasks(app, runtime, guard)
+    poison = PoisonHandler(client, config.node_id, guard)
+    AgentConsumer.poison = poison
+    register_tasks(app, runtime, guard, poison)
     heartbeat = HeartbeatPublisher(config, client, accounting=accounting, energy=energy,
                                    stats=stats, interval_s=settings.heartbeat_interval_s,
                                    ttl_s=settings.heartbeat_ttl_s, host_id=settings.host_id,

@@ -34,8 +34,16 @@ class TensorLimits:
 def encode_tensor(array: Any) -> dict[str, Any]:
     """Encode a numpy array (or anything with ``.numpy()``, like a CPU torch tensor)."""
     if hasattr(array, "detach"):
+        name = str(getattr(array, "dtype", "")).removeprefix("torch.")
+        if name not in ALLOWED_DTYPES:  # e.g. bfloat16, which numpy cannot even hold
+            raise InvalidTensor(f"dtype {name} is not allowed; use one of "
+                                f"{sorted(ALLOWED_DTYPES)} (e.g. tensor.float())",
+                                field="dtype")
         array = array.detach().cpu().numpy()
-    arr = np.asarray(array)
+    try:
+        arr = np.asarray(array)
+    except (TypeError, ValueError) as e:  # ragged nesting, objects numpy cannot convert
+        raise InvalidTensor(f"input is not an array of numbers: {e}", field="input") from e
     name = arr.dtype.name
     if name not in ALLOWED_DTYPES:
         raise InvalidTensor(

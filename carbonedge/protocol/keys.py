@@ -56,6 +56,24 @@ DEAD_LETTER_STREAM = f"{PREFIX}:deadletter"
 DISPATCHER_ALIVE = f"{PREFIX}:dispatcher:alive"
 """Hash dispatcher consumer name -> last beat (unix seconds)."""
 
+REJECTED = f"{PREFIX}:rejected"
+"""Hash ``<process>|<source>`` -> values read from Redis that were ignored as malformed
+(see :mod:`carbonedge.protocol.untrusted`)."""
+
+QUARANTINE = f"{PREFIX}:quarantine"
+"""Hash node id -> why and until when dispatchers keep it out of scheduling (JSON)."""
+
+PROCESSES = f"{PREFIX}:processes"
+"""Hash process name -> what the supervisor of `carbonedge up` knows of it (JSON)."""
+
+PROCESSES_BEAT = f"{PREFIX}:processes:beat"
+"""The supervisor's last beat (unix seconds; expires when it stops beating)."""
+
+
+def corrupt_key(key: str, ts: float) -> str:
+    """Where a key of the wrong Redis type is moved aside (kept for inspection)."""
+    return f"{PREFIX}:corrupt:{int(ts)}:{key}"
+
 TASK_INFER = "carbonedge.infer"
 TASK_PING = "carbonedge.ping"
 TASK_BY_KIND = {"infer": TASK_INFER, "ping": TASK_PING}

@@ -14,9 +14,12 @@ import msgpack
 
 from carbonedge.errors import CarbonEdgeError, InvalidMessage, InvalidRequest
 from carbonedge.partitioner.routes import Route, check_partition
+from carbonedge.protocol import keys
 from carbonedge.scheduler.budgets import valid_tenant
 
 PROTOCOL_VERSION = 1
+MAX_WEIGHT_SUM = 1e300
+"""Custom weights are divided by their sum: it must not overflow to infinity."""
 KINDS = ("infer", "ping")
 """``infer`` runs a model; ``ping`` runs nothing and measures the path itself."""
 
@@ -34,13 +37,51 @@ def unpack(data: bytes, *, max_bytes: int) -> dict[str, Any]:
         raise InvalidMessage(
             f"message of {len(data)} bytes is over the limit of {max_bytes}", field="payload"
         )
+    if len(data) == 0:
+        raise InvalidMessage("message is empty (0 bytes): not a msgpack map")
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=max_bytes)
     except (ValueError, msgpack.UnpackException, TypeError) as e:
-        raise InvalidMessage(f"message is not valid msgpack: {e}") from e
+        raise InvalidMessage(f"message is not valid msgpack: {_unpack_reason(e)}") from e
     if not isinstance(obj, dict):
         raise InvalidMessage(f"message must be a msgpack map, got {type(obj).__name__}")
     return obj
+
+
+_UNPACK_REASONS: tuple[tuple[type[BaseException], str], ...] = (
+    (msgpack.exceptions.StackError, "nested more deeply than msgpack allows (a nesting bomb?)"),
+    (msgpack.exceptions.FormatError, "a byte that starts no msgpack value"),
+    (msgpack.exceptions.ExtraData, "extra bytes after the message"),
+)
+
+
+def _unpack_reason(error: BaseException) -> str:
+    """msgpack's errors, named (some of them carry no message at all)."""
+    for kind, reason in _UNPACK_REASONS:
+        if isinstance(error, kind):
+            return reason
+    text = str(error).removeprefix("Unpack failed: ")
+    return text or type(error).__name__
+
+
+def unpack_entry(fields: Mapping[Any, Any], *, max_bytes: int) -> tuple[bytes, dict[str, Any]]:
+    """The request of a ``ce:requests`` stream entry: its raw bytes and the parsed map."""
+    name = keys.REQUEST_FIELD.encode()
+    raw = fields.get(name)
+    if raw is None:
+        present = ", ".join(repr(k)[:40] for k in list(fields)[:5]) or "none"
+        raise InvalidMessage(f"stream entry has no request field {keys.REQUEST_FIELD!r} "
+                             f"(fields: {present})", field=keys.REQUEST_FIELD)
+    return raw, unpack(raw, max_bytes=max_bytes)
+
+
+def request_label(request: Mapping[str, Any], default_mode: str) -> str:
+    """The mode a request is reported and counted under: ``custom`` when it carries its
+    own weights (they win over any mode), else its mode or the default, lower-case."""
+    if request.get("weights") is not None:
+        return "custom"
+    mode = request.get("mode")
+    return (mode if isinstance(mode, str) else default_mode).strip().lower()
 
 
 def require(msg: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
@@ -111,6 +152,10 @@ def validate_request(msg: Mapping[str, Any]) -> None:
                 "weights must be five finite non-negative numbers (R, L, P, B, C), not all zero",
                 field="weights",
             )
+        if not sum(float(w) for w in weights) <= MAX_WEIGHT_SUM:
+            raise InvalidRequest(f"weights must add up to a finite number (at most "
+                                 f"{MAX_WEIGHT_SUM:g}); they are normalised to sum to 1",
+                                 field="weights")
 
 
 MAX_DEADLINE_S = 7 * 24 * 3600.0

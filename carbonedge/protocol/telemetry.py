@@ -1,8 +1,10 @@
 """Node heartbeats: the ``ce:node:<id>`` hash an agent refreshes every interval.
 
 Values are plain strings so that ``redis-cli HGETALL`` is readable. Decoding validates
-every field (finite, non-negative, not from the future) and produces the scheduler's
-:class:`~carbonedge.scheduler.NodeSnapshot`.
+every field (finite, within :data:`PLAUSIBLE`, not from the future) and produces the
+scheduler's :class:`~carbonedge.scheduler.NodeSnapshot`. The bounds are wide enough for
+any real edge node and narrow enough that a forged or broken value cannot win every
+decision by itself (an ``exec_ms`` of 1e308, a quota of 1e9 cores).
 """
 
 from __future__ import annotations
@@ -22,14 +24,37 @@ CLOCK_SKEW_S = 5.0
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 WORK_GROUP_RE = re.compile(r"^[A-Za-z0-9_.:-]{0,64}$")
 
+PLAUSIBLE: dict[str, tuple[float, float]] = {
+    "cpu_quota": (0.01, 1024.0),  # cores granted to the node
+    "mem_limit_bytes": (1 << 20, 16 << 40),  # 1 MiB to 16 TiB
+    "mem_used_bytes": (0, 16 << 40),
+    "cpu_util": (0.0, 1.0),  # shares of the quota (the agent clamps them)
+    "background_util": (0.0, 1.0),
+    "power_w": (0.0, 20_000.0),  # watts: a rack of GPUs, not a power station
+    "active_power_w": (0.0, 20_000.0),
+    "carbon_intensity": (0.0, 2_000.0),  # gCO2eq/kWh: the dirtiest grids stay near 1,200
+    "pue": (1.0, 5.0),
+    "in_flight": (0, 1_000_000),
+    "tasks_done": (0, 1 << 60),
+    "cpu_usage_s": (0.0, 1e12),
+    "started_at": (0.0, 1e11),
+    "exec_ms": (0.001, 600_000.0),  # a model's service time: 1 us to 10 minutes
+}
+"""Documented plausible range ``(low, high)`` of each heartbeat value (inclusive); a value
+outside it makes the heartbeat invalid (the node is not scheduled until a good one)."""
+MAX_MODELS = 64
+"""Service times a heartbeat may carry (one per model the node has run)."""
+MAX_TEXT = 200
+"""Longest source description (``intensity_source``, ``cpu_source``) and model name."""
+
 _FLOATS = ("ts", "cpu_quota", "cpu_util", "background_util", "power_w", "active_power_w",
            "carbon_intensity", "pue")
 _INTS = ("mem_limit_bytes", "mem_used_bytes", "in_flight", "tasks_done")
-_OPTIONAL_FLOATS = ("cpu_usage_s",)
+_OPTIONAL_FLOATS = ("cpu_usage_s", "started_at")
 
 
 def valid_node_id(node_id: str) -> bool:
-    return bool(NODE_ID_RE.match(node_id))
+    return isinstance(node_id, str) and NODE_ID_RE.fullmatch(node_id) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +81,8 @@ class Heartbeat:
     exec_ms: Mapping[str, float] = field(default_factory=dict)
     cpu_usage_s: float = 0.0
     """The node's cumulative CPU-seconds (its cgroup's counter): the carbon service's input."""
+    started_at: float = 0.0
+    """When the agent started (unix seconds): beats of one agent life share it."""
     ci_forecast: tuple[tuple[float, float], ...] = ()
     """``(from unix time, gCO2/kWh)`` steps of the node's intensity ahead, where its
     provider can tell (traces, static values): what deferral plans with."""
@@ -89,10 +116,10 @@ class Heartbeat:
         for name in _OPTIONAL_FLOATS:
             if name in fields:
                 values[name] = _number(fields, name, float)
-        if values["ts"] > now + CLOCK_SKEW_S:
-            raise InvalidMessage(
-                f"heartbeat of {node_id} is {values['ts'] - now:.1f} s in the future", field="ts"
-            )
+        for name in ("ts", "started_at"):
+            if values.get(name, 0.0) > now + CLOCK_SKEW_S:
+                raise InvalidMessage(f"heartbeat of {node_id}: {name} is "
+                                     f"{values[name] - now:.1f} s in the future", field=name)
         if values["cpu_quota"] <= 0 or values["mem_limit_bytes"] <= 0:
             raise InvalidMessage(f"heartbeat of {node_id} has no CPU quota or memory limit",
                                  field="cpu_quota")
@@ -100,15 +127,32 @@ class Heartbeat:
         if not WORK_GROUP_RE.match(work_group):
             raise InvalidMessage(f"heartbeat of {node_id} has an invalid work_group "
                                  f"{work_group[:80]!r}", field="work_group")
-        exec_ms = {key[len(EXEC_PREFIX):]: _parse(key, raw, float)
-                   for key, raw in fields.items() if key.startswith(EXEC_PREFIX)}
+        for name, value in values.items():
+            if name in PLAUSIBLE:
+                _plausible(name, name, value)
+        exec_ms = {}
+        for key, raw in fields.items():
+            if key.startswith(EXEC_PREFIX):
+                model = key[len(EXEC_PREFIX):]
+                if not model or len(model) > MAX_TEXT or not model.isprintable():
+                    raise InvalidMessage(f"heartbeat field {_short(key)!r} names no model",
+                                         field="exec_ms")
+                exec_ms[model] = _plausible(key, "exec_ms", _parse(key, raw, float))
+        if len(exec_ms) > MAX_MODELS:
+            raise InvalidMessage(f"heartbeat has {len(exec_ms)} service times, over "
+                                 f"{MAX_MODELS}", field="exec_ms")
+        texts = {name: fields.get(name, "unknown") for name in ("intensity_source",
+                                                                  "cpu_source")}
+        for name, value in texts.items():
+            if len(value) > MAX_TEXT or not value.isprintable():
+                raise InvalidMessage(f"heartbeat field {name!r} is not a short printable "
+                                     "text", field=name)
         return cls(
             node_id=node_id,
             ci_forecast=_forecast(fields.get(FORECAST_FIELD, "")),
-            intensity_source=fields.get("intensity_source", "unknown"),
-            cpu_source=fields.get("cpu_source", "unknown"),
             exec_ms=exec_ms,
             work_group=work_group,
+            **texts,
             **values,  # type: ignore[arg-type]
         )
 
@@ -145,11 +189,23 @@ def _forecast(raw: str) -> tuple[tuple[float, float], ...]:
     for step in steps:
         t_raw, _, v_raw = step.partition(":")
         t = _parse(FORECAST_FIELD, t_raw, float)
-        v = _parse(FORECAST_FIELD, v_raw, float)
+        v = _plausible(FORECAST_FIELD, "carbon_intensity", _parse(FORECAST_FIELD, v_raw, float))
         if out and t <= out[-1][0]:
             raise InvalidMessage("heartbeat forecast times must ascend", field=FORECAST_FIELD)
         out.append((t, v))
     return tuple(out)
+
+
+def _plausible(field: str, bound: str, value: float) -> float:
+    low, high = PLAUSIBLE[bound]
+    if not low <= value <= high:
+        raise InvalidMessage(f"heartbeat field {_short(field)!r}={value!r} is outside its "
+                             f"plausible range [{low:g}, {high:g}]", field=field)
+    return value
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= 60 else name[:57] + "..."
 
 
 def _number(fields: Mapping[str, str], name: str, kind: type) -> float:
@@ -162,11 +218,12 @@ def _parse(name: str, raw: str, kind: type) -> float:
     try:
         value = float(raw)
     except (TypeError, ValueError) as e:
-        raise InvalidMessage(f"heartbeat field {name!r}={raw!r} is not a number", field=name) from e
+        raise InvalidMessage(f"heartbeat field {_short(name)!r}={_short(str(raw))!r} is not a "
+                             "number", field=name) from e
     if not math.isfinite(value) or value < 0:
-        raise InvalidMessage(
-            f"heartbeat field {name!r}={raw!r} must be finite and non-negative", field=name
-        )
+        raise InvalidMessage(f"heartbeat field {_short(name)!r}={_short(raw)!r} must be finite "
+                             "and non-negative", field=name)
     if kind is int and value != int(value):
-        raise InvalidMessage(f"heartbeat field {name!r}={raw!r} must be an integer", field=name)
+        raise InvalidMessage(f"heartbeat field {_short(name)!r}={_short(raw)!r} must be an "
+                             "integer", field=name)
     return value

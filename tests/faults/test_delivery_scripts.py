@@ -145,8 +145,17 @@ def test_guard_skips_moved_requests_and_answers_crashes(redis_client: redis.Redi
     r = redis_client
     guard = DeliveryGuard(r, "node-x")
     ran = []
+    r.hset(keys.ATTEMPTS, "moved", 1)  # what recovery counts when it re-dispatches one
     assert not guard.run("moved", {"id": "moved", "counted": True}, ran.append)
     assert ran == [] and r.hget(keys.DELIVERY_STATS, "skipped_moved") == b"1"
+    # not in the registry, but no recovery moved it (its registry write was lost): run
+    ok = {"v": 1, "id": "lost", "status": "ok"}
+    assert guard.run("lost", {"id": "lost", "counted": True}, lambda p: dict(ok))
+    assert _meta(r, "lost")["result"]["status"] == "ok"
+    # the copy recovery moved away from this node is skipped; a later dispatch runs
+    r.hset(keys.ATTEMPTS, "again", 1)
+    assert guard.run("again", {"id": "again", "counted": True, "attempt": 2},
+                     lambda p: {"v": 1, "id": "again", "status": "ok"})
 
     def crash(payload: object) -> dict:
         raise RuntimeError("boom")

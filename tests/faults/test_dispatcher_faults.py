@@ -10,6 +10,7 @@ import redis
 
 from carbonedge.broker.client import build_request
 from carbonedge.compose.local_runner import LocalRuntime
+from carbonedge.compose.processes import ProcessSpec
 from carbonedge.experiments.accounting import OutcomeLedger
 from carbonedge.protocol import keys
 from carbonedge.protocol.messages import pack
@@ -30,7 +31,7 @@ def _first_dispatches(url: str) -> int:
 
 
 def _start_dispatcher(runtime: LocalRuntime) -> None:
-    runtime._start("dispatcher", ["dispatcher"], None)  # the runner's own start path
+    runtime._start(ProcessSpec("dispatcher", ("dispatcher",)))  # the runner's own start path
 
 
 def test_entries_read_by_a_dead_dispatcher_are_reclaimed(small: LocalRuntime,

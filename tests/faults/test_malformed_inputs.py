@@ -25,7 +25,7 @@ import redis
 
 from carbonedge.broker.client import Client
 from carbonedge.broker.publish import encode_task_message
-from carbonedge.compose.local_runner import LocalRuntime
+from carbonedge.compose.local_runner import LocalRuntime, process_alive
 from carbonedge.errors import (
     CarbonEdgeError,
     DispatchFailed,
@@ -41,6 +41,7 @@ from carbonedge.protocol.codec import encode_tensor
 from carbonedge.protocol.messages import pack
 from carbonedge.protocol.telemetry import Heartbeat
 from tests.conftest import TEST_REDIS
+from tests.faults.conftest import pid_of
 from tests.integration.conftest import SMALL_TOPOLOGY, start_runtime
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -188,7 +189,7 @@ def test_request_id_not_a_string_is_dead_lettered(client: Client, r: redis.Redis
 
 def test_stream_entry_without_the_request_field(client: Client, r: redis.Redis) -> None:
     _dead_lettered(r, lambda: client._redis.xadd(keys.REQUEST_STREAM, {"q": b"x"}),
-                   b"msgpack")
+                   b"no request field 'p'")
 
 
 def test_mode_of_the_wrong_type(client: Client) -> None:
@@ -269,6 +270,125 @@ def test_message_without_a_task_name(client: Client, r: redis.Redis) -> None:
     _, message = _envelope("", msgpack.packb([[{}], {}, {}]), "application/x-msgpack", queue,
                            headers={"lang": "py"})
     _dead_lettered(r, lambda: r.lpush(queue, message), b"not a CarbonEdge task")
+
+
+# -- poison items: whatever is on a node's queue, the agent survives it and says so --------
+
+
+def _rejected(r: redis.Redis, node: str) -> int:
+    return int(r.hget(keys.REJECTED, f"agent {node}|queue-item") or 0)
+
+
+def _survives(runtime: LocalRuntime, client: Client, r: redis.Redis, item: bytes,
+              match: bytes) -> None:
+    """Push ``item`` onto node-b's queue: dead-lettered with ``match`` in its reason,
+    counted, removed (never retried), and the same agent process serves afterwards."""
+    queue, pid = keys.node_queue("node-b"), pid_of(runtime, "node-b")
+    counted = _rejected(r, "node-b")
+    _dead_lettered(r, lambda: r.lpush(queue, item), match)
+    last = r.xrevrange(keys.DEAD_LETTER_STREAM, count=1)[0][1]
+    assert last[b"source"] == queue.encode() and last[b"node"] == b"node-b"
+    assert _rejected(r, "node-b") == counted + 1
+    assert r.llen(queue) == 0 and not [v for v in r.hvals(keys.KOMBU_UNACKED) if queue.encode()
+                                       in v]  # not waiting to be retried
+    assert client.ping(node="node-b").result(60).node == "node-b"
+    assert process_alive(pid) and pid_of(runtime, "node-b") == pid  # the same process
+
+
+@pytest.mark.parametrize(
+    ("item", "match"),
+    [
+        (b"[]", b"JSON list"),
+        (b"123", b"JSON int"),
+        (b"null", b"JSON NoneType"),
+        (b'"a string"', b"JSON str"),
+        (b"{}", b"'properties' is not an object"),
+        (b"\xff\xfe\x00 binary", b"not JSON"),
+        (json.dumps({"body": "", "headers": "x", "properties": {
+            "delivery_tag": "t", "delivery_info": {"exchange": "", "routing_key": "q"}}}
+        ).encode(), b"'headers' is str"),
+        (json.dumps({"body": "abcde", "properties": {
+            "delivery_tag": "t", "body_encoding": "base64",
+            "delivery_info": {"exchange": "", "routing_key": "q"}}}).encode(), b"base64"),
+    ],
+    ids=["list", "int", "null", "string", "empty-object", "binary", "headers-string",
+         "bad-base64"],
+)
+def test_poison_items_are_dead_lettered_and_the_agent_keeps_serving(
+        runtime: LocalRuntime, client: Client, r: redis.Redis, item: bytes,
+        match: bytes) -> None:
+    _survives(runtime, client, r, item, match)
+
+
+def test_a_poison_envelope_with_a_readable_id_is_answered(
+        runtime: LocalRuntime, client: Client, r: redis.Redis) -> None:
+    task_id = uuid.uuid4().hex
+    item = json.dumps({"body": "", "headers": "not a map", "properties": {
+        "correlation_id": task_id, "delivery_tag": "t",
+        "delivery_info": {"exchange": "", "routing_key": "q"}}}).encode()
+    _survives(runtime, client, r, item, b"'headers' is str")
+    with pytest.raises(InvalidMessage, match="'headers' is str"):
+        client.result_for(task_id, 30)
+
+
+def test_a_task_message_without_its_payload_is_answered(
+        runtime: LocalRuntime, client: Client, r: redis.Redis) -> None:
+    queue = keys.node_queue("node-b")
+    task_id, message = _envelope(keys.TASK_PING, msgpack.packb([[], {}, {}]),
+                                 "application/x-msgpack", queue)
+    _survives(runtime, client, r, message, b"exactly one payload")
+    with pytest.raises(InvalidMessage, match="exactly one payload") as e:
+        client.result_for(task_id, 30)
+    assert e.value.field == "args"
+
+
+def test_headers_celery_chokes_on_are_answered(runtime: LocalRuntime, client: Client,
+                                               r: redis.Redis) -> None:
+    queue = keys.node_queue("node-b")
+    task_id, message = _envelope(keys.TASK_PING, msgpack.packb([[{"v": 1}], {}, {}]),
+                                 "application/x-msgpack", queue,
+                                 headers={"lang": "py", "task": keys.TASK_PING,
+                                          "timelimit": "not a pair", "retries": 0})
+    _survives(runtime, client, r, message, b"could not take this message")
+    with pytest.raises(InvalidMessage, match="could not take"):
+        client.result_for(task_id, 30)
+
+
+def test_a_routed_request_whose_message_is_poison_releases_its_count(
+        runtime: LocalRuntime, client: Client, r: redis.Redis) -> None:
+    """Answered like a result would be: out of the node's registry, its count released."""
+    task_id = uuid.uuid4().hex
+    r.hset(keys.assigned_key("node-b"), task_id, pack(_request(id=task_id)))
+    before = int(r.hincrby(keys.IN_FLIGHT, "node-b", 1))
+    item = json.dumps({"body": 12, "headers": {"id": task_id, "task": keys.TASK_INFER},
+                       "properties": {"delivery_tag": "t", "delivery_info": {
+                           "exchange": "", "routing_key": "q"}}}).encode()
+    _survives(runtime, client, r, item, b"'body' is int")
+    with pytest.raises(InvalidMessage, match="'body' is int"):
+        client.result_for(task_id, 30)
+    assert not r.hexists(keys.assigned_key("node-b"), task_id)
+    assert int(r.hget(keys.IN_FLIGHT, "node-b")) == before - 1
+
+
+def test_a_redispatch_is_not_counted_as_a_new_decision(client: Client,
+                                                       r: redis.Redis) -> None:
+    def decided() -> int:
+        return sum(int(v) for v in r.hvals(keys.DECISIONS))
+
+    before = decided()
+    request = _request(mode="green")
+    r.xadd(keys.REQUEST_STREAM, {keys.REQUEST_FIELD: pack(request), "a": b"1"})
+    assert client.result_for(request["id"], 60).node == "node-b"
+    assert decided() == before  # its first dispatch was counted, not this one
+    client.submit("mobilenetv2", GOOD, mode="green").result(60)
+    assert decided() == before + 1
+
+
+def test_custom_weights_are_labelled_custom(client: Client, r: redis.Redis) -> None:
+    result = client.submit("mobilenetv2", GOOD, mode="performance",
+                           weights=[0, 0, 0, 0, 1]).result(60)
+    assert result.mode == "custom" and result.node == "node-b"
+    assert int(r.hget(keys.DECISIONS, "node-b|custom")) >= 1
 
 
 # -- heartbeats ---------------------------------------------------------------------------

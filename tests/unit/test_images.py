@@ -123,3 +123,72 @@ def test_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules and 'torchvision' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def _tiny_png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("1", (width, height)).save(buf, format="PNG")  # 1 bit a pixel to build
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("size", "limit"),
+    [
+        ((60000, 1), "a side is over the limit of 16384"),
+        ((1, 20000), "a side is over the limit of 16384"),
+        ((10000, 100), "aspect ratio 100:1 is over the limit of 20:1"),
+        ((12000, 12000), "over the limit of 50,000,000 pixels"),
+        ((8000, 7000), "over the limit of 50,000,000"),
+    ],
+)
+def test_image_bombs_are_refused_before_decoding(size: tuple[int, int], limit: str) -> None:
+    data = _tiny_png(*size)
+    assert len(data) < 500_000  # tiny files that declare a huge image
+    with pytest.raises(InvalidRequest, match=limit) as info:
+        preprocess_image(data)
+    assert info.value.field == "image"
+
+
+def test_a_decoded_pil_image_is_bounded_too() -> None:
+    with pytest.raises(InvalidRequest, match="aspect ratio"):
+        preprocess_image(Image.new("L", (5000, 10)))
+
+
+def test_the_254_byte_bomb_fails_fast_in_little_memory() -> None:
+    """A few hundred bytes of PNG declaring 60000x1 took 47 s and 15.6 GB before the size
+    was checked ahead of decoding; now the peak RSS of the process does not move."""
+    code = (
+        "import io\n"
+        "from PIL import Image\n"
+        "from carbonedge.broker.images import preprocess_image\n"
+        "from carbonedge.errors import InvalidRequest\n"
+        "buf = io.BytesIO(); Image.new('RGB', (60000, 1)).save(buf, format='PNG')\n"
+        "def peak_kib():  # VmHWM: our own peak (ru_maxrss keeps the parent's, from fork)\n"
+        "    with open('/proc/self/status') as status:\n"
+        "        return next(int(x.split()[1]) for x in status if x.startswith('VmHWM:'))\n"
+        "before = peak_kib()\n"
+        "try:\n"
+        "    preprocess_image(buf.getvalue())\n"
+        "except InvalidRequest:\n"
+        "    pass\n"
+        "else:\n"
+        "    raise SystemExit('not refused')\n"
+        "print(peak_kib() - before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    grown_kib = int(out.stdout.strip())
+    assert grown_kib < 16 * 1024, f"peak RSS grew by {grown_kib} KiB"
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale() -> None:
+    img = _noise_image(2400, 1800)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    with Image.open(io.BytesIO(buf.getvalue())) as probe:
+        probe.draft("RGB", (683, 512))
+        assert probe.size == (1200, 900)  # what the decoder produces: half of each side
+    out = preprocess_image(buf.getvalue())
+    full = _torchvision_reference(Image.open(io.BytesIO(buf.getvalue())))
+    assert out.shape == (1, 3, 224, 224)
+    assert np.abs(out - full).max() < 0.1  # a couple of grey levels from the exact decode

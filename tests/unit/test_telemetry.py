@@ -75,3 +75,58 @@ def test_the_work_group_is_the_host_and_the_runtime(tmp_path: object) -> None:
     group = work_group("torch", Path(str(tmp_path)) / "missing")  # no boot id: host name
     assert group.endswith(":torch") and Heartbeat.from_fields(
         {**_beat(work_group=group).to_fields()}, now=NOW).work_group == group
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("exec_ms.mobilenetv2", "1e308"),  # finite, and would have steered every decision
+        ("exec_ms.mobilenetv2", "0"),
+        ("cpu_quota", "1e9"),
+        ("mem_limit_bytes", "1"),
+        ("carbon_intensity", "5000"),
+        ("power_w", "1e7"),
+        ("pue", "0.5"),
+        ("cpu_util", "1.5"),
+        ("in_flight", "100000000"),
+        ("ci_forecast", "1800000000.0:9999.0"),
+        ("started_at", str(NOW + 3600)),
+    ],
+)
+def test_values_outside_their_plausible_range_are_refused(field: str, value: str) -> None:
+    fields = _beat().to_fields()
+    fields[field] = value
+    with pytest.raises(InvalidMessage, match="plausible|future") as e:
+        Heartbeat.from_fields(fields, now=NOW)
+    assert e.value.field == field
+
+
+def test_bounds_hold_every_range_they_document() -> None:
+    from carbonedge.protocol.telemetry import PLAUSIBLE
+
+    for name, (low, high) in PLAUSIBLE.items():
+        assert 0 <= low < high, name
+    edge = _beat(cpu_quota=PLAUSIBLE["cpu_quota"][1], carbon_intensity=0.0,
+                 exec_ms={"m": PLAUSIBLE["exec_ms"][1]})
+    assert Heartbeat.from_fields(edge.to_fields(), now=NOW) == edge
+
+
+def test_a_heartbeat_may_not_carry_thousands_of_models_or_binary_sources() -> None:
+    fields = _beat().to_fields()
+    fields.update({f"exec_ms.m{i}": "10" for i in range(100)})
+    with pytest.raises(InvalidMessage, match="service times"):
+        Heartbeat.from_fields(fields, now=NOW)
+    fields = _beat().to_fields()
+    fields["intensity_source"] = "static\x00\x1b[2J"
+    with pytest.raises(InvalidMessage, match="printable"):
+        Heartbeat.from_fields(fields, now=NOW)
+
+
+def test_node_id_with_a_trailing_newline_is_invalid() -> None:
+    fields = _beat().to_fields()
+    fields["node_id"] = "node-green\n"
+    with pytest.raises(InvalidMessage, match="invalid node id"):
+        Heartbeat.from_fields(fields, now=NOW)
+
+
+def test_started_at_round_trips() -> None:
+    beat = _beat(started_at=NOW - 100)
+    assert Heartbeat.from_fields(beat.to_fields(), now=NOW).started_at == NOW - 100
