@@ -251,6 +251,8 @@ class _Host:
     source = "scripted"
     cpu_model = "test-cpu"
     idle_cpu_w = 1.0
+    estimated = True
+    ram_total_bytes = 8e9
 
     def start(self) -> None: ...
 
@@ -277,7 +279,7 @@ def test_carbon_service_survives_garbage_heartbeats_ledger_rows_and_keys(
     good = LedgerRow(task_id="t", node="node-y", kind="infer", model="m", mode="green",
                      status="ok", ts=time.time(), wall_s=0.1, cpu_s=0.05, cpu_kwh=1e-7,
                      ram_kwh=1e-8, energy_kwh=1.1e-7, carbon_g=4e-5, intensity_g_per_kwh=400.0,
-                     intensity_source="static", pue=1.0, power_source="p", apportioning="usage")
+                     intensity_source="static", pue=1.0, power_source="p")
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -288,14 +290,14 @@ def test_carbon_service_survives_garbage_heartbeats_ledger_rows_and_keys(
         r.xadd(keys.LEDGER_STREAM, {**good.to_fields(), "ts": repr(time.time() + 3600)})
         r.xadd(keys.LEDGER_STREAM, {**good.to_fields(), "cpu_kwh": b"\xff"})
         r.xadd(keys.LEDGER_STREAM, good.to_fields())  # type: ignore[arg-type]
-        while service.tasks_written < 1 or service.windows_written < 1:
+        while service.rows_settled < 1 or service.windows_written < 1:
             assert not task.done(), task.exception()
             await asyncio.sleep(0.05)
         stop.set()
         await asyncio.wait_for(task, 20)
 
     asyncio.run(run())
-    assert service.tasks_written == 1
+    assert service.rows_settled == 1
     assert service.rejections.total["ledger-row"] == 3
     assert service.rejections.total["heartbeat"] == 2
     assert r.exists(keys.HOST_POWER)
@@ -312,7 +314,7 @@ def test_agent_bookkeeping_repairs_what_it_cannot_add_to(redis_url: str,
     row = LedgerRow(task_id="t", node="node-y", kind="infer", model="m", mode="green",
                     status="ok", ts=time.time(), wall_s=0.1, cpu_s=0.05, cpu_kwh=1e-7,
                     ram_kwh=1e-8, energy_kwh=1.1e-7, carbon_g=4e-5, intensity_g_per_kwh=400.0,
-                    intensity_source="static", pue=1.0, power_source="p", apportioning="usage")
+                    intensity_source="static", pue=1.0, power_source="p")
     books = TaskBookkeeper(redis.Redis.from_url(redis_url), "node-y")
     books.task_done(counted=False, input_key=None, ledger=row)  # lost: said once, repaired
     books.close()
