@@ -29,10 +29,10 @@ MIB = 1 << 20
 
 IN_PROCESS = """
 import sys, time, numpy as np, torch
-from carbonedge.node_agent.worker import torch_threads_for
+from carbonedge.node_agent.backend import threads_for_quota
 from carbonedge.partitioner.models import create_model, run_inference, top_k
 quota, n = float(sys.argv[1]), int(sys.argv[2])
-torch.set_num_threads(torch_threads_for(quota)); torch.set_num_interop_threads(1)
+torch.set_num_threads(threads_for_quota(quota)); torch.set_num_interop_threads(1)
 x = np.load(sys.argv[3])
 model = create_model(sys.argv[4])
 for _ in range(5):

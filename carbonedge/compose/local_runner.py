@@ -1,8 +1,10 @@
 """Running the topology as local processes: each agent in its own cgroup.
 
-``LocalRuntime.up()`` makes sure Redis answers (starting one it then owns), starts the
-dispatcher and one agent per node id, each inside a cgroup with the service's CPU quota
-and memory limit, and waits for every heartbeat. What it started is written to a state
+``LocalRuntime.up()`` makes sure Redis answers (starting one it then owns), exports the
+declared models to ONNX if a node runs ONNX Runtime and the shared store lacks them (in a
+process of its own, outside every node's cgroup: torch needs more memory than a small node
+has), starts the dispatcher and one agent per node id, each inside a cgroup with the
+service's CPU quota and memory limit, and waits for every heartbeat. What it started is written to a state
 file so that ``carbonedge down`` (another process) can stop exactly that.
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from carbonedge.compose.cgroups import DEFAULT_PARENT, NodeCgroup, cgroups_available
-from carbonedge.compose.readiness import clear_stale_in_flight, wait_until_ready
+from carbonedge.compose.readiness import clear_stale_in_flight, export_models, wait_until_ready
 from carbonedge.compose.redis_server import ensure_redis, stop_pid
 from carbonedge.compose.topology import Topology
 from carbonedge.errors import CarbonEdgeError, RuntimeUnavailable
@@ -81,6 +83,12 @@ class LocalRuntime:
         self.carbon_service = carbon_service
         """Also run `carbonedge carbon` (the host tracker, ledger and reconciliation)."""
         self.run_dir = Path(run_dir or settings.run_dir).resolve()
+        # every process reads the same compose file (the dispatcher its declared models) and
+        # the agents share one store of exported graphs
+        self.settings = settings.replace(
+            compose_file=str(topology.source.resolve()),
+            export_dir=str(Path(settings.export_dir).resolve() if settings.export_dir
+                           else self.run_dir / "models"))
         self.state = RuntimeState(redis_url=settings.redis_url)
         topology.node_ids(self.scale)  # an unknown class fails here, naming the known ones
 
@@ -114,6 +122,7 @@ class LocalRuntime:
             if not ok:
                 log.warning("cannot create cgroups (%s): agents run WITHOUT CPU or memory limits",
                             why)
+            self._export_models()
             if self.carbon_service:
                 self._start("carbon", ["carbon", "--csv", str(self.emissions_csv)], None)
             self._start("dispatcher", ["dispatcher", *self.dispatcher_args], None)
@@ -124,6 +133,10 @@ class LocalRuntime:
         except BaseException:
             self.down()
             raise
+
+    def _export_models(self) -> None:
+        export_models(self.topology, self.node_ids, self.settings,
+                      self.run_dir / "logs" / "export.log")
 
     def _start_agent(self, node_id: str) -> None:
         spec = self.topology.node(node_id)

@@ -64,12 +64,15 @@ def run_demo(settings: Settings, *, inferences: int = 50, model: str = "mobilene
           file=sys.stderr)
     with runtime:
         limits = "cgroup limits" if runtime.state.constrained else "NO cgroup limits"
-        print(f"ready ({limits}); {inferences} {model} inferences per configuration",
-              file=sys.stderr)
+        engine = settings.inference_runtime or "each node's declared runtime"
+        print(f"ready ({limits}; models run on {engine}); {inferences} {model} inferences "
+              "per configuration", file=sys.stderr)
         with Client(settings) as client:
             rows = compare_modes(client, runtime.node_ids, model=model, images=images,
                                  mono_node=mono_node, timeout=settings.result_timeout_s)
     print()
+    if settings.inference_runtime:
+        print(f"runtime: {settings.inference_runtime} on every node")
     print(format_table(rows, runtime.node_ids, rows[0]))
     print()
     power = rows[-1].power_source

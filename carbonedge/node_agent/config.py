@@ -18,6 +18,8 @@ class AgentConfig:
     intensity: IntensityProvider
     pue: float = 1.0
     stats_window: int = 15
+    runtime: str = "auto"
+    """What runs the node's models: ``torch``, ``onnxruntime`` or ``auto``."""
 
 
 def static_intensity(g_per_kwh: float) -> IntensityProvider:

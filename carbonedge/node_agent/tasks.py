@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import task_postrun
 
 from carbonedge.node_agent.guard import DeliveryGuard
 from carbonedge.node_agent.runtime import AgentRuntime
@@ -18,8 +17,9 @@ from carbonedge.node_agent.segments import SegmentExecutor
 from carbonedge.protocol import keys
 
 
-def register_tasks(app: Celery, runtime: AgentRuntime, guard: DeliveryGuard) -> None:
-    """Bind the agent's tasks to ``runtime`` (one runtime per worker process)."""
+def register_tasks(app: Celery, runtime: AgentRuntime, guard: DeliveryGuard) -> SegmentExecutor:
+    """Bind the agent's tasks to ``runtime`` (one runtime per worker process); returns the
+    executor of partitioned requests."""
 
     @app.task(name=keys.TASK_INFER, bind=True, acks_late=True, reject_on_worker_lost=True,
               ignore_result=True)
@@ -31,11 +31,12 @@ def register_tasks(app: Celery, runtime: AgentRuntime, guard: DeliveryGuard) -> 
     def ping(task: Any, payload: Any) -> bool:
         return guard.run(task.request.id, payload, runtime.ping)
 
-    register_segment_task(app, runtime, guard)
+    return register_segment_task(app, runtime, guard)
 
 
-def register_segment_task(app: Celery, runtime: AgentRuntime, guard: DeliveryGuard) -> None:
-    """The task of partitioned requests; models are profiled between tasks, once."""
+def register_segment_task(app: Celery, runtime: AgentRuntime,
+                          guard: DeliveryGuard) -> SegmentExecutor:
+    """The task of partitioned requests (the executor profiles the models at start-up)."""
     executor = SegmentExecutor(runtime, app)
 
     @app.task(name=keys.TASK_INFER_SEGMENT, bind=True, acks_late=True,
@@ -49,6 +50,4 @@ def register_segment_task(app: Celery, runtime: AgentRuntime, guard: DeliveryGua
             return True
         return guard.run(task.request.id, payload, lambda _: outcome)
 
-    @task_postrun.connect(weak=False)
-    def profile_new_models(**_: Any) -> None:
-        executor.profile_loaded()
+    return executor

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
+import os
 import socket
+from typing import Any
 
 import redis
+from celery.signals import worker_ready
 
 from carbonedge.broker.celery_app import make_celery_app
 from carbonedge.broker.recovery import hand_back, release_previous_life
 from carbonedge.carbon.power import PowerModel
+from carbonedge.node_agent.backend import open_backend
 from carbonedge.node_agent.bookkeeping import TaskBookkeeper
 from carbonedge.node_agent.cgroup import CgroupAccounting
 from carbonedge.node_agent.config import AgentConfig
@@ -19,52 +22,54 @@ from carbonedge.node_agent.consumer import AgentConsumer, install_tolerant_queue
 from carbonedge.node_agent.energy import EnergyAccountant
 from carbonedge.node_agent.guard import DeliveryGuard
 from carbonedge.node_agent.heartbeat import HeartbeatPublisher
-from carbonedge.node_agent.model_cache import ModelCache
 from carbonedge.node_agent.runtime import AgentRuntime
 from carbonedge.node_agent.stats import ExecStats
 from carbonedge.node_agent.tasks import register_tasks
+from carbonedge.partitioner.catalog import Catalogue, default_catalogue
 from carbonedge.protocol import keys
 from carbonedge.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def torch_threads_for(cpu_quota: float) -> int:
-    """One thread per whole core of quota (at least one): more threads only get throttled."""
-    return max(1, math.floor(cpu_quota + 1e-6))
-
-
 def run_agent(
     config: AgentConfig,
     settings: Settings,
     *,
+    models: Catalogue | None = None,
+    compose_file: str | os.PathLike[str] | None = None,
     preload: tuple[str, ...] = (),
     events: bool = False,
 ) -> None:
-    """Serve ``config.node_id``'s queue until the worker is stopped (SIGTERM / Ctrl-C)."""
-    import torch  # the agent is the only process that needs torch
+    """Serve ``config.node_id``'s queue until the worker is stopped (SIGTERM / Ctrl-C).
 
-    torch.set_num_threads(torch_threads_for(config.cpu_quota))
-    torch.set_num_interop_threads(1)
-
+    Every model of ``models`` (the deployment's declared ones; default the paper's three)
+    is loaded and warmed up on ``config.runtime`` before the first heartbeat, which is
+    published once Celery consumes: nothing is routed here before the node is warm.
+    """
+    models = models or default_catalogue()
+    for name in preload:  # every declared model is loaded anyway: check the names only
+        models.get(name)
     accounting = CgroupAccounting.for_current_process()
     _check_limits(config, accounting)
     power = PowerModel.for_host(settings.host_cpu_watts)
     stats = ExecStats(config.stats_window)
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
-    models = ModelCache(settings.model_dir)
+    backend = open_backend(config.runtime, models, settings, cpu_quota=config.cpu_quota,
+                           compose_file=compose_file)
 
     energy = EnergyAccountant(config, power, apportioning=settings.apportioning)
     bookkeeper = TaskBookkeeper(client, config.node_id, settings.carbon_budget_period_s)
-    runtime = AgentRuntime(config, settings, accounting=accounting, energy=energy, models=models,
+    runtime = AgentRuntime(config, settings, accounting=accounting, energy=energy, models=backend,
                            stats=stats, bookkeeper=bookkeeper, redis_client=client)
-    for name in preload:  # before the first heartbeat: no task is routed here until ready
-        runtime.warm_up(name)
+    for name in backend.names:  # before the first heartbeat: no task is routed here until warm
+        log.info("warmed up %s: %.1f ms per inference here", name, runtime.warm_up(name))
     install_tolerant_queue_decoder()
     app = make_celery_app(settings, worker_consumer="carbonedge.node_agent.consumer:AgentConsumer")
     guard = DeliveryGuard(client, config.node_id, expires_s=int(app.conf.result_expires or 3600),
                           retry_for_s=settings.result_timeout_s)
-    register_tasks(app, runtime, guard)
+    segments = register_tasks(app, runtime, guard)
+    segments.profile_all()  # block profiles for partition plans, before any task
     heartbeat = HeartbeatPublisher(config, client, accounting=accounting, power=power,
                                    energy=energy,
                                    stats=stats, interval_s=settings.heartbeat_interval_s,
@@ -90,12 +95,21 @@ def run_agent(
     # Whatever waits in our queue is our in-flight work; a previous life's count is not.
     client.hset(keys.IN_FLIGHT, config.node_id, client.llen(queue))
     runtime.start_charging()
-    heartbeat.start()
+
+    def ready(**_: Any) -> None:  # Celery consumes: the first heartbeat makes the node routable
+        if not started:
+            started.append(True)
+            heartbeat.start()
+
+    started: list[bool] = []
+
+    worker_ready.connect(ready, weak=False)
     reading = energy.intensity()
     log.info("agent %s serving %s (cpu %.2f, mem %d MiB, %.0f g/kWh from %s, accounting %s, "
-             "apportioning %s)", config.node_id, queue, config.cpu_quota,
-             config.mem_limit_bytes >> 20, reading.value.g_per_kwh, reading.source,
-             accounting.source, energy.apportioning)
+             "apportioning %s; %s with %d thread(s): %s)", config.node_id, queue,
+             config.cpu_quota, config.mem_limit_bytes >> 20, reading.value.g_per_kwh,
+             reading.source, accounting.source, energy.apportioning, backend.runtime,
+             backend.threads, ", ".join(backend.names))
     try:
         worker.start()
     finally:
