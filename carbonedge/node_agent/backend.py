@@ -21,14 +21,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from carbonedge.errors import ConfigError
+from carbonedge.errors import ConfigError, UnknownModel
 from carbonedge.partitioner.catalog import Catalogue, ModelSpec
 from carbonedge.partitioner.graphs import ExportedGraph, GraphStore
 from carbonedge.settings import Settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RUNTIMES", "ModelBackend", "ServedModel", "open_backend", "threads_for_quota"]
+__all__ = ["RUNTIMES", "ModelBackend", "ServedModel", "ServedModels", "open_backend",
+           "threads_for_quota"]
 
 RUNTIMES = ("torch", "onnxruntime")
 AUTO = "auto"
@@ -59,6 +60,24 @@ class ServedModel:
     def input_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """The shapes a request's input may have: with or without the batch of one."""
         return self.spec.batch_shape, self.spec.input_shape
+
+
+class ServedModels:
+    """What both backends share: the loaded models by name, in declaration order."""
+
+    def __init__(self) -> None:
+        self._served: dict[str, ServedModel] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._served)
+
+    def get(self, name: str) -> ServedModel:
+        served = self._served.get(name)
+        if served is None:
+            raise UnknownModel(f"unknown model {name!r}; this node serves "
+                               f"{', '.join(self._served)}", field="model")
+        return served
 
 
 class ModelBackend(Protocol):

@@ -21,21 +21,22 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from carbonedge.errors import ConfigError, InvalidRequest, UnknownModel
-from carbonedge.node_agent.backend import ServedModel
+from carbonedge.errors import ConfigError, InvalidRequest
+from carbonedge.node_agent.backend import ServedModel, ServedModels
 from carbonedge.partitioner.catalog import Catalogue, ModelSpec
 from carbonedge.partitioner.graphs import BlockGraph, ExportedGraph
 
 log = logging.getLogger(__name__)
 
 
-class OnnxBackend:
+class OnnxBackend(ServedModels):
     """Every declared model as ONNX Runtime sessions."""
 
     runtime = "onnxruntime"
 
     def __init__(self, models: Catalogue, graphs: dict[str, ExportedGraph], *,
                  threads: int) -> None:
+        super().__init__()
         self.threads = threads
         self._options = ort.SessionOptions()
         self._options.intra_op_num_threads = threads
@@ -44,7 +45,6 @@ class OnnxBackend:
         self._options.log_severity_level = 3
         self._sessions: dict[str, Any] = {}
         self._inputs: dict[str, str] = {}
-        self._served: dict[str, ServedModel] = {}
         self._blocks: dict[str, tuple[BlockGraph, ...]] = {}
         self._block_sessions: dict[tuple[str, int], Any] = {}
         for spec in models:
@@ -97,17 +97,6 @@ class OnnxBackend:
 
     # -- serving -----------------------------------------------------------------------
 
-    @property
-    def names(self) -> list[str]:
-        return list(self._served)
-
-    def get(self, name: str) -> ServedModel:
-        served = self._served.get(name)
-        if served is None:
-            raise UnknownModel(f"unknown model {name!r}; this node serves "
-                               f"{', '.join(self._served)}", field="model")
-        return served
-
     def run(self, name: str, x: np.ndarray) -> np.ndarray:
         served = self.get(name)
         x = np.ascontiguousarray(x, dtype=np.float32).reshape(served.spec.batch_shape)
@@ -142,12 +131,13 @@ class OnnxBackend:
                 t0 = time.perf_counter()
                 session.run(None, feed)
                 times.append((time.perf_counter() - t0) * 1e3)
-            profiles.append(block.profile(float(statistics.median(times))))
+            profiles.append(block.profile(float(statistics.median(times))).to_wire())
             x = out
         return profiles
 
     def _block(self, name: str, index: int) -> BlockGraph:
-        blocks = self._blocks[self.get(name).name]
+        self.get(name)
+        blocks = self._blocks[name]
         if not 0 <= index < len(blocks):
             raise InvalidRequest(f"block {index} is not within the model's {len(blocks)} blocks",
                                  field="segment")

@@ -172,11 +172,13 @@ class AgentRuntime:
         if x.dtype != np.float32:
             raise InvalidTensor(f"input dtype must be float32, got {x.dtype.name}",
                                 field="input.dtype")
-        cpu0 = self.accounting.cpu_usage_s()
+        # the model run's CPU from the process clock: a cgroup counter lags by up to a
+        # scheduler tick (4 ms at HZ=250), as long as a whole ONNX Runtime inference
+        cpu0 = time.process_time()
         t0 = time.perf_counter()
         logits = self.models.run(name, x)
         t1 = time.perf_counter()
-        cpu_s = max(self.accounting.cpu_usage_s() - cpu0, 0.0)
+        cpu_s = max(time.process_time() - cpu0, 0.0)
         ids, scores = top_k(logits, 5)
         result = self._ok(payload, started_at, (t1 - t0) * 1e3, cpu_s)
         result.update(
@@ -189,20 +191,19 @@ class AgentRuntime:
 
     def warm_up(self, model: str, runs: int = WARM_UP_RUNS) -> float:
         """Run ``model`` on zeros so that no real task pays first-run costs (buffers,
-        kernels chosen on first use), and seed the model's telemetry with its sustained
-        cost here, CPU time over quota (the best run after the first: agents start side by
-        side, so wall times now say more about the neighbours than about this node); the
-        scheduler then knows every model's cost here before any task. Returns it (ms)."""
+        kernels chosen on first use), and seed the model's telemetry with its service time
+        here (the best run after the first); the scheduler then knows every model's cost
+        on this node before any task. Returns it (ms)."""
         served = self.models.get(model)
         x = np.zeros(served.spec.batch_shape, np.float32)
         costs = []
         for _ in range(max(runs, 1)):
-            cpu0 = self.accounting.cpu_usage_s()
+            cpu0 = time.process_time()  # (see _infer)
             t0 = time.perf_counter()
             self.models.run(model, x)
             exec_ms = (time.perf_counter() - t0) * 1e3
-            cpu_ms = max(self.accounting.cpu_usage_s() - cpu0, 0.0) * 1e3
-            costs.append(cpu_ms / self.config.cpu_quota if cpu_ms > 0 else exec_ms)
+            costs.append(self._service_ms({"exec_ms": exec_ms,
+                                           "cpu_s": max(time.process_time() - cpu0, 0.0)}))
         service_ms = min(costs[1:] or costs)
         self.stats.seed(model, service_ms)
         self._warm.add(model)
@@ -211,12 +212,17 @@ class AgentRuntime:
     def _service_ms(self, timings: dict[str, float]) -> float:
         """The time this node needs per task when busy: what the scheduler should expect.
 
-        Within one CFS period a lone task may run unthrottled (0.6 CPU still allows a
-        60 ms burst per 100 ms), so a sequence of lone tasks shows a slow node as fast as
-        a big one. Sustained, a task costs its CPU time divided by the quota; the slower
-        of the two is the node's real service time.
+        The model run's CPU time over the node's quota: what the node's share of the host
+        needs for the task, sustained. Not its wall time: within one CFS period a lone task
+        may run unthrottled (0.6 CPU still allows a 60 ms burst per 100 ms), which shows a
+        small node as fast as a big one; and on a shared host wall times swing with the
+        neighbours for every node alike (an ONNX Runtime MobileNetV2 needs ~5 ms of CPU, and
+        twice that in wall time on a loaded 2-core host), drowning the differences between
+        nodes. Contention shows in S_R instead. The wall time stands in only where no CPU
+        time was measured.
         """
-        return max(timings["exec_ms"], timings["cpu_s"] * 1e3 / self.config.cpu_quota)
+        cpu_ms = timings["cpu_s"] * 1e3
+        return cpu_ms / self.config.cpu_quota if cpu_ms > 0 else timings["exec_ms"]
 
     def _input(self, payload: dict[str, Any]) -> Any:
         """The request's tensor map: inline, or fetched from its ``ce:input:<id>`` key."""

@@ -8,8 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from carbonedge.errors import UnknownModel
-from carbonedge.node_agent.backend import ServedModel
+from carbonedge.node_agent.backend import ServedModel, ServedModels
 from carbonedge.partitioner.blocks import Block, flatten_model, profile_blocks, run_blocks
 from carbonedge.partitioner.catalog import Catalogue
 from carbonedge.partitioner.models import LoadedModel, create_model, logits_width, run_inference
@@ -17,12 +16,13 @@ from carbonedge.partitioner.models import LoadedModel, create_model, logits_widt
 log = logging.getLogger(__name__)
 
 
-class TorchBackend:
+class TorchBackend(ServedModels):
     """Every declared model built in this process (torch threads = whole cores of quota)."""
 
     runtime = "torch"
 
     def __init__(self, models: Catalogue, *, weights_dir: str | None, threads: int) -> None:
+        super().__init__()
         self.threads = threads
         torch.set_num_threads(threads)
         if torch.get_num_interop_threads() != 1:
@@ -32,7 +32,6 @@ class TorchBackend:
                 log.warning("torch inter-op threads stay at %d: %s",
                             torch.get_num_interop_threads(), e)
         self._loaded: dict[str, LoadedModel] = {}
-        self._served: dict[str, ServedModel] = {}
         self._blocks: dict[str, list[Block]] = {}
         self._block_shapes: dict[str, list[tuple[int, ...]]] = {}
         for spec in models:
@@ -49,17 +48,6 @@ class TorchBackend:
                 spec=spec, num_classes=loaded.num_classes, random_init=loaded.random_init,
                 weights_source=loaded.weights_source, n_blocks=len(blocks))
             log.info("loaded model %s with torch (%s)", spec.name, loaded.weights_source)
-
-    @property
-    def names(self) -> list[str]:
-        return list(self._served)
-
-    def get(self, name: str) -> ServedModel:
-        served = self._served.get(name)
-        if served is None:
-            raise UnknownModel(f"unknown model {name!r}; this node serves "
-                               f"{', '.join(self._served)}", field="model")
-        return served
 
     def run(self, name: str, x: np.ndarray) -> np.ndarray:
         self.get(name)

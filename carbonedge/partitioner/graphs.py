@@ -27,13 +27,14 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from carbonedge.errors import ConfigError
 from carbonedge.partitioner.catalog import ModelSpec, find_weights
+from carbonedge.partitioner.profiles import BlockProfile
 
 log = logging.getLogger(__name__)
 
@@ -94,23 +95,22 @@ def graph_key(spec: ModelSpec, weights_dir: str | None) -> str:
 class BlockGraph:
     """One block's graph and what the partition planner needs to know about it."""
 
-    index: int
-    name: str
-    kind: str
     file: Path
-    input_shape: tuple[int, ...]
-    output_shape: tuple[int, ...]
-    activation_bytes: int
-    flops: int
-    params: int
-    layer_cost: int
+    measured: BlockProfile
+    """Shapes, FLOPs, parameters and layer cost from the export (its ``time_ms`` is 0: a
+    block's time is measured where it runs)."""
 
-    def profile(self, time_ms: float) -> dict[str, Any]:
-        """The block's wire profile (as ``BlockProfile.to_wire``) with a measured time."""
-        return {"index": self.index, "name": self.name, "kind": self.kind,
-                "input_shape": list(self.input_shape), "output_shape": list(self.output_shape),
-                "activation_bytes": self.activation_bytes, "flops": self.flops,
-                "params": self.params, "layer_cost": self.layer_cost, "time_ms": time_ms}
+    @property
+    def index(self) -> int:
+        return self.measured.index
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.measured.input_shape
+
+    def profile(self, time_ms: float) -> BlockProfile:
+        """The block's profile with a time measured where it runs."""
+        return replace(self.measured, time_ms=time_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,18 +141,18 @@ class ExportedGraph:
             "input_shape": list(self.input_shape), "num_classes": self.num_classes,
             "random_init": self.random_init, "weights_source": self.weights_source,
             "exporter": self.exporter, "max_abs_diff": self.max_abs_diff,
-            "blocks": [{**b.profile(0.0), "file": b.file.name} for b in self.blocks],
+            "blocks": [{**b.measured.to_wire(), "file": b.file.name} for b in self.blocks],
         }
 
     @classmethod
     def from_meta(cls, directory: Path, meta: dict[str, Any]) -> ExportedGraph:
         blocks = tuple(
-            BlockGraph(index=int(b["index"]), name=str(b["name"]), kind=str(b["kind"]),
-                       file=directory / BLOCKS_DIR / str(b["file"]),
-                       input_shape=tuple(int(d) for d in b["input_shape"]),
-                       output_shape=tuple(int(d) for d in b["output_shape"]),
-                       activation_bytes=int(b["activation_bytes"]), flops=int(b["flops"]),
-                       params=int(b["params"]), layer_cost=int(b["layer_cost"]))
+            BlockGraph(file=directory / BLOCKS_DIR / str(b["file"]), measured=BlockProfile(
+                index=int(b["index"]), name=str(b["name"]), kind=str(b["kind"]),
+                input_shape=tuple(int(d) for d in b["input_shape"]),
+                output_shape=tuple(int(d) for d in b["output_shape"]),
+                activation_bytes=int(b["activation_bytes"]), flops=int(b["flops"]),
+                params=int(b["params"]), layer_cost=int(b["layer_cost"]), time_ms=0.0))
             for b in meta["blocks"])
         return cls(name=str(meta["name"]), key=str(meta["key"]), directory=directory,
                    input_shape=tuple(int(d) for d in meta["input_shape"]),
