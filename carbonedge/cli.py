@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--scale", action="append", default=[], metavar="NODE=N",
                     help="run N agents of a node class")
     up.add_argument("--preload", action="append", default=[], metavar="MODEL",
-                    help="load a model in every agent before it takes work")
+                    help="a model every agent must serve (agents load every declared model "
+                         "before they take work; an undeclared one stops start-up)")
     up.add_argument("--wait", type=float, default=180.0, help="seconds to wait for readiness")
     up.add_argument("--runtime", choices=("local", "docker"), default="local",
                     help="local: processes in cgroups (default); docker: containers via the "
