@@ -2,7 +2,9 @@
 each agent's peak cgroup memory with the model loaded.
 
 Baseline: a process in a fresh cgroup with the node's CPU quota and memory limit loads
-the model and times ``run_inference`` on the same preprocessed image. Routed: the same
+the model and times ``run_inference`` on the same preprocessed image. The agents run torch
+too, so that the difference is the routing path's (benchmarks/bench_runtimes.py compares
+the runtimes). Routed: the same
 image submitted through the client, the stream, the dispatcher and the node's queue,
 timed from submit to result. Both sequential, batch 1, the same iterations.
 
@@ -29,10 +31,10 @@ MIB = 1 << 20
 
 IN_PROCESS = """
 import sys, time, numpy as np, torch
-from carbonedge.node_agent.worker import torch_threads_for
+from carbonedge.node_agent.backend import threads_for_quota
 from carbonedge.partitioner.models import create_model, run_inference, top_k
 quota, n = float(sys.argv[1]), int(sys.argv[2])
-torch.set_num_threads(torch_threads_for(quota)); torch.set_num_interop_threads(1)
+torch.set_num_threads(threads_for_quota(quota)); torch.set_num_interop_threads(1)
 x = np.load(sys.argv[3])
 model = create_model(sys.argv[4])
 for _ in range(5):
@@ -73,7 +75,7 @@ def main() -> None:
     n = args.iterations
     image = synthetic_images(1, seed=7)[0]
     x = preprocess_image(image)
-    with bench_runtime(preload=(MODEL,)) as runtime:
+    with bench_runtime(preload=(MODEL,), inference_runtime="torch") as runtime:
         import numpy as np
 
         x_path = runtime.run_dir / "x.npy"
@@ -95,8 +97,8 @@ def main() -> None:
             b50, r50 = statistics.median(base), statistics.median(routed)
             print(f"  {spec.name:<12} {b50:12.1f} ms {r50:8.1f} ms {100 * (r50 / b50 - 1):+8.1f}% "
                   f"{percentile(routed, 95):8.1f} ms {statistics.median(execs):6.1f} ms")
-        print("peak cgroup memory of each agent after loading MobileNetV2 and serving "
-              f"{n + 5} inferences:")
+        print("peak cgroup memory of each agent (torch, the three paper models loaded) after "
+              f"serving {n + 5} MobileNetV2 inferences:")
         for spec in runtime.topology.nodes:
             print(memory_report(spec.name, spec.mem_limit_bytes))
         client.close()

@@ -28,12 +28,16 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--scale", action="append", default=[], metavar="NODE=N",
                     help="run N agents of a node class")
     up.add_argument("--preload", action="append", default=[], metavar="MODEL",
-                    help="load a model in every agent before it takes work")
+                    help="a model every agent must serve (agents load every declared model "
+                         "before they take work; an undeclared one stops start-up)")
     up.add_argument("--wait", type=float, default=180.0, help="seconds to wait for readiness")
     up.add_argument("--runtime", choices=("local", "docker"), default="local",
                     help="local: processes in cgroups (default); docker: containers via the "
                          "Docker SDK with nano_cpus and mem_limit")
     up.add_argument("--image", default="carbonedge:latest", help="image of --runtime docker")
+    up.add_argument("--inference-runtime", choices=("torch", "onnxruntime"),
+                    help="run every node's models with this (default: each node's "
+                         "x-carbonedge.runtime, auto)")
     up.add_argument("--metrics-port", type=int,
                     help="the local dispatcher exports Prometheus metrics on 127.0.0.1:PORT")
     up.add_argument("--no-carbon", action="store_true",
@@ -54,7 +58,18 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--check", action="store_true",
                        help="health check: exit 0 if this node's heartbeat is fresh, else 1")
 
-    dispatcher = sub.add_parser("dispatcher", help="run the asyncio dispatcher")
+    models = sub.add_parser("models", help="the declared models: list them, export them to ONNX")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    with_compose(models_sub.add_parser("list", help="declared models, accuracy, export status"))
+    export = with_compose(models_sub.add_parser(
+        "export", help="export the declared models to the shared ONNX store (whole and per "
+                       "block), verified against torch"))
+    export.add_argument("--model", action="append", default=[], metavar="NAME",
+                        help="only this model (repeatable; default: every declared model)")
+    export.add_argument("--keep-going", action="store_true",
+                        help="export the other models when one fails (exit status 2)")
+
+    dispatcher = with_compose(sub.add_parser("dispatcher", help="run the asyncio dispatcher"))
     _metrics_options(dispatcher, "also export Prometheus metrics on this port")
 
     exporter = sub.add_parser("metrics", help="export Prometheus metrics of the Redis state")
@@ -92,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default="mobilenetv2")
     demo.add_argument("--mono-node", default="node-medium",
                       help="node of the monolithic baseline (the paper's average scenario)")
+    demo.add_argument("--runtime", choices=("torch", "onnxruntime"),
+                      help="run every node's models with this (default: as the compose file "
+                           "declares, auto)")
     return p
 
 
@@ -117,7 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _stop_on_sigterm()
     try:
         settings = Settings.load(args.config, redis_url=args.redis_url,
-                                 compose_file=getattr(args, "compose", None))
+                                 compose_file=getattr(args, "compose", None),
+                                 inference_runtime=getattr(args, "inference_runtime", None)
+                                 or (getattr(args, "runtime", None)
+                                     if args.command == "demo" else None))
         logging.basicConfig(
             level=logging.DEBUG if args.verbose else getattr(logging, settings.log_level, 20),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -201,12 +222,58 @@ def _agent(args: argparse.Namespace, settings: Settings) -> int:
         return _agent_check(node_id, settings)
     from carbonedge.node_agent.worker import run_agent
 
-    spec = load_topology(settings.compose_file or None).node(args.node)
+    topology = load_topology(settings.compose_file or None)
+    spec = topology.node(args.node)
     config = AgentConfig(node_id=node_id, cpu_quota=spec.cpus,
                          mem_limit_bytes=spec.mem_limit_bytes,
-                         intensity=spec.intensity_provider(), pue=spec.pue)
-    run_agent(config, settings, preload=tuple(args.preload), events=args.events)
+                         intensity=spec.intensity_provider(), pue=spec.pue,
+                         runtime=spec.runtime_under(settings))
+    run_agent(config, settings, models=topology.models, compose_file=topology.source,
+              preload=tuple(args.preload), events=args.events)
     return 0
+
+
+def _models(args: argparse.Namespace, settings: Settings) -> int:
+    from carbonedge.partitioner.catalog import load_catalogue
+    from carbonedge.partitioner.graphs import GraphStore
+
+    catalogue = load_catalogue(settings.compose_path())
+    store = GraphStore(settings.graphs_dir)
+    if args.models_command == "list":
+        print(f"{'model':<18} {'source':<34} {'input':<12} {'top-1':>6}  {'ONNX graph':<12} "
+              "top-1 published in")
+        for spec in catalogue:
+            if spec.kind == "onnx":
+                status = "(ONNX file)"
+            elif store.lookup(spec, settings.model_dir or None) is not None:
+                status = "exported"
+            else:
+                status = "failed" if store.failure(spec, settings.model_dir or None) else "missing"
+            top1 = f"{spec.top1:.2f}" if spec.top1 is not None else "-"
+            shape = "x".join(str(d) for d in spec.input_shape)
+            print(f"{spec.name:<18} {spec.source[:34]:<34} {shape:<12} {top1:>6}  "
+                  f"{status:<12} {spec.top1_source or '-'}")
+        print(f"store: {store.root}")
+        return 0
+    from carbonedge.partitioner.export import export_model
+
+    failed = 0
+    for spec in catalogue.select(args.model) if args.model else catalogue:
+        if spec.kind == "onnx":
+            print(f"{spec.name}: an ONNX file, served as it is ({spec.target})")
+            continue
+        try:
+            graph, new = export_model(spec, store, settings.model_dir or None)
+        except CarbonEdgeError as e:
+            if not args.keep_going:
+                raise
+            print(f"carbonedge: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{spec.name}: {'exported' if new else 'cached'} ({len(graph.blocks)} block "
+              f"graphs, largest |onnxruntime - torch| {graph.max_abs_diff:.1e}) in "
+              f"{graph.directory}")
+    return 2 if failed else 0
 
 
 def _agent_check(node_id: str, settings: Settings) -> int:
@@ -242,6 +309,7 @@ def _dispatcher(args: argparse.Namespace, settings: Settings) -> int:
 
     run_dispatcher(settings, setup)
     return 0
+
 
 
 def _metrics(args: argparse.Namespace, settings: Settings) -> int:
@@ -333,6 +401,7 @@ _SERVICES = frozenset({"dispatcher", "agent", "carbon", "flower"})
 metrics exporter does not: it reports Redis down (``ce_redis_up 0``) instead."""
 
 _COMMANDS = {"up": _up, "down": _down, "supervise": _supervise, "agent": _agent,
+             "models": _models,
              "dispatcher": _dispatcher, "metrics": _metrics, "flower": _flower,
              "carbon": _carbon, "acl": _acl, "report": _report, "status": _status,
              "demo": _demo}

@@ -30,6 +30,12 @@ class Settings:
     run_dir: str = ".carbonedge"
     cgroup_parent: str = "carbonedge"
     model_dir: str = ""
+    """Pretrained weights: ``<model>.safetensors|.pth|.pt`` (empty: none but torch's hub cache)."""
+    export_dir: str = ""
+    """Exported ONNX graphs, shared by the agents of a deployment (empty: ``<run_dir>/models``)."""
+    inference_runtime: str = ""
+    """``torch`` or ``onnxruntime`` for every node, overriding each node's
+    ``x-carbonedge.runtime`` (empty: as the compose file declares)."""
     heartbeat_interval_s: float = 1.0
     heartbeat_missed_beats: int = 3
     view_refresh_s: float = 0.2
@@ -138,9 +144,35 @@ class Settings:
             if f.name == "redis_url" or getattr(self, f.name) != getattr(defaults, f.name)
         }
 
+    @property
+    def graphs_dir(self) -> Path:
+        """Where exported ONNX graphs are cached (:attr:`export_dir`, else under the run dir)."""
+        return Path(self.export_dir or Path(self.run_dir) / "models")
+
+    def compose_path(self) -> Path | None:
+        """The compose file: :attr:`compose_file` (ConfigError if missing), else
+        ``compose/docker-compose.yml`` of the working directory or of this checkout, else None."""
+        if self.compose_file:
+            path = Path(self.compose_file)
+            if not path.is_file():
+                raise ConfigError(f"compose file not found: {path}", field="compose_file")
+            return path
+        for path in compose_candidates():
+            if path.is_file():
+                return path
+        return None
+
     def replace(self, **changes: Any) -> Settings:
         """A copy with some settings changed."""
         return dataclasses.replace(self, **changes)
+
+
+COMPOSE_RELATIVE = Path("compose") / "docker-compose.yml"
+
+
+def compose_candidates() -> list[Path]:
+    """Where a compose file is looked for when none is given."""
+    return [Path.cwd() / COMPOSE_RELATIVE, Path(__file__).resolve().parents[1] / COMPOSE_RELATIVE]
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -17,6 +21,18 @@ SMALL_RUNTIME_URL = f"{TEST_REDIS}/14"
 """Database of the per-test small topologies (they kill agents)."""
 CGROUP_PARENT = os.environ.get("CARBONEDGE_CGROUP_PARENT", "carbonedge")
 """Parent cgroup of test runtimes: two test sessions on one host each need their own."""
+
+
+@functools.cache
+def session_export_dir() -> Path:
+    """One store of exported ONNX graphs for the whole test session: each model is exported
+    once (the first test or runtime that needs it), then every runtime's agents share it."""
+    return Path(tempfile.mkdtemp(prefix="carbonedge-test-exports-"))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if session_export_dir.cache_info().currsize:
+        shutil.rmtree(session_export_dir(), ignore_errors=True)
 
 
 def _redis_or_fail(url: str = TEST_REDIS_URL) -> redis.Redis:

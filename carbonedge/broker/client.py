@@ -21,6 +21,7 @@ from PIL import Image
 from carbonedge.broker.celery_app import make_celery_app
 from carbonedge.broker.images import preprocess_image
 from carbonedge.broker.listener import ResultListener, decode_meta, result_key
+from carbonedge.broker.model_choice import candidates
 from carbonedge.broker.publish import encode_task_message
 from carbonedge.broker.results import InferenceResult, parse_result
 from carbonedge.broker.status import collect_cluster
@@ -31,7 +32,14 @@ from carbonedge.connections import (
     redact,
     redis_client,
 )
-from carbonedge.errors import InvalidRequest, NoNodeAvailable, ResultTimeout, RuntimeUnavailable
+from carbonedge.errors import (
+    InvalidRequest,
+    NoNodeAvailable,
+    ResultTimeout,
+    RuntimeUnavailable,
+    UnknownModel,
+)
+from carbonedge.partitioner.catalog import Catalogue, Preprocess, load_catalogue
 from carbonedge.protocol import keys
 from carbonedge.protocol.codec import TensorLimits, encode_tensor, tensor_header
 from carbonedge.protocol.messages import PROTOCOL_VERSION, pack, validate_request
@@ -39,13 +47,16 @@ from carbonedge.settings import Settings
 
 __all__ = ["AsyncClient", "Client", "InferenceHandle", "InferenceResult"]
 
-INPUT_SHAPES = ((1, 3, 224, 224), (3, 224, 224))
+IMAGE_TYPES = (str, Path, bytes, bytearray, Image.Image)
 
 
-def to_tensor_map(x: Any, limits: TensorLimits) -> dict[str, Any]:
-    """An image (path, bytes, PIL) is preprocessed; an array or tensor is validated as is."""
-    if isinstance(x, (str, Path, bytes, bytearray, Image.Image)):
-        x = preprocess_image(x)
+def to_tensor_map(x: Any, limits: TensorLimits,
+                  preprocess: Preprocess | None = None) -> dict[str, Any]:
+    """An image (path, bytes, PIL) is preprocessed (ImageNet's 256/224 unless the model
+    declares otherwise); an array or tensor is validated as is."""
+    if isinstance(x, IMAGE_TYPES):
+        p = preprocess or Preprocess()
+        x = preprocess_image(x, resize=p.resize, crop=p.crop, mean=p.mean, std=p.std)
     tensor = encode_tensor(x)
     tensor_header(tensor, limits)
     return tensor
@@ -64,12 +75,16 @@ class RequestOptions(TypedDict, total=False):
     deadline_s: float
     tenant: str
     latency_slo_ms: float
+    family: str
+    min_accuracy: float
 
 
 def build_request(
     *,
     kind: str = "infer",
     model: str | None = None,
+    family: str | None = None,
+    min_accuracy: float | None = None,
     tensor: dict[str, Any] | None = None,
     mode: str | None = None,
     weights: Sequence[float] | None = None,
@@ -89,6 +104,10 @@ def build_request(
     ``tenant`` charges the request's carbon to that tenant's budget (if one is set).
     ``latency_slo_ms`` picks the least-carbon node predicted to answer within it.
 
+    Without a ``model``, a ``family`` and/or ``min_accuracy`` (ImageNet top-1, %) let the
+    broker choose the model too: the (model, node) pair of least estimated carbon that meets
+    them and the latency SLO (see :mod:`carbonedge.broker.model_choice`).
+
     ``partition`` (``"none"``, ``"auto"``, ``"green"`` or a segment count ``k``) or an
     explicit ``route`` (``[(node, start, stop), ...]`` over the model's blocks) split the
     model across nodes; ``latency_bound_ms`` bounds the ``green``/``auto`` plans.
@@ -100,9 +119,12 @@ def build_request(
         "submitted_at": time.time(),
     }
     for name, value in (("model", model), ("input", tensor), ("mode", mode),
-                        ("normalisation", normalisation), ("node", node), ("tenant", tenant)):
+                        ("normalisation", normalisation), ("node", node), ("tenant", tenant),
+                        ("family", family), ("min_accuracy", min_accuracy)):
         if value is not None:
             request[name] = value
+    if model is None and tensor is not None and (family is not None or min_accuracy is not None):
+        request["input_shape"] = list(tensor["shape"])
     if weights is not None:
         request["weights"] = _weights(weights)
     if partition is not None:
@@ -215,6 +237,33 @@ class _Producer:
             settings = settings.replace(redis_url=redis_url)
         self.settings = settings
         self._limits = TensorLimits(max_elements=settings.max_tensor_elements)
+        self._models: Catalogue | None = None
+
+    @property
+    def models(self) -> Catalogue:
+        """The declared models (the compose file's), read on first use."""
+        if self._models is None:
+            self._models = load_catalogue(self.settings.compose_path())
+        return self._models
+
+    def _tensor(self, model: str | None, x: Any, options: RequestOptions) -> dict[str, Any]:
+        """The request's tensor map; an image is preprocessed as its model declares."""
+        if not isinstance(x, IMAGE_TYPES):
+            return to_tensor_map(x, self._limits)
+        if model is not None:
+            try:
+                preprocess = self.models.get(model).preprocess
+            except UnknownModel:  # the dispatcher names the models it knows
+                preprocess = Preprocess()
+            return to_tensor_map(x, self._limits, preprocess)
+        specs = candidates(self.models, family=options.get("family"),
+                           min_accuracy=options.get("min_accuracy"))
+        kinds = {s.preprocess for s in specs}
+        if len(kinds) > 1:
+            raise InvalidRequest("the candidate models preprocess images differently ("
+                                 + ", ".join(s.name for s in specs) + "): send a tensor",
+                                 field="image")
+        return to_tensor_map(x, self._limits, kinds.pop())
 
 
 class Client(_Producer):
@@ -226,14 +275,16 @@ class Client(_Producer):
         self._app = make_celery_app(self.settings)
         self._listener = ResultListener(self._redis)
 
-    def submit(self, model: str, image_or_tensor: Any,
+    def submit(self, model: str | None, image_or_tensor: Any,
                **options: Unpack[RequestOptions]) -> InferenceHandle:
         """Queue one inference of ``model`` on an image (path/bytes/PIL) or a tensor.
 
         ``partition="auto" | "none" | "green" | k`` or ``route`` split it across nodes
         (see :func:`build_request`); the result's ``segments`` then say where each part ran.
+        ``model=None`` with ``family=`` and/or ``min_accuracy=`` lets the broker choose the
+        model as well as the node (the result's ``model`` and ``decision["model_choice"]``).
         """
-        tensor = to_tensor_map(image_or_tensor, self._limits)
+        tensor = self._tensor(model, image_or_tensor, options)
         request = build_request(model=model, tensor=tensor, **options)
         return self._send(request)
 
@@ -244,7 +295,7 @@ class Client(_Producer):
                                         deadline_s=deadline_s, tenant=tenant))
 
     def map(
-        self, model: str, inputs: Iterable[Any], *, timeout: float | None = None,
+        self, model: str | None, inputs: Iterable[Any], *, timeout: float | None = None,
         **options: Unpack[RequestOptions],
     ) -> list[InferenceResult]:
         """Submit every input, then collect results in order (errors raise)."""
@@ -256,7 +307,7 @@ class Client(_Producer):
         if not self._redis.exists(keys.node_key(node)):
             raise NoNodeAvailable(f"node {node!r} has no live heartbeat: nothing would serve "
                                   "its queue", field="node")
-        tensor = to_tensor_map(image_or_tensor, self._limits)
+        tensor = self._tensor(model, image_or_tensor, {})
         request = build_request(model=model, tensor=tensor, mode="direct", node=node)
         return self._send(request, queue=keys.node_queue(node))
 
@@ -331,17 +382,19 @@ class AsyncClient(_Producer):
         super().__init__(settings, redis_url=redis_url)
         self._redis = async_redis_client(self.settings.redis_url, socket_timeout=10)
 
-    async def infer(self, model: str, image_or_tensor: Any, *, timeout: float | None = None,
+    async def infer(self, model: str | None, image_or_tensor: Any, *,
+                    timeout: float | None = None,
                     **options: Unpack[RequestOptions]) -> InferenceResult:
-        """Submit one request and wait for its result."""
-        tensor = to_tensor_map(image_or_tensor, self._limits)
+        """Submit one request and wait for its result (``model=None``: see Client.submit)."""
+        tensor = self._tensor(model, image_or_tensor, options)
         request = build_request(model=model, tensor=tensor, **options)
         return await self._roundtrip(request, timeout)
 
     async def ping(self, *, timeout: float | None = None, **options: Any) -> InferenceResult:
         return await self._roundtrip(build_request(kind="ping", **options), timeout)
 
-    async def map(self, model: str, inputs: Iterable[Any], *, timeout: float | None = None,
+    async def map(self, model: str | None, inputs: Iterable[Any], *,
+                  timeout: float | None = None,
                   **options: Unpack[RequestOptions]) -> list[InferenceResult]:
         return list(await asyncio.gather(*(self.infer(model, x, timeout=timeout, **options)
                                            for x in inputs)))

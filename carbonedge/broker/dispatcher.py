@@ -26,6 +26,7 @@ from carbonedge.broker.allowlist import node_allowed
 from carbonedge.broker.celery_app import make_celery_app
 from carbonedge.broker.deferral import DeferralReleaser, plan_for, wants_deferral
 from carbonedge.broker.delivery import DELIVER_LUA, delivery_call
+from carbonedge.broker.model_choice import candidates, choose_model, wants_choice
 from carbonedge.broker.node_view import TelemetryReader
 from carbonedge.broker.partition_route import PartitionRouter
 from carbonedge.broker.publish import encode_task_message
@@ -44,10 +45,9 @@ from carbonedge.errors import (
     DispatchFailed,
     InvalidMessage,
     NoNodeAvailable,
-    UnknownModel,
     UnknownNode,
 )
-from carbonedge.partitioner.catalog import MODEL_NAMES
+from carbonedge.partitioner.catalog import Catalogue, load_catalogue
 from carbonedge.protocol import keys
 from carbonedge.protocol.messages import (
     error_result,
@@ -124,8 +124,10 @@ class Dispatcher:
     """One dispatcher process (several may share the consumer group)."""
 
     def __init__(self, settings: Settings, *, app: Celery | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, models: Catalogue | None = None) -> None:
         self.settings = settings
+        self.models = models or load_catalogue(settings.compose_path())
+        """The declared models (the compose file's): a request for another is UnknownModel."""
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.app = app or make_celery_app(settings)
         self._view: ClusterView | None = None
@@ -146,7 +148,8 @@ class Dispatcher:
         self._spent_at = 0.0
         self.dispatched = 0
         self.rejected = 0
-        self.partitions = PartitionRouter(max_payload_bytes=settings.max_payload_bytes)
+        self.partitions = PartitionRouter(max_payload_bytes=settings.max_payload_bytes,
+                                          models=self.models.names)
         self.on_decision: Callable[[str, float], None] | None = None
         """Called with (mode, seconds) after each decision (the metrics histogram)."""
 
@@ -325,6 +328,8 @@ class Dispatcher:
             if request.get("latency_slo_ms") is not None:
                 decision, slo = apply_latency_slo(decision, float(request["latency_slo_ms"]))
             wire = decision.to_wire(explain=decision.candidates <= self.settings.explain_max_nodes)
+            if "model_choice" in request:
+                wire["model_choice"] = request.pop("model_choice")
             if slo is not None:
                 wire["slo"] = slo
             if verdict is not None:
@@ -410,9 +415,9 @@ class Dispatcher:
         return [self._snapshots[n] for n in view.node_ids] if view is not None else []
 
     def _decide(self, request: dict[str, Any]) -> Decision:
-        if request.get("kind", "infer") == "infer" and request["model"] not in MODEL_NAMES:
-            raise UnknownModel(f"unknown model {request['model']!r}; known: {sorted(MODEL_NAMES)}",
-                               field="model")
+        choosing = wants_choice(request)
+        if request.get("kind", "infer") == "infer" and not choosing:
+            self.models.get(request["model"])  # UnknownModel listing the declared ones
         weights = weights_for(request.get("mode"), request.get("weights"),
                               default_mode=self.settings.default_mode)
         view = self._view
@@ -435,6 +440,14 @@ class Dispatcher:
             view = ClusterView.build([self._snapshots[pinned]], now=self._view_at,
                                      ttl_s=self.settings.heartbeat_ttl_s)
         normalisation = request.get("normalisation") or self.settings.normalisation
+        if choosing:  # the model too: least carbon under the accuracy floor and the SLO
+            choice = choose_model(
+                view, candidates(self.models, family=request.get("family"),
+                                 min_accuracy=request.get("min_accuracy"),
+                                 input_shape=request.get("input_shape")),
+                weights, normalisation, slo_ms=request.get("latency_slo_ms"))
+            request.update(model=choice.model, model_choice=choice.explanation)
+            return choice.decision
         return select(view, request.get("model") or "", weights, normalisation)
 
     # -- telemetry ---------------------------------------------------------------------

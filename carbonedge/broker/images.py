@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,23 +44,26 @@ DRAFT_ABOVE_PIXELS = 4_000_000
 ImageSource = str | Path | bytes | bytearray | memoryview | Image.Image
 
 
-def preprocess_image(src: ImageSource) -> np.ndarray:
-    """Turn an image (path, encoded bytes or PIL image) into a float32 (1,3,224,224) array.
+def preprocess_image(src: ImageSource, *, resize: int = RESIZE_SIZE, crop: int = CROP_SIZE,
+                     mean: Sequence[float] = IMAGENET_MEAN,
+                     std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+    """Turn an image (path, encoded bytes or PIL image) into a float32 (1,3,crop,crop) array.
 
-    RGB conversion, shorter side resized to 256 (bilinear), centre crop 224x224, scaled
-    to [0,1] and normalised with the ImageNet mean and std; the result is C-contiguous.
-    An unreadable, corrupt or missing image raises :class:`InvalidRequest` (field ``image``).
+    RGB conversion, shorter side resized to ``resize`` (256, bilinear), centre crop
+    ``crop`` x ``crop`` (224), scaled to [0,1] and normalised with ``mean`` and ``std``
+    (ImageNet's); the result is C-contiguous. An unreadable, corrupt or missing image raises
+    :class:`InvalidRequest` (field ``image``).
     """
     img = _open_rgb(src)
     try:
-        img = _resize_shorter(img, RESIZE_SIZE)
-        img = _center_crop(img, CROP_SIZE)
+        img = _resize_shorter(img, resize)
+        img = _center_crop(img, crop)
         arr = np.asarray(img, dtype=np.float32)
     except (OSError, ValueError) as e:
         raise InvalidRequest(f"cannot preprocess image: {e}", field="image") from e
     arr /= 255.0
-    arr -= IMAGENET_MEAN
-    arr /= IMAGENET_STD
+    arr -= np.asarray(mean, dtype=np.float32)
+    arr /= np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1)[np.newaxis])
 
 

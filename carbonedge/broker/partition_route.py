@@ -20,7 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from carbonedge.errors import CarbonEdgeError, InvalidRequest, NoNodeAvailable
-from carbonedge.partitioner.catalog import MODEL_NAMES
+from carbonedge.partitioner.catalog import DEFAULT_MODELS
 from carbonedge.partitioner.plans import BlockCost, Link, Plan, PlanNode
 from carbonedge.partitioner.routes import Route, check_partition, choose_route
 from carbonedge.protocol import keys
@@ -63,8 +63,11 @@ def _round2(x: float) -> float:
 class PartitionRouter:
     """Turns partitioned requests into routes (one per dispatcher)."""
 
-    def __init__(self, *, link: Link = PARTITION_LINK, max_payload_bytes: int = 1 << 24) -> None:
+    def __init__(self, *, link: Link = PARTITION_LINK, max_payload_bytes: int = 1 << 24,
+                 models: Sequence[str] = DEFAULT_MODELS) -> None:
         self.link = link
+        self.models = sorted(models)
+        """The declared models, whose profiles are read."""
         self._max_bytes = max_payload_bytes
         self._profiles: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self._read_at = 0.0
@@ -86,7 +89,7 @@ class PartitionRouter:
 
     async def refresh(self, r: aioredis.Redis, node_ids: Sequence[str]) -> None:
         """Read every node's profile of every model."""
-        models = sorted(MODEL_NAMES)
+        models = self.models
         pipe = r.pipeline(transaction=False)
         for model in models:
             for node in node_ids:
@@ -208,5 +211,6 @@ class PartitionRouter:
     @staticmethod
     def _no_profile(model: str) -> InvalidRequest:
         return InvalidRequest(
-            f"model {model!r} has no block profile yet: an agent profiles a model after its "
-            "first task of it (send one whole-model request first)", field="partition")
+            f"model {model!r} has no block profile: no live agent could split it (agents "
+            "profile their models at start-up; one with no block flattener is served whole)",
+            field="partition")

@@ -29,6 +29,8 @@ class SegmentInfo:
     """Bytes of the activation handed on (0 for the last segment)."""
     energy_kwh: float
     carbon_g: float
+    runtime: str = ""
+    """What ran the segment on its node: ``torch`` or ``onnxruntime``."""
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> SegmentInfo:
@@ -39,7 +41,8 @@ class SegmentInfo:
                        cpu_s=float(wire["cpu_s"]), in_bytes=int(wire["in_bytes"]),
                        out_bytes=int(wire["out_bytes"]),
                        energy_kwh=float(wire.get("energy_kwh", math.nan)),
-                       carbon_g=float(wire.get("carbon_g", math.nan)))
+                       carbon_g=float(wire.get("carbon_g", math.nan)),
+                       runtime=str(wire.get("runtime") or ""))
         except (KeyError, TypeError, ValueError) as e:
             raise InvalidMessage(f"malformed segment in result: {e}", field="segments") from e
 
@@ -76,6 +79,12 @@ class InferenceResult:
     @property
     def top1(self) -> int | None:
         return self.top5[0][0] if self.top5 else None
+
+    @property
+    def runtime(self) -> str:
+        """What ran the model: ``torch`` or ``onnxruntime`` (a partitioned request's last
+        segment's; each segment names its own)."""
+        return str(self.raw.get("runtime") or "unknown")
 
     @property
     def cpu_energy_kwh(self) -> float:

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from carbonedge.compose.readiness import clear_stale_in_flight, wait_until_ready
+from carbonedge.compose.readiness import clear_stale_in_flight, export_models, wait_until_ready
 from carbonedge.compose.redis_server import ensure_redis, stop_pid
 from carbonedge.compose.topology import Topology
 from carbonedge.errors import RuntimeUnavailable
@@ -72,6 +72,9 @@ class DockerRuntime:
         self.volumes = dict(volumes or {})
         self.environment = dict(environment or {})
         self.run_dir = Path(run_dir or settings.run_dir).resolve()
+        # exported graphs: made on this host, shared with every container at the same path
+        self.export_dir = (Path(settings.export_dir).resolve() if settings.export_dir
+                           else self.run_dir / "models")
         self.client = client
         self.redis_pid: int | None = None
         topology.node_ids(self.scale)  # an unknown class fails here, naming the known ones
@@ -98,6 +101,9 @@ class DockerRuntime:
             self.redis_pid = owned.pid if owned else None
             self._write_state(state_path)
             clear_stale_in_flight(self.settings.redis_url)
+            export_models(self.topology, self.node_ids,
+                          self.settings.replace(export_dir=str(self.export_dir)),
+                          self.run_dir / "export.log")
             self._run("dispatcher", ["dispatcher"])
             for node_id in self.node_ids:
                 spec = self.topology.node(node_id)
@@ -113,10 +119,14 @@ class DockerRuntime:
             raise
 
     def _run(self, name: str, args: list[str], **limits: Any) -> None:
+        self.export_dir.mkdir(parents=True, exist_ok=True)
         volumes = {str(self.topology.source.resolve()): {"bind": TOPOLOGY_IN_CONTAINER,
-                                                         "mode": "ro"}, **self.volumes}
+                                                         "mode": "ro"},
+                   str(self.export_dir): {"bind": str(self.export_dir), "mode": "rw"},
+                   **self.volumes}
         environment = {"CARBONEDGE_REDIS_URL": self.settings.redis_url,
                        "CARBONEDGE_COMPOSE_FILE": TOPOLOGY_IN_CONTAINER,
+                       "CARBONEDGE_EXPORT_DIR": str(self.export_dir),
                        "CARBONEDGE_HEARTBEAT_INTERVAL_S": str(self.settings.heartbeat_interval_s),
                        "CARBONEDGE_HEARTBEAT_MISSED_BEATS": str(self.settings.heartbeat_missed_beats),
                        # the dispatcher believes heartbeats of this runtime's nodes only

@@ -1,10 +1,12 @@
 """Running the topology as local processes: each agent in its own cgroup.
 
-``LocalRuntime.up()`` makes sure Redis answers (starting one it then owns), starts the
-dispatcher, the carbon service if asked, and one agent per node id, each inside a cgroup
-with the service's CPU quota and memory limit, and waits for every heartbeat. With
-``supervise`` (what `carbonedge up` does) the processes are started by a detached
-supervisor that restarts any that exits (:mod:`carbonedge.compose.supervisor`);
+``LocalRuntime.up()`` makes sure Redis answers (starting one it then owns), exports the
+declared models to ONNX if a node runs ONNX Runtime and the shared store lacks them (in a
+process of its own, outside every node's cgroup: torch needs more memory than a small node
+has), starts the dispatcher, the carbon service if asked, and one agent per node id, each
+inside a cgroup with the service's CPU quota and memory limit, and waits for every
+heartbeat. With ``supervise`` (what `carbonedge up` does) the processes are started by a
+detached supervisor that restarts any that exits (:mod:`carbonedge.compose.supervisor`);
 otherwise (tests, the demo) by this process, and nothing restarts them. What it started
 is written to a state file so that ``carbonedge down`` (another process) can stop
 exactly that.
@@ -33,10 +35,11 @@ from carbonedge.compose.processes import (
     signal_pid,
     stop_in_order,
 )
-from carbonedge.compose.readiness import clear_stale_in_flight, wait_until_ready
+from carbonedge.compose.readiness import clear_stale_in_flight, export_models, wait_until_ready
 from carbonedge.compose.redis_server import ensure_redis, stop_pid
 from carbonedge.compose.supervisor import read_supervised, write_specs
 from carbonedge.compose.topology import Topology
+from carbonedge.connections import redis_client
 from carbonedge.errors import CarbonEdgeError, RuntimeUnavailable
 from carbonedge.protocol import keys
 from carbonedge.settings import Settings
@@ -96,6 +99,12 @@ class LocalRuntime:
         self.supervise = supervise
         """Start the processes through a detached supervisor that restarts them."""
         self.run_dir = Path(run_dir or settings.run_dir).resolve()
+        # every process reads the same compose file (the dispatcher its declared models) and
+        # the agents share one store of exported graphs
+        self.settings = settings.replace(
+            compose_file=str(topology.source.resolve()),
+            export_dir=str(Path(settings.export_dir).resolve() if settings.export_dir
+                           else self.run_dir / "models"))
         self.state = RuntimeState(redis_url=settings.redis_url)
         topology.node_ids(self.scale)  # an unknown class fails here, naming the known ones
 
@@ -131,6 +140,7 @@ class LocalRuntime:
             if not ok:
                 log.warning("cannot create cgroups (%s): agents run WITHOUT CPU or memory limits",
                             why)
+            self._export_models()
             specs = self._specs()
             if self.supervise:
                 write_specs(self.run_dir, specs)
@@ -153,6 +163,10 @@ class LocalRuntime:
         specs.append(ProcessSpec("dispatcher", ("dispatcher", *self.dispatcher_args)))
         specs += [self._agent_spec(node_id) for node_id in self.node_ids]
         return specs
+
+    def _export_models(self) -> None:
+        export_models(self.topology, self.node_ids, self.settings,
+                      self.run_dir / "logs" / "export.log")
 
     def _agent_spec(self, node_id: str) -> ProcessSpec:
         spec = self.topology.node(node_id)
@@ -264,7 +278,7 @@ def stop_processes(state: RuntimeState, grace_s: float, run_dir: Path) -> None:
 
 def _restarted(redis_url: str) -> list[str]:
     """Processes the supervisor reports as having exited at least once."""
-    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    client = redis_client(redis_url, socket_timeout=5)
     try:
         raw = client.hgetall(keys.PROCESSES)
     except redis.RedisError:

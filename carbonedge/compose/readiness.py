@@ -2,14 +2,48 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import redis
 
+from carbonedge.compose.topology import Topology
 from carbonedge.connections import redis_client
 from carbonedge.errors import RuntimeUnavailable
 from carbonedge.protocol import keys
+from carbonedge.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def export_models(topology: Topology, node_ids: Sequence[str], settings: Settings,
+                  log_path: Path) -> None:
+    """`carbonedge models export` into ``settings``' store for the nodes that may run ONNX
+    Runtime, in a process of its own outside every node's cgroup (exporting holds torch:
+    more memory than a small node has); a no-op when the store has every graph. A model
+    that fails to export stops start-up if a node must run it on onnxruntime; an ``auto``
+    node runs torch instead and says why."""
+    runtimes = {topology.node(n).runtime_under(settings) for n in node_ids}
+    if runtimes == {"torch"}:
+        return
+    args = [sys.executable, "-m", "carbonedge.cli", "models", "export", "--keep-going",
+            "--compose", str(topology.source)]
+    env = {**os.environ, **settings.to_env()}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as out:
+        done = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=out,
+                              stderr=subprocess.STDOUT, env=env, check=False)
+    if done.returncode == 0:
+        return
+    if done.returncode != 2 or "onnxruntime" in runtimes:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+        raise RuntimeUnavailable(f"exporting the models to ONNX failed; {log_path} ends:\n{tail}")
+    log.warning("some models do not export to ONNX (see %s): auto nodes run torch", log_path)
 
 
 def clear_stale_in_flight(redis_url: str) -> None:

@@ -35,6 +35,7 @@ from carbonedge.compose.processes import (
     launch,
     stop_in_order,
 )
+from carbonedge.connections import redis_client
 from carbonedge.protocol import keys
 from carbonedge.settings import Settings
 
@@ -76,7 +77,7 @@ class Supervisor:
         self.children = [_Child(spec, backoff_s=backoff_s) for spec in specs]
         self._backoff_s, self._max_backoff_s, self._stable_s = backoff_s, max_backoff_s, stable_s
         self._env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
-        self._client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        self._client = redis_client(settings.redis_url, socket_timeout=5)
         self._publish_failing = False
 
     def run(self, stop: threading.Event) -> None:

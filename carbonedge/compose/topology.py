@@ -17,7 +17,10 @@ labelled with that zone (the constraint above), so that its intensity is that zo
 
 ``carbon_intensity`` is a number (gCO2eq/kWh) or a provider mapping, e.g.
 ``{provider: trace, file: GB_2023_week23, start: 2024-06-03T00:00:00Z, speedup: 60}``
-(see :mod:`carbonedge.carbon.intensity`).
+(see :mod:`carbonedge.carbon.intensity`). ``runtime`` is what runs the node's models:
+``torch``, ``onnxruntime``, or ``auto`` (the default: ONNX Runtime where every declared
+model exports, else torch). The file's top-level ``x-carbonedge: {models: [...]}`` declares
+the models every node serves (:mod:`carbonedge.partitioner.catalog`).
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ import yaml
 
 from carbonedge.carbon.intensity import IntensityProvider, create_provider
 from carbonedge.errors import CarbonEdgeError, ConfigError, UnknownNode
+from carbonedge.node_agent.backend import AUTO, RUNTIMES
+from carbonedge.partitioner.catalog import Catalogue, load_catalogue
 from carbonedge.protocol.telemetry import valid_node_id
+from carbonedge.settings import Settings, compose_candidates
 
-COMPOSE_RELATIVE = Path("compose") / "docker-compose.yml"
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
           "g": 1 << 30, "gb": 1 << 30, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
 
@@ -54,6 +59,16 @@ class NodeSpec:
     replicas: int = 1
     zone: str = ""
     """The grid zone its hosts are labelled with (``carbonedge.zone.<zone>``); empty: any."""
+    runtime: str = AUTO
+    """``torch``, ``onnxruntime`` or ``auto`` (see the module docstring)."""
+
+    def runtime_under(self, settings: Settings) -> str:
+        """The runtime this node uses: ``settings.inference_runtime`` overrides the file's."""
+        override = settings.inference_runtime
+        if override and override not in RUNTIMES:
+            raise ConfigError(f"inference_runtime {override!r} must be one of {list(RUNTIMES)}",
+                              field="inference_runtime")
+        return override or self.runtime
 
     @property
     def carbon_intensity(self) -> float:
@@ -76,6 +91,8 @@ class Topology:
     nodes: tuple[NodeSpec, ...]
     source: Path
     version: str
+    models: Catalogue
+    """The models every node serves (the file's top-level ``x-carbonedge.models``)."""
 
     def node(self, name: str) -> NodeSpec:
         """The node class called ``name`` (or the class of a scaled id like ``node-green-2``)."""
@@ -108,18 +125,11 @@ class Topology:
 
 def find_compose_file(explicit: str | Path | None = None) -> Path:
     """The compose file: explicit path, else ``compose/docker-compose.yml`` of the checkout."""
-    if explicit:
-        path = Path(explicit)
-        if not path.is_file():
-            raise ConfigError(f"compose file not found: {path}")
-        return path
-    candidates = [Path.cwd() / COMPOSE_RELATIVE, Path(__file__).resolve().parents[2] / COMPOSE_RELATIVE]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise ConfigError(
-        "no compose file given and none found at " + " or ".join(str(c) for c in candidates)
-    )
+    path = Settings(compose_file=str(explicit or "")).compose_path()
+    if path is None:
+        raise ConfigError("no compose file given and none found at "
+                          + " or ".join(str(c) for c in compose_candidates()))
+    return path
 
 
 def load_topology(path: str | Path | None = None) -> Topology:
@@ -140,7 +150,8 @@ def load_topology(path: str | Path | None = None) -> Topology:
     )
     if not nodes:
         raise ConfigError(f"{source} declares no node service (x-carbonedge: {{role: node}})")
-    return Topology(nodes=nodes, source=source, version=hashlib.sha256(raw).hexdigest()[:12])
+    return Topology(nodes=nodes, source=source, version=hashlib.sha256(raw).hexdigest()[:12],
+                    models=load_catalogue(source))
 
 
 def parse_bytes(value: Any, where: str) -> int:
@@ -238,6 +249,10 @@ def _node_spec(name: str, svc: dict[str, Any], source: Path) -> NodeSpec:
     if not pue >= 1.0:
         raise ConfigError(f"{where}: pue must be >= 1.0")
     replicas = int((svc.get("deploy") or {}).get("replicas", 1))
+    runtime = ext.get("runtime", AUTO)
+    if runtime not in (AUTO, *RUNTIMES):
+        raise ConfigError(f"{where}: runtime {runtime!r} must be one of "
+                          f"{[AUTO, *RUNTIMES]}", field="runtime")
     return NodeSpec(
         name=name,
         cpus=cpus,
@@ -246,4 +261,5 @@ def _node_spec(name: str, svc: dict[str, Any], source: Path) -> NodeSpec:
         pue=pue,
         replicas=max(replicas, 1),
         zone=_zone(ext, svc, where),
+        runtime=runtime,
     )

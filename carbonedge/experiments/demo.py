@@ -69,8 +69,10 @@ def run_demo(settings: Settings, *, inferences: int = 50, model: str = "mobilene
           file=sys.stderr)
     with runtime:
         limits = "cgroup limits" if runtime.state.constrained else "NO cgroup limits"
-        print(f"ready ({limits}); {blocks} blocks of {per_block} {model} inferences per "
-              f"configuration, in a random order per block (seed {seed})", file=sys.stderr)
+        engine = settings.inference_runtime or "each node's declared runtime"
+        print(f"ready ({limits}; models run on {engine}); {blocks} blocks of {per_block} "
+              f"{model} inferences per configuration, in a random order per block (seed "
+              f"{seed})", file=sys.stderr)
         with Client(runtime.settings) as client:
             warm_up(client, runtime.node_ids, model, images, per_node=WARMUP_PER_NODE,
                     timeout=settings.result_timeout_s)
@@ -82,6 +84,8 @@ def run_demo(settings: Settings, *, inferences: int = 50, model: str = "mobilene
               file=sys.stderr)
     rows = summarise_arms(records, "monolithic", seed=seed)
     print()
+    if settings.inference_runtime:
+        print(f"runtime: {settings.inference_runtime} on every node")
     print(format_table(rows, runtime.node_ids, "monolithic"))
     print()
     print(f"monolithic = every request pinned to {mono_node} through the dispatcher. Latency "

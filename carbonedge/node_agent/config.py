@@ -20,6 +20,8 @@ class AgentConfig:
     intensity: IntensityProvider
     pue: float = 1.0
     stats_window: int = 15
+    runtime: str = "auto"
+    """What runs the node's models: ``torch``, ``onnxruntime`` or ``auto``."""
 
 
 def work_group(runtime: str, boot_id: Path = Path("/proc/sys/kernel/random/boot_id")) -> str:

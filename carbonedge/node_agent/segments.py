@@ -12,9 +12,10 @@ for it: a task-level result plus ``segments``, one entry per segment with its no
 range, times, bytes in and out, energy and carbon. An error at any segment ends the
 request with an error result whose message names the segment and the node.
 
-Each agent also profiles a model's blocks once (the first time it needs them, or after
-the first whole-model task of the model) and stores the profile under
-``ce:blocks:<model>:<node>`` for the dispatcher's plans.
+Each agent also profiles its models' blocks once, at start-up before it reports ready
+(profiling between tasks would hold up the task after it), and stores each profile under
+``ce:blocks:<model>:<node>`` for the dispatcher's plans. Blocks run on the node's backend,
+torch or ONNX Runtime, on numpy arrays: a route may cross nodes of either runtime.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import redis
-import torch
 from celery import Celery
 
 from carbonedge.broker.publish import encode_task_message
@@ -36,14 +36,7 @@ from carbonedge.errors import (
     InvalidRequest,
     InvalidTensor,
 )
-from carbonedge.partitioner.blocks import (
-    Block,
-    BlockProfile,
-    flatten_model,
-    profile_blocks,
-    run_blocks,
-)
-from carbonedge.partitioner.models import INPUT_SHAPE, top_k
+from carbonedge.partitioner.outputs import top_k
 from carbonedge.partitioner.routes import Route, RouteSegment
 from carbonedge.protocol import keys
 from carbonedge.protocol.codec import decode_tensor, encode_tensor
@@ -71,7 +64,6 @@ redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
 redis.call('LPUSH', KEYS[4], ARGV[5])
 return 1
 """
-INPUT_SHAPES = (INPUT_SHAPE, INPUT_SHAPE[1:])
 _ACTIVATION = "_activation"
 """Result-map slot of the output tensor between running a segment and handing it on."""
 
@@ -82,34 +74,42 @@ class SegmentExecutor:
     def __init__(self, runtime: AgentRuntime, app: Celery) -> None:
         self.runtime = runtime
         self.app = app
-        self._blocks: dict[str, list[Block]] = {}
-        self._profiles: dict[str, list[BlockProfile]] = {}
+        self._profiled: dict[str, int] = {}
+        """Models profiled here, with their block count (0: served whole only)."""
         self._hand_on = runtime._redis.register_script(HAND_ON_LUA)
 
     # -- profiles ----------------------------------------------------------------------
 
-    def blocks(self, model: str) -> list[Block]:
-        """``model``'s blocks (flattened and profiled on first use)."""
-        if model not in self._blocks:
-            loaded = self.runtime.models.get(model)
-            blocks = flatten_model(loaded)
-            self._blocks[model] = blocks
-            self._profile(model, loaded, blocks)
-        return self._blocks[model]
+    def blocks(self, model: str) -> int:
+        """How many blocks ``model`` has (profiled on first use); InvalidRequest when it
+        cannot be split."""
+        if model not in self._profiled:
+            self._profile(model)
+        n = self._profiled[model]
+        if n == 0:
+            raise InvalidRequest(f"model {model!r} cannot be split: its architecture has no "
+                                 "block flattener (it is served whole)", field="model")
+        return n
 
-    def profile_loaded(self) -> None:
-        """Profile every model this agent has loaded and not profiled yet (between tasks)."""
-        for model in self.runtime.models.loaded:
-            if model not in self._blocks:
-                try:
-                    self.blocks(model)
-                except CarbonEdgeError as e:  # a model with no flattener is served whole
-                    log.info("model %s is not partitionable here: %s", model, e)
-                    self._blocks[model] = []
+    def profile_all(self) -> None:
+        """Profile every model this node serves that is not profiled yet (at start-up)."""
+        for model in self.runtime.models.names:
+            if model in self._profiled:
+                continue
+            try:
+                self._profile(model)
+            except CarbonEdgeError as e:
+                log.warning("model %s could not be profiled here: %s", model, e)
+                self._profiled[model] = 0
 
-    def _profile(self, model: str, loaded: Any, blocks: list[Block]) -> None:
-        profiles = profile_blocks(loaded, blocks, repeats=PROFILE_REPEATS)
-        self._profiles[model] = profiles
+    def _profile(self, model: str) -> None:
+        backend = self.runtime.models
+        n = backend.get(model).n_blocks
+        self._profiled[model] = n
+        if n == 0:
+            log.info("model %s is not partitionable here: served whole only", model)
+            return
+        blocks = backend.profile(model, PROFILE_REPEATS)
         cfg = self.runtime.config
         record = {
             "v": PROTOCOL_VERSION,
@@ -117,14 +117,15 @@ class SegmentExecutor:
             "node": cfg.node_id,
             "cpu_quota": cfg.cpu_quota,
             "profiled_at": time.time(),
-            "blocks": [p.to_wire() for p in profiles],
+            "runtime": backend.runtime,
+            "blocks": blocks,
         }
         try:
             self.runtime._redis.set(keys.block_profile_key(model, cfg.node_id), pack(record))
         except redis.RedisError as e:
             log.warning("could not store the block profile of %s: %s", model, e)
-        log.info("profiled %s: %d blocks, %.1f ms in all", model, len(profiles),
-                 sum(p.time_ms for p in profiles))
+        log.info("profiled %s: %d blocks, %.1f ms in all", model, len(blocks),
+                 sum(b["time_ms"] for b in blocks))
 
     # -- running -----------------------------------------------------------------------
 
@@ -141,14 +142,14 @@ class SegmentExecutor:
         try:
             if seg.node != node:
                 raise InvalidRequest(f"the task was delivered to node {node}", field="route")
-            blocks = self.blocks(name)
-            if route.n_blocks != len(blocks):
+            n_blocks = self.blocks(name)
+            if route.n_blocks != n_blocks:
                 raise InvalidRequest(f"the route covers {route.n_blocks} blocks but {name} has "
-                                     f"{len(blocks)} here", field="route")
+                                     f"{n_blocks} here", field="route")
             x, in_bytes = self._input(payload, name, index, seg)
             cpu0 = time.process_time()  # (see AgentRuntime._infer)
             t0 = time.perf_counter()
-            out = run_blocks(blocks, x, seg.start, seg.stop)
+            out = self.runtime.models.run_segment(name, seg.start, seg.stop, x)
             exec_ms = (time.perf_counter() - t0) * 1e3
             cpu_s = max(time.process_time() - cpu0, 0.0)
         except CarbonEdgeError as e:
@@ -159,21 +160,22 @@ class SegmentExecutor:
             raise InferenceFailed(f"segment {index} [{seg.start}, {seg.stop}) on node {node}: "
                                   f"{type(e).__name__}: {e}") from e
         result = self.runtime._ok(payload, started_at, exec_ms, cpu_s)
-        loaded = self.runtime.models.get(name)
+        served = self.runtime.models.get(name)
         result.update(model=name, segment=index, in_bytes=in_bytes,
-                      random_init=loaded.random_init, weights_source=loaded.weights_source)
+                      random_init=served.random_init, weights_source=served.weights_source)
         if index + 1 < len(route):
             result[_ACTIVATION] = out
         else:
             ids, scores = top_k(out, 5)
             result["output"] = {"top5_ids": ids, "top5_scores": scores,
-                                "logits": encode_tensor(out.contiguous())}
+                                "logits": encode_tensor(out)}
         return result
 
     def _input(self, payload: dict[str, Any], model: str, index: int,
-               seg: RouteSegment) -> tuple[torch.Tensor, int]:
+               seg: RouteSegment) -> tuple[np.ndarray, int]:
         rt = self.runtime
         if index == 0:
+            shapes = rt.models.get(model).input_shapes
             tensor = rt._input(payload)
             if payload.pop("input_ref", None) is True:
                 # the input stays until the request ends (not deleted after this task): a
@@ -182,8 +184,8 @@ class SegmentExecutor:
             if isinstance(tensor, dict) and tensor.get("dtype") != "float32":
                 raise InvalidTensor(f"input.dtype {tensor.get('dtype')!r}: a split model takes "
                                     "float32 input", field="input.dtype")
-            arr = decode_tensor(tensor, rt._limits, expect_shape=INPUT_SHAPES)
-            return torch.from_numpy(np.array(arr)).reshape(INPUT_SHAPE), len(tensor["data"])
+            arr = decode_tensor(tensor, rt._limits, expect_shape=shapes)
+            return arr.reshape(shapes[0]), len(tensor["data"])
         key = _activation_key(payload, index)
         raw = rt._redis.getdel(key)
         if raw is None:
@@ -191,9 +193,9 @@ class SegmentExecutor:
                                  f"{rt.settings.input_ttl_s} s, or already used)",
                                  field="activation")
         tensor = unpack(raw, max_bytes=rt.settings.max_payload_bytes)
-        expected = self._profiles[model][seg.start].input_shape
+        expected = rt.models.block_input_shape(model, seg.start)
         arr = decode_tensor(tensor, rt._limits, expect_shape=[expected], field="activation")
-        return torch.from_numpy(np.array(arr)), len(raw)
+        return arr, len(raw)
 
     # -- handing on --------------------------------------------------------------------
 
@@ -222,7 +224,7 @@ class SegmentExecutor:
         return None
 
     def _forward(self, payload: dict[str, Any], route: Route, index: int,
-                 hops: list[dict[str, Any]], activation: torch.Tensor) -> bool:
+                 hops: list[dict[str, Any]], activation: np.ndarray) -> bool:
         """Store the activation and queue segment ``index``, in one script; False if the
         request is no longer this node's."""
         node = route[index].node
@@ -290,13 +292,14 @@ def _activation_key(payload: dict[str, Any], index: int) -> str:
 
 
 def _hop(payload: dict[str, Any], result: dict[str, Any], seg: RouteSegment,
-         activation: torch.Tensor | None) -> dict[str, Any]:
+         activation: np.ndarray | None) -> dict[str, Any]:
     """One segment's entry in the final result's ``segments``."""
     timings = result["timings"]
-    out_bytes = activation.numel() * activation.element_size() if activation is not None else 0
+    out_bytes = int(activation.nbytes) if activation is not None else 0
     return {
         "index": result["segment"],
         "node": result["node"],
+        "runtime": result.get("runtime"),
         "start": seg.start,
         "stop": seg.stop,
         "dispatched_at": timings["dispatched_at"],

@@ -45,6 +45,14 @@ class ExecStats:
         if first and self.on_first_sample is not None:
             self.on_first_sample()
 
+    def seed(self, model: str, service_ms: float) -> None:
+        """A measurement that is not a task's (a warm-up run at start-up): the model's first
+        sample, soon outvoted in the median by real tasks."""
+        if not service_ms > 0:
+            return
+        with self._lock:
+            self._samples.setdefault(model, deque(maxlen=self._window)).append(service_ms)
+
     def exec_ms(self) -> dict[str, float]:
         """Median service time per model, in milliseconds."""
         with self._lock:

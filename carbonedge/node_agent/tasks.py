@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import task_postrun
 
 from carbonedge.errors import InvalidMessage
 from carbonedge.node_agent.guard import DeliveryGuard
@@ -21,8 +20,9 @@ from carbonedge.protocol import keys
 
 
 def register_tasks(app: Celery, runtime: AgentRuntime, guard: DeliveryGuard,
-                   poison: PoisonHandler) -> None:
-    """Bind the agent's tasks to ``runtime`` (one runtime per worker process)."""
+                   poison: PoisonHandler) -> SegmentExecutor:
+    """Bind the agent's tasks to ``runtime`` (one runtime per worker process); returns the
+    executor of partitioned requests."""
 
     @app.task(name=keys.TASK_INFER, bind=True, acks_late=True, reject_on_worker_lost=True,
               ignore_result=True)
@@ -36,12 +36,12 @@ def register_tasks(app: Celery, runtime: AgentRuntime, guard: DeliveryGuard,
         payload = _payload(task, args, kwargs, poison)
         return payload is not _REFUSED and guard.run(task.request.id, payload, runtime.ping)
 
-    register_segment_task(app, runtime, guard, poison)
+    return register_segment_task(app, runtime, guard, poison)
 
 
 def register_segment_task(app: Celery, runtime: AgentRuntime, guard: DeliveryGuard,
-                          poison: PoisonHandler) -> None:
-    """The task of partitioned requests; models are profiled between tasks, once."""
+                          poison: PoisonHandler) -> SegmentExecutor:
+    """The task of partitioned requests (the executor profiles the models at start-up)."""
     executor = SegmentExecutor(runtime, app)
 
     @app.task(name=keys.TASK_INFER_SEGMENT, bind=True, acks_late=True,
@@ -58,9 +58,7 @@ def register_segment_task(app: Celery, runtime: AgentRuntime, guard: DeliveryGua
             return True
         return guard.run(task.request.id, payload, lambda _: outcome)
 
-    @task_postrun.connect(weak=False)
-    def profile_new_models(**_: Any) -> None:
-        executor.profile_loaded()
+    return executor
 
 
 _REFUSED = object()

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
+import os
 import socket
+from typing import Any
+
+from celery.signals import worker_ready
 
 from carbonedge.broker.allowlist import check_agent_allowed
 from carbonedge.broker.celery_app import make_celery_app
 from carbonedge.broker.recovery import hand_back, release_previous_life
 from carbonedge.carbon.device import DevicePower, cpu_watts_per_core
 from carbonedge.connections import redis_client
+from carbonedge.node_agent.backend import open_backend
 from carbonedge.node_agent.bookkeeping import TaskBookkeeper
 from carbonedge.node_agent.cgroup import CgroupAccounting
 from carbonedge.node_agent.charging import ChargeMeter
@@ -20,11 +24,11 @@ from carbonedge.node_agent.consumer import AgentConsumer
 from carbonedge.node_agent.energy import EnergyAccountant
 from carbonedge.node_agent.guard import DeliveryGuard
 from carbonedge.node_agent.heartbeat import HeartbeatPublisher
-from carbonedge.node_agent.model_cache import ModelCache
 from carbonedge.node_agent.poison import PoisonHandler, install_queue_guard
 from carbonedge.node_agent.runtime import AgentRuntime
 from carbonedge.node_agent.stats import ExecStats
 from carbonedge.node_agent.tasks import register_tasks
+from carbonedge.partitioner.catalog import Catalogue, default_catalogue
 from carbonedge.protocol import keys
 from carbonedge.settings import Settings
 
@@ -34,53 +38,55 @@ IDLE_ROW_S = 10.0
 """How often an agent records its idle stretch as a ledger row."""
 
 
-def torch_threads_for(cpu_quota: float) -> int:
-    """One thread per whole core of quota (at least one): more threads only get throttled."""
-    return max(1, math.floor(cpu_quota + 1e-6))
-
-
 def run_agent(
     config: AgentConfig,
     settings: Settings,
     *,
+    models: Catalogue | None = None,
+    compose_file: str | os.PathLike[str] | None = None,
     preload: tuple[str, ...] = (),
     events: bool = False,
 ) -> None:
-    """Serve ``config.node_id``'s queue until the worker is stopped (SIGTERM / Ctrl-C)."""
+    """Serve ``config.node_id``'s queue until the worker is stopped (SIGTERM / Ctrl-C).
+
+    Every model of ``models`` (the deployment's declared ones; default the paper's three)
+    is loaded and warmed up on ``config.runtime`` before the first heartbeat, which is
+    published once Celery consumes: nothing is routed here before the node is warm.
+    """
     check_agent_allowed(config.node_id, settings.node_allowlist)  # before any queue is touched
     accounting = CgroupAccounting.for_current_process()
     meter = ChargeMeter(accounting.cpu_usage_s, config.cpu_quota)  # start-up begins now
-    import torch  # the agent is the only process that needs torch
-
-    torch.set_num_threads(torch_threads_for(config.cpu_quota))
-    torch.set_num_interop_threads(1)
-
+    models = models or default_catalogue()
+    for name in preload:  # every declared model is loaded anyway: check the names only
+        models.get(name)
     _check_limits(config, accounting)
     watts, watts_source = cpu_watts_per_core(settings.cpu_watts_per_core)
     device = DevicePower(config.cpu_quota, config.mem_limit_bytes, watts, watts_source)
     stats = ExecStats(config.stats_window)
     client = redis_client(settings.redis_url, socket_timeout=5)
-    models = ModelCache(settings.model_dir)
+    backend = open_backend(config.runtime, models, settings, cpu_quota=config.cpu_quota,
+                           compose_file=compose_file)
 
     energy = EnergyAccountant(config, device)
     bookkeeper = TaskBookkeeper(client, config.node_id, settings.carbon_budget_period_s)
-    runtime = AgentRuntime(config, settings, accounting=accounting, energy=energy, models=models,
+    runtime = AgentRuntime(config, settings, accounting=accounting, energy=energy, models=backend,
                            stats=stats, bookkeeper=bookkeeper, redis_client=client,
                            meter=meter)
-    for name in preload:  # before the first heartbeat: no task is routed here until ready
-        runtime.warm_up(name)
+    for name in backend.names:  # before the first heartbeat: no task is routed here until warm
+        log.info("warmed up %s: %.1f ms per inference here", name, runtime.warm_up(name))
     install_queue_guard()
     app = make_celery_app(settings, worker_consumer="carbonedge.node_agent.consumer:AgentConsumer")
     guard = DeliveryGuard(client, config.node_id, expires_s=int(app.conf.result_expires or 3600),
                           retry_for_s=settings.result_timeout_s)
     poison = PoisonHandler(client, config.node_id, guard)
     AgentConsumer.poison = poison
-    register_tasks(app, runtime, guard, poison)
+    segments = register_tasks(app, runtime, guard, poison)
+    segments.profile_all()  # block profiles for partition plans, before any task
     heartbeat = HeartbeatPublisher(config, client, accounting=accounting, energy=energy,
                                    stats=stats, interval_s=settings.heartbeat_interval_s,
                                    ttl_s=settings.heartbeat_ttl_s, host_id=settings.host_id,
                                    on_beat=lambda: runtime.flush_idle(IDLE_ROW_S),
-                                   work_group=work_group("torch"))
+                                   work_group=work_group(backend.runtime))
     AgentConsumer.on_message = meter.message_received
     stats.on_first_sample = heartbeat.nudge
     queue = keys.node_queue(config.node_id)
@@ -103,13 +109,22 @@ def run_agent(
     # Whatever waits in our queue is our in-flight work; a previous life's count is not.
     client.hset(keys.IN_FLIGHT, config.node_id, client.llen(queue))
     runtime.start_charging()
-    heartbeat.start()
+
+    def ready(**_: Any) -> None:  # Celery consumes: the first heartbeat makes the node routable
+        if not started:
+            started.append(True)
+            heartbeat.start()
+
+    started: list[bool] = []
+
+    worker_ready.connect(ready, weak=False)
     reading = energy.intensity()
     log.info("agent %s serving %s (cpu %.2f, mem %d MiB, %.0f g/kWh from %s, CPU from %s; "
-             "device power %.2f W, %.2f W per core from %s)", config.node_id, queue,
-             config.cpu_quota, config.mem_limit_bytes >> 20, reading.value.g_per_kwh,
-             reading.source, accounting.source, device.watts, device.watts_per_core,
-             device.source)
+             "device power %.2f W, %.2f W per core from %s; %s with %d thread(s): %s)",
+             config.node_id, queue, config.cpu_quota, config.mem_limit_bytes >> 20,
+             reading.value.g_per_kwh, reading.source, accounting.source, device.watts,
+             device.watts_per_core, device.source, backend.runtime, backend.threads,
+             ", ".join(backend.names))
     try:
         worker.start()
     finally:

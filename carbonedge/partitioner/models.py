@@ -1,17 +1,24 @@
-"""The one model registry: named builders, weight loading, and single-image inference.
+"""The one model registry: building models from their specs, weight loading, inference.
 
 Models are built without network access (``weights=None`` / ``pretrained=False``) and
 their weights are loaded from local files. When no weights file is found the model keeps
-its random initialisation; that fallback is logged once per model name per process and
-recorded on the :class:`LoadedModel` (``random_init=True``).
+its random initialisation, seeded by its name so that every process builds the same
+model; that fallback is logged once per model name per process and recorded on the
+:class:`LoadedModel` (``random_init=True``).
 
-Imports stay light: this module is imported by node agents in 512 MiB of memory, so
-torchvision and timm are imported inside the builders, only when such a model is created.
+A model comes from a :class:`~carbonedge.partitioner.catalog.ModelSpec`: a built-in
+registered here, any timm or torchvision architecture by name, or a TorchScript or
+ExportedProgram file. (An ONNX file has no torch definition: only ONNX Runtime runs it.)
+
+Imports stay light: torchvision and timm are imported inside the builders, only when such
+a model is created. Processes that must not load torch (ONNX Runtime agents, the
+dispatcher, clients) use :mod:`~carbonedge.partitioner.catalog` instead.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +30,9 @@ import torch
 from torch import nn
 
 from carbonedge.errors import ConfigError, InvalidTensor, UnknownModel
+from carbonedge.partitioner import catalog
+from carbonedge.partitioner.catalog import BUILTINS, ModelSpec
+from carbonedge.partitioner.outputs import top_k
 from carbonedge.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -30,6 +40,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "INPUT_SHAPE",
     "LoadedModel",
+    "build_module",
     "create_model",
     "find_weights",
     "model_names",
@@ -38,18 +49,15 @@ __all__ = [
     "top_k",
 ]
 
-INPUT_SHAPE: tuple[int, int, int, int] = (1, 3, 224, 224)
-"""The input every registered model takes: one RGB 224x224 image, NCHW float32."""
+INPUT_SHAPE: tuple[int, int, int, int] = (1, *catalog.DEFAULT_INPUT_SHAPE)
+"""The input the built-in models take: one RGB 224x224 image, NCHW float32."""
 
-WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pth", ".pt")
-"""Weight file suffixes looked for in ``weights_dir``, in order of preference."""
-
+WEIGHT_SUFFIXES: tuple[str, ...] = catalog.WEIGHT_SUFFIXES
 RANDOM_INIT = "random-init"
 
 Builder = Callable[[], nn.Module]
 
 _REGISTRY: Registry[Builder] = Registry("model", unknown=UnknownModel, field="model")
-_HUB_FILES: dict[str, tuple[str, ...]] = {}
 _random_init_logged: set[str] = set()
 
 
@@ -63,21 +71,13 @@ class LoadedModel:
     random_init: bool
     weights_source: str
     param_count: int
-    input_shape: tuple[int, int, int, int] = INPUT_SHAPE
+    input_shape: tuple[int, ...] = INPUT_SHAPE
 
 
-def register_model(name: str, *, hub_files: tuple[str, ...] = ()) -> Callable[[Builder], Builder]:
-    """Register a builder (no arguments, returns an un-weighted ``nn.Module``) under ``name``.
-
-    ``hub_files`` are file names also looked for in torch's hub checkpoint cache.
-    """
-
-    def decorate(builder: Builder) -> Builder:
-        _REGISTRY.register(name)(builder)
-        _HUB_FILES[name] = tuple(hub_files)
-        return builder
-
-    return decorate
+def register_model(name: str) -> Callable[[Builder], Builder]:
+    """Register a builder (no arguments, returns an un-weighted ``nn.Module``) under
+    ``name``; the model's spec (hub files, accuracy) is ``catalog.BUILTINS[name]``."""
+    return _REGISTRY.register(name)
 
 
 def model_names() -> list[str]:
@@ -85,66 +85,91 @@ def model_names() -> list[str]:
     return _REGISTRY.names()
 
 
-def create_model(name: str, weights_dir: str | Path | None = None) -> LoadedModel:
-    """Build model ``name`` in eval mode with gradients off, loading local weights if found.
+def _spec_of(name_or_spec: str | ModelSpec) -> ModelSpec:
+    if isinstance(name_or_spec, ModelSpec):
+        return name_or_spec
+    _REGISTRY.get(name_or_spec)  # UnknownModel listing the registered names
+    return BUILTINS.get(name_or_spec) or ModelSpec(name_or_spec, f"builtin:{name_or_spec}")
+
+
+def build_module(spec: ModelSpec) -> nn.Module:
+    """The un-weighted module of an architecture source, or the module a TorchScript or
+    ExportedProgram file holds. An ONNX file or an unknown architecture is a ConfigError."""
+    kind, target = spec.kind, spec.target
+    try:
+        if kind == "builtin":
+            return _REGISTRY.get(target)()
+        if kind == "timm":
+            import timm
+
+            return timm.create_model(target, pretrained=False)
+        if kind == "torchvision":
+            import torchvision
+
+            return torchvision.models.get_model(target, weights=None)
+        if kind == "torchscript":
+            with warnings.catch_warnings():  # TorchScript is deprecated, and still loads
+                warnings.simplefilter("ignore", FutureWarning)
+                return torch.jit.load(target, map_location="cpu")
+        if kind == "exported":
+            return torch.export.load(target).module()
+    except UnknownModel:
+        raise
+    except Exception as e:  # timm/torchvision/torch raise many types for a bad name or file
+        raise ConfigError(f"model {spec.name!r}: cannot build {spec.source}: {_first_line(e)}",
+                          field="models.source") from e
+    raise ConfigError(f"model {spec.name!r} comes from an ONNX file ({target}): it has no torch "
+                      "definition, so only an onnxruntime node can serve it", field="runtime")
+
+
+def create_model(name: str | ModelSpec, weights_dir: str | Path | None = None) -> LoadedModel:
+    """Build a model (a registered name or a spec) in eval mode with gradients off, loading
+    local weights if found.
 
     Raises :class:`UnknownModel` for a name that is not registered and
-    :class:`ConfigError` for a ``weights_dir`` that is not a directory or a weights
-    file that does not fit the model.
+    :class:`ConfigError` for a ``weights_dir`` that is not a directory, a weights file that
+    does not fit the model, or a source that cannot be built.
     """
-    builder = _REGISTRY.get(name)
-    path = find_weights(name, weights_dir)
+    spec = _spec_of(name)
+    path = catalog.find_weights(spec, weights_dir)
     with torch.random.fork_rng(devices=[]):
         # Same seed everywhere: every agent's randomly initialised copy is the same
         # model, so outputs agree across nodes and partitions compose.
-        torch.manual_seed(zlib.crc32(name.encode()))
-        module = builder()
-    if path is None:
-        if name not in _random_init_logged:
-            _random_init_logged.add(name)
+        torch.manual_seed(zlib.crc32(spec.name.encode()))
+        module = build_module(spec)
+    if spec.from_file:
+        source, random_init = spec.target, False
+    elif path is None:
+        if spec.name not in _random_init_logged:
+            _random_init_logged.add(spec.name)
             logger.warning(
                 "no weights found for model %r (weights_dir=%s); using random initialisation",
-                name,
+                spec.name,
                 weights_dir or None,
             )
-        source = RANDOM_INIT
+        source, random_init = RANDOM_INIT, True
     else:
         _load_weights(module, path)
-        source = str(path)
-    module.eval()
-    module.requires_grad_(False)
+        source, random_init = str(path), False
+    if spec.kind != "exported":  # an ExportedProgram's module is traced in eval mode already
+        module.eval()
+    for parameter in module.parameters():  # (a ScriptModule has no requires_grad_)
+        parameter.requires_grad_(False)
     return LoadedModel(
-        name=name,
+        name=spec.name,
         module=module,
-        num_classes=_num_classes(module),
-        random_init=path is None,
+        num_classes=_num_classes(module, spec),
+        random_init=random_init,
         weights_source=source,
         param_count=sum(p.numel() for p in module.parameters()),
+        input_shape=spec.batch_shape,
     )
 
 
 def find_weights(name: str, weights_dir: str | Path | None = None) -> Path | None:
-    """The weights file for ``name``: ``<name>.safetensors|.pth|.pt`` in ``weights_dir``,
-    then the model's torchvision file names in torch's hub cache; ``None`` if none exists."""
-    if weights_dir:
-        directory = Path(weights_dir)
-        if not directory.is_dir():
-            raise ConfigError(
-                f"weights directory {str(directory)!r} does not exist or is not a directory",
-                field="weights_dir",
-            )
-        for suffix in WEIGHT_SUFFIXES:
-            candidate = directory / f"{name}{suffix}"
-            if candidate.is_file():
-                return candidate
-    hub_files = _HUB_FILES.get(name, ())
-    if hub_files:
-        checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
-        for file_name in hub_files:
-            candidate = checkpoints / file_name
-            if candidate.is_file():
-                return candidate
-    return None
+    """The weights file for registered model ``name``: ``<name>.safetensors|.pth|.pt`` in
+    ``weights_dir``, then its torchvision file names in torch's hub cache; else None."""
+    return catalog.find_weights(_spec_of(name), weights_dir)
 
 
 def _load_weights(module: nn.Module, path: Path) -> None:
@@ -186,44 +211,43 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(e).__name__
 
 
-def _num_classes(module: nn.Module) -> int:
-    """Output classes: timm's ``num_classes`` or the last Linear layer's width."""
+def _num_classes(module: nn.Module, spec: ModelSpec) -> int:
+    """Output classes: timm's ``num_classes``, the last Linear layer's width, else the width
+    of one forward pass's output (a TorchScript or ExportedProgram module)."""
     n = getattr(module, "num_classes", None)
     if isinstance(n, int) and n > 0:
         return n
-    last = None
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            last = m
-    if last is None:
-        raise ConfigError(f"cannot tell the number of classes of {type(module).__name__}")
-    return int(last.out_features)
+    if spec.kind in ("builtin", "timm", "torchvision"):
+        last = None
+        for m in module.modules():
+            if isinstance(m, nn.Linear):
+                last = m
+        if last is not None:
+            return int(last.out_features)
+    return logits_width(spec, module)
 
 
-def top_k(logits: torch.Tensor | np.ndarray, k: int = 5) -> tuple[list[int], list[float]]:
-    """The ``k`` most probable class ids and their softmax probabilities, most probable first.
-
-    ``logits`` is one image's scores, shape ``(C,)`` or ``(1, C)``.
-    """
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    if isinstance(logits, torch.Tensor):
-        arr = logits.detach().to("cpu", torch.float64).numpy()
-    else:
-        arr = np.asarray(logits, dtype=np.float64)
-    if arr.ndim == 2 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 1 or arr.size == 0:
-        raise ValueError(f"top_k takes one image's logits, shape (C,) or (1, C); got {arr.shape}")
-    exp = np.exp(arr - arr.max())
-    probs = exp / exp.sum()
-    k = min(k, probs.size)
-    ids = np.argsort(-probs, kind="stable")[:k]
-    return [int(i) for i in ids], [float(probs[i]) for i in ids]
+def logits_width(spec: ModelSpec, module: nn.Module) -> int:
+    """Run ``module`` once on zeros of the declared input shape; ConfigError unless it
+    accepts them and returns one image's logits, shape (1, C)."""
+    try:
+        with torch.inference_mode():
+            out = module(torch.zeros(spec.batch_shape))
+    except Exception as e:  # the module's own error says what it expected
+        raise ConfigError(f"model {spec.name!r} does not accept its declared input shape "
+                          f"{list(spec.batch_shape)}: {_first_line(e)}",
+                          field="models.input_shape") from e
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+    if shape is None or len(shape) != 2 or shape[0] != 1:
+        raise ConfigError(f"model {spec.name!r} must return one image's logits, shape (1, C); "
+                          f"it returned {shape if shape is not None else type(out).__name__}",
+                          field="models.source")
+    return int(shape[1])
 
 
 def run_inference(model: LoadedModel, x: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Run one image through ``model``; ``x`` is float32 (1,3,224,224) or (3,224,224).
+    """Run one image through ``model``; ``x`` is float32 of its input shape, with or without
+    the batch of one.
 
     Returns the logits, shape ``(1, num_classes)``. A wrong dtype or shape raises
     :class:`InvalidTensor` naming the ``input`` field.
@@ -253,7 +277,7 @@ def run_inference(model: LoadedModel, x: torch.Tensor | np.ndarray) -> torch.Ten
 # --- registered models ------------------------------------------------------------------
 
 
-@register_model("mobilenetv2", hub_files=("mobilenet_v2-b0353104.pth", "mobilenet_v2-7ebf99e0.pth"))
+@register_model("mobilenetv2")
 def _mobilenetv2() -> nn.Module:
     """torchvision MobileNetV2 (the paper's model)."""
     from torchvision.models import mobilenet_v2

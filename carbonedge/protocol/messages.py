@@ -120,7 +120,7 @@ def validate_request(msg: Mapping[str, Any]) -> None:
     if kind not in KINDS:
         raise InvalidRequest(f"unknown request kind {kind!r}; known: {list(KINDS)}", field="kind")
     if kind == "infer":
-        require(msg, "model", str)
+        _validate_model_choice(msg)
         if msg.get("input_ref") is True:
             if "input" in msg:
                 raise InvalidMessage("a request has either 'input' or 'input_ref', not both",
@@ -159,6 +159,33 @@ def validate_request(msg: Mapping[str, Any]) -> None:
 
 
 MAX_DEADLINE_S = 7 * 24 * 3600.0
+CHOICE_FIELDS = ("family", "min_accuracy")
+
+
+def _validate_model_choice(msg: Mapping[str, Any]) -> None:
+    """An inference names its ``model``, or leaves it to the broker with a ``family`` and/or
+    a ``min_accuracy`` (ImageNet top-1, %) and the ``input_shape`` it sends."""
+    choice = [f for f in CHOICE_FIELDS if f in msg]
+    if not choice or "model" in msg:
+        require(msg, "model", str)
+        if choice:
+            raise InvalidRequest(f"a request names a model or leaves it to the broker "
+                                 f"({' / '.join(CHOICE_FIELDS)}), not both", field=choice[0])
+        return
+    family = msg.get("family")
+    if "family" in msg and not (isinstance(family, str) and 0 < len(family) <= 64):
+        raise InvalidRequest("family must be a name of 1 to 64 characters", field="family")
+    floor = msg.get("min_accuracy")
+    if "min_accuracy" in msg and (not isinstance(floor, (int, float)) or isinstance(floor, bool)
+                                  or not math.isfinite(floor) or not 0 < floor <= 100):
+        raise InvalidRequest("min_accuracy must be an ImageNet top-1 percentage in (0, 100]",
+                             field="min_accuracy")
+    shape = msg.get("input_shape")
+    if shape is not None and not (
+            isinstance(shape, list) and 3 <= len(shape) <= 4
+            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        raise InvalidRequest("input_shape must be the input's [C, H, W] or [1, C, H, W]",
+                             field="input_shape")
 
 
 def _validate_deferral(msg: Mapping[str, Any]) -> None:

@@ -14,6 +14,7 @@ import redis
 from carbonedge.compose.local_runner import LocalRuntime, process_alive
 from carbonedge.experiments.accounting import OutcomeLedger
 from carbonedge.protocol import keys
+from tests import model_files
 from tests.conftest import TEST_REDIS
 from tests.integration.conftest import SMALL_TOPOLOGY, start_runtime
 from tests.polling import wait_until
@@ -24,11 +25,21 @@ FAULTS_URL = f"{TEST_REDIS}/9"
 """Database of the fault suite's runtimes (one at a time, flushed by each)."""
 
 
+@pytest.fixture(scope="session")
+def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TorchScript model that runs ~0.2 s per inference on half a CPU: warm agents serve
+    MobileNetV2 in milliseconds, too fast to kill or freeze one mid-request on purpose."""
+    return model_files.torchscript(tmp_path_factory.mktemp("models") / "slow.pt",
+                                   model_files.Slow(), shape=(3, 224, 224))
+
+
 @pytest.fixture
-def small(tmp_path: Path) -> Iterator[LocalRuntime]:
-    """Two small nodes (node-a 500 g/kWh, node-b 200 g/kWh): Green sends all to node-b."""
+def small(tmp_path: Path, slow_model: Path) -> Iterator[LocalRuntime]:
+    """Two small nodes (node-a 500 g/kWh, node-b 200 g/kWh): Green sends all to node-b.
+    They serve MobileNetV2 and ``slow``."""
     compose = tmp_path / "compose.yml"
-    compose.write_text(SMALL_TOPOLOGY)
+    compose.write_text(SMALL_TOPOLOGY + "x-carbonedge:\n  models: [mobilenetv2, {name: slow, "
+                       f"source: 'torchscript:{slow_model}'}}]\n")
     runtime = start_runtime(tmp_path, FAULTS_URL, compose)
     yield runtime
     runtime.down()

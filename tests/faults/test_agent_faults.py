@@ -20,7 +20,9 @@ from carbonedge.compose.local_runner import LocalRuntime, process_alive
 from carbonedge.experiments.accounting import OutcomeLedger
 from carbonedge.protocol import keys
 from carbonedge.protocol.codec import encode_tensor
-from tests.faults.conftest import delivery_stats, kill, pid_of, recoveries, wait_until
+from tests import model_files
+from tests.faults.conftest import FAULTS_URL, delivery_stats, kill, pid_of, recoveries, wait_until
+from tests.integration.conftest import SMALL_TOPOLOGY, start_runtime
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -29,9 +31,10 @@ RECOVERY_BOUND_S = 30.0
 """Far above the ~3-4 s measured (benchmarks/bench_faults.py), far below Celery's hour."""
 
 
-def _infer_green() -> dict:
-    # node-b (200 g/kWh) wins every Green decision while it is alive
-    return build_request(model="mobilenetv2", tensor=INPUT, mode="green")
+def _infer_green(model: str = "slow") -> dict:
+    # node-b (200 g/kWh) wins every Green decision while it is alive; ``slow`` runs long
+    # enough (~0.2 s) to be caught mid-request
+    return build_request(model=model, tensor=INPUT, mode="green")
 
 
 def _running_on(url: str, node_id: str) -> bool:
@@ -99,32 +102,48 @@ def test_kill_9_mid_inference_is_redispatched(small: LocalRuntime, ledger: Outco
         client.close()
 
 
-def test_oom_kill_in_the_memory_cgroup_is_redispatched(small: LocalRuntime,
-                                                        ledger: OutcomeLedger) -> None:
-    if not small.state.constrained:
-        pytest.skip("agents run without cgroups here")
-    record = next(p for p in small.state.processes if p.name == "node-b")
-    parent, _, name = record.cgroup.rpartition("/")
-    memory = NodeCgroup.attach(name, parent).dirs["memory"]
-    ledger.submit_pings(1, node="node-b")  # torch imported, nothing loaded yet
-    ledger.wait(60, settle_s=0)
-    usage = int((memory / "memory.usage_in_bytes").read_text())
-    # room for the agent as it is, not for a model: loading MobileNetV2 must OOM
-    limit = str(usage + (8 << 20))
-    (memory / "memory.limit_in_bytes").write_text(limit)
-    memsw = memory / "memory.memsw.limit_in_bytes"
-    if memsw.exists():
-        memsw.write_text(limit)
-    pid = pid_of(small, "node-b")
-    request_id = ledger.submit(_infer_green())
-    wait_until(lambda: not process_alive(pid), 120, "the kernel to OOM-kill node-b")
-    report = ledger.wait(120, settle_s=0.5)
-    oom_events = (memory / "memory.oom_control").read_text()
-    print("OOM:", report.line(), "|", oom_events.replace("\n", " "))
-    assert "oom_kill 0" not in oom_events
-    assert report.lost == 0 and report.duplicated == 0
-    result = ledger.result(request_id)
-    assert result is not None and result["status"] == "ok" and result["node"] == "node-a"
+def test_oom_kill_in_the_memory_cgroup_is_redispatched(tmp_path: Path) -> None:
+    """node-b runs torch, which allocates ``hungry``'s ~50 MB activation per request and
+    frees it after; with its limit just above what it holds idle, a request OOM-kills it."""
+    hungry = model_files.torchscript(tmp_path / "hungry.pt", model_files.Hungry(),
+                                     shape=(3, 224, 224))
+    compose = tmp_path / "compose.yml"
+    # node-a so dirty that Green prefers node-b however much slower torch runs ``hungry``
+    compose.write_text(SMALL_TOPOLOGY.replace(
+        "carbon_intensity: 200}", "carbon_intensity: 200, runtime: torch}").replace(
+        "carbon_intensity: 500}", "carbon_intensity: 50000}")
+        + f"x-carbonedge:\n  models: [{{name: hungry, source: 'torchscript:{hungry}'}}]\n")
+    small = start_runtime(tmp_path, FAULTS_URL, compose)
+    ledger = OutcomeLedger(small.settings.redis_url)
+    try:
+        if not small.state.constrained:
+            pytest.skip("agents run without cgroups here")
+        record = next(p for p in small.state.processes if p.name == "node-b")
+        parent, _, name = record.cgroup.rpartition("/")
+        memory = NodeCgroup.attach(name, parent).dirs["memory"]
+        ledger.submit_pings(1, node="node-b")
+        ledger.wait(60, settle_s=0)
+        usage = int((memory / "memory.usage_in_bytes").read_text())
+        # room for the agent as it is, not for a request's activations: it must OOM
+        limit = str(usage + (8 << 20))
+        (memory / "memory.limit_in_bytes").write_text(limit)
+        memsw = memory / "memory.memsw.limit_in_bytes"
+        if memsw.exists():
+            memsw.write_text(limit)
+        pid = pid_of(small, "node-b")
+        request_id = ledger.submit(_infer_green("hungry"))
+        wait_until(lambda: not process_alive(pid), 120, "the kernel to OOM-kill node-b")
+        report = ledger.wait(120, settle_s=0.5)
+        oom_events = (memory / "memory.oom_control").read_text()
+        print("OOM:", report.line(), "|", oom_events.replace("\n", " "))
+        assert "oom_kill 0" not in oom_events
+        assert report.lost == 0 and report.duplicated == 0
+        result = ledger.result(request_id)
+        assert result is not None and result["status"] == "ok" and result["node"] == "node-a"
+        assert result["runtime"] == "onnxruntime"
+    finally:
+        ledger.close()
+        small.down()
 
 
 @contextlib.contextmanager

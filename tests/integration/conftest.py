@@ -11,7 +11,13 @@ import redis
 from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.compose.topology import load_topology
 from carbonedge.settings import Settings
-from tests.conftest import CGROUP_PARENT, DEFAULT_RUNTIME_URL, SMALL_RUNTIME_URL, _redis_or_fail
+from tests.conftest import (
+    CGROUP_PARENT,
+    DEFAULT_RUNTIME_URL,
+    SMALL_RUNTIME_URL,
+    _redis_or_fail,
+    session_export_dir,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +39,8 @@ def start_runtime(tmp: Path, url: str, compose: Path | None = None,
     """A started runtime on database ``url`` (flushed first), with its own run dir."""
     _redis_or_fail(url).flushdb()
     settings = Settings.load(env={}, redis_url=url, run_dir=str(tmp / "run"),
-                             result_timeout_s=60.0, cgroup_parent=CGROUP_PARENT)
+                             result_timeout_s=60.0, cgroup_parent=CGROUP_PARENT,
+                             export_dir=str(session_export_dir()))
     runtime = LocalRuntime(load_topology(compose), settings, **kwargs)  # type: ignore[arg-type]
     runtime.up(wait_s=120)
     return runtime

@@ -15,7 +15,7 @@ from carbonedge.errors import CarbonBudgetExceeded
 from carbonedge.protocol import keys
 from carbonedge.scheduler.budgets import period_index
 from carbonedge.settings import Settings
-from tests.conftest import CGROUP_PARENT, SMALL_RUNTIME_URL, _redis_or_fail
+from tests.conftest import CGROUP_PARENT, SMALL_RUNTIME_URL, _redis_or_fail, session_export_dir
 from tests.integration.conftest import SMALL_TOPOLOGY
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -27,7 +27,8 @@ def test_tenant_budget_is_enforced_from_the_agents_ledger(tmp_path: Path) -> Non
     compose.write_text(SMALL_TOPOLOGY)
     # one ping's RAM energy alone (~1e-7 g) overspends a 1e-12 g budget
     settings = Settings.load(env={}, redis_url=SMALL_RUNTIME_URL, run_dir=str(tmp_path / "run"),
-                             cgroup_parent=CGROUP_PARENT, carbon_budgets="tiny=1e-12,ample=1e6")
+                             cgroup_parent=CGROUP_PARENT, carbon_budgets="tiny=1e-12,ample=1e6",
+                             export_dir=str(session_export_dir()))
     runtime = LocalRuntime(load_topology(compose), settings)
     r = redis.Redis.from_url(SMALL_RUNTIME_URL)
     try:

@@ -18,7 +18,7 @@ from carbonedge.compose.topology import load_topology
 from carbonedge.experiments.workload import synthetic_images
 from carbonedge.protocol import keys
 from carbonedge.settings import Settings
-from tests.conftest import CGROUP_PARENT, SMALL_RUNTIME_URL, _redis_or_fail
+from tests.conftest import CGROUP_PARENT, SMALL_RUNTIME_URL, _redis_or_fail, session_export_dir
 from tests.integration.conftest import SMALL_TOPOLOGY
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
@@ -29,7 +29,8 @@ def test_ledger_rows_sum_to_the_reconciled_node_totals(tmp_path: Path) -> None:
     compose = tmp_path / "compose.yml"
     compose.write_text(SMALL_TOPOLOGY)
     settings = Settings.load(env={}, redis_url=SMALL_RUNTIME_URL, run_dir=str(tmp_path / "run"),
-                             cgroup_parent=CGROUP_PARENT, carbon_window_s=2.0)
+                             cgroup_parent=CGROUP_PARENT, carbon_window_s=2.0,
+                             export_dir=str(session_export_dir()))
     runtime = LocalRuntime(load_topology(compose), settings, carbon_service=True,
                            preload=("mobilenetv2",))
     results = []

@@ -150,3 +150,27 @@ def test_a_credential_from_the_agents_environment_need_not_be_set_to_load(
     assert spec.intensity["zone"] == "FR"
     with pytest.raises(ConfigError, match="CE_TEST_EMAPS_TOKEN"):
         spec.intensity_provider()
+
+
+def test_runtime_per_node_and_its_override(tmp_path: Path) -> None:
+    from carbonedge.settings import Settings
+
+    compose = tmp_path / "compose.yml"
+    compose.write_text("services:\n"
+                       "  a: {cpus: 1, mem_limit: 1g, x-carbonedge: {role: node, "
+                       "carbon_intensity: 1, runtime: torch}}\n"
+                       "  b: {cpus: 1, mem_limit: 1g, x-carbonedge: {role: node, "
+                       "carbon_intensity: 1}}\n")
+    topo = load_topology(compose)
+    assert (topo.node("a").runtime, topo.node("b").runtime) == ("torch", "auto")
+    forced = Settings(inference_runtime="onnxruntime")
+    assert topo.node("a").runtime_under(forced) == "onnxruntime"
+    assert topo.node("b").runtime_under(Settings()) == "auto"
+    with pytest.raises(ConfigError) as info:
+        topo.node("a").runtime_under(Settings(inference_runtime="tensorflow"))
+    assert info.value.field == "inference_runtime"
+    compose.write_text("services:\n  a: {cpus: 1, mem_limit: 1g, x-carbonedge: {role: node, "
+                       "carbon_intensity: 1, runtime: tvm}}\n")
+    with pytest.raises(ConfigError, match="runtime 'tvm'") as info:
+        load_topology(compose)
+    assert info.value.field == "runtime"
