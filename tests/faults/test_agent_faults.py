@@ -110,8 +110,8 @@ def test_oom_kill_in_the_memory_cgroup_is_redispatched(tmp_path: Path) -> None:
     compose = tmp_path / "compose.yml"
     # node-a so dirty that Green prefers node-b however much slower torch runs ``hungry``
     compose.write_text(SMALL_TOPOLOGY.replace(
-        "carbon_intensity: 200}", "carbon_intensity: 200, runtime: torch}").replace(
-        "carbon_intensity: 500}", "carbon_intensity: 50000}")
+        "carbon_intensity: 200}", "carbon_intensity: 20, runtime: torch}").replace(
+        "carbon_intensity: 500}", "carbon_intensity: 2000}")
         + f"x-carbonedge:\n  models: [{{name: hungry, source: 'torchscript:{hungry}'}}]\n")
     small = start_runtime(tmp_path, FAULTS_URL, compose)
     ledger = OutcomeLedger(small.settings.redis_url)
