@@ -29,6 +29,7 @@ from carbonedge.broker.delivery import DELIVER_LUA, delivery_call
 from carbonedge.broker.partition_route import PartitionRouter
 from carbonedge.broker.publish import encode_task_message
 from carbonedge.broker.recovery import Watchdog
+from carbonedge.carbon.forecast import DEFAULT_FORECASTER, get_forecaster
 from carbonedge.errors import (
     CarbonEdgeError,
     DispatchFailed,
@@ -40,7 +41,7 @@ from carbonedge.errors import (
 from carbonedge.partitioner.catalog import MODEL_NAMES
 from carbonedge.protocol import keys
 from carbonedge.protocol.messages import error_result, pack, unpack, validate_request
-from carbonedge.protocol.telemetry import Heartbeat
+from carbonedge.protocol.telemetry import ORACLE_FORECAST, Heartbeat
 from carbonedge.scheduler import ClusterView, Decision, NodeSnapshot, select, weights_for
 from carbonedge.scheduler.budgets import BudgetVerdict, judge, parse_budgets, period_index
 from carbonedge.scheduler.slo import apply_latency_slo
@@ -91,7 +92,8 @@ class Dispatcher:
         self._known_nodes: set[str] = set()
         self._snapshots: dict[str, NodeSnapshot] = {}
         self._bad_heartbeats: set[str] = set()
-        self._forecasts: dict[str, tuple[tuple[float, float], ...]] = {}
+        self._forecasts: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {}
+        """Each live node's published intensity steps, by forecaster name."""
         self.releaser = DeferralReleaser()
         self._budgets = parse_budgets(settings.carbon_budgets)
         self._spent: dict[str, float] = {}
@@ -268,15 +270,19 @@ class Dispatcher:
     def _defer(self, request: dict[str, Any]) -> _Deferred | None:
         """Hold ``request`` for a lower-carbon slot before its deadline, if there is one."""
         live = self._live_snapshots()
-        plan = plan_for(request, time.time(), {s.node_id: self._forecasts.get(s.node_id, ())
-                                               for s in live},
+        forecaster = request.get("forecast") or DEFAULT_FORECASTER
+        get_forecaster(forecaster)  # an unknown name is refused, listing the known ones
+        plan = plan_for(request, time.time(),
+                        {s.node_id: self._forecasts.get(s.node_id, {}).get(forecaster, ())
+                         for s in live},
                         {s.node_id: s.carbon_intensity for s in live},
                         settle_s=self.settings.heartbeat_interval_s + self.settings.view_refresh_s)
         if not plan.deferred:
             return None
         held = {**request, "deferred_until": plan.release_at,
                 "deferral": {"now_g_per_kwh": plan.now_g_per_kwh,
-                             "release_g_per_kwh": plan.release_g_per_kwh}}
+                             "release_g_per_kwh": plan.release_g_per_kwh,
+                             "forecast": forecaster}}
         log.info("request %s deferred %.0f s: %.0f -> %.0f g/kWh", request["id"],
                  plan.release_at - time.time(), plan.now_g_per_kwh, plan.release_g_per_kwh)
         input_key = keys.input_key(request["id"]) if request.get("input_ref") is True else None
@@ -328,7 +334,7 @@ class Dispatcher:
         *beats, in_flight = await pipe.execute()
         counts = {k.decode(): int(v) for k, v in in_flight.items()}
         snapshots = []
-        forecasts: dict[str, tuple[tuple[float, float], ...]] = {}
+        forecasts: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {}
         for node_id, raw in zip(node_ids, beats, strict=True):
             if not raw:
                 continue
@@ -346,7 +352,7 @@ class Dispatcher:
                 continue
             self._bad_heartbeats.discard(node_id)
             snapshots.append(beat.to_snapshot(counts.get(node_id, 0)))
-            forecasts[node_id] = beat.ci_forecast
+            forecasts[node_id] = {ORACLE_FORECAST: beat.ci_forecast, **beat.forecasts}
         self._known_nodes.update(node_ids)
         self._snapshots = {s.node_id: s for s in snapshots}
         self._forecasts = forecasts

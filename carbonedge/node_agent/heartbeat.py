@@ -14,7 +14,7 @@ from carbonedge.node_agent.config import AgentConfig
 from carbonedge.node_agent.energy import EnergyAccountant
 from carbonedge.node_agent.stats import ExecStats
 from carbonedge.protocol import keys
-from carbonedge.protocol.telemetry import Heartbeat
+from carbonedge.protocol.telemetry import ORACLE_FORECAST, Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class HeartbeatPublisher:
         mem_limit = self._accounting.memory_limit_bytes() or cfg.mem_limit_bytes
         reading = self._energy.intensity()
         device = self._energy.device
+        forecasts = self._energy.forecasts()
         return Heartbeat(
             node_id=cfg.node_id,
             ts=time.time(),
@@ -78,7 +79,8 @@ class HeartbeatPublisher:
             cpu_source=self._accounting.source,
             exec_ms=self._stats.exec_ms(),
             cpu_usage_s=cpu,
-            ci_forecast=self._energy.forecast(),
+            ci_forecast=forecasts.pop(ORACLE_FORECAST, ()),
+            forecasts=forecasts,
         )
 
     def beat(self) -> None:
