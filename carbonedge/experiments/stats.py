@@ -34,7 +34,7 @@ class Interval:
         if math.isnan(self.low):
             return f"{self.mean:{spec}}{unit}"
         half = (self.high - self.low) / 2
-        return f"{self.mean:{spec}} ± {half:{spec}}{unit}"
+        return f"{self.mean:{spec}} ± {half:{spec.lstrip('+')}}{unit}"
 
 
 def t_quantile(df: int) -> float:
