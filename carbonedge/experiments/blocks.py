@@ -79,6 +79,17 @@ class TaskRecord:
         return shares
 
     @property
+    def score_margin(self) -> float:
+        """The chosen node's score minus the best other node's (NaN without a choice):
+        how close the decision was."""
+        rows = (self.result.decision or {}).get("explain") or []
+        if len(rows) < 2:
+            return math.nan
+        chosen = next((r["score"] for r in rows if r.get("node") == self.result.node),
+                      rows[0]["score"])
+        return chosen - max(r["score"] for r in rows if r.get("node") != self.result.node)
+
+    @property
     def sched_ms(self) -> float:
         """Time the dispatcher's scheduler spent deciding where the task runs."""
         decision = self.result.decision or {}

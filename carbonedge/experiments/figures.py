@@ -27,6 +27,7 @@ __all__ = ["fig2", "fig3", "fig_temporal"]
 
 _COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
             "#7f7f7f", "#bcbd22", "#17becf")
+_ZONE_COLOURS = ("black", "#808080", "#b0b0b0")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 _DPI = 130
 
@@ -127,19 +128,25 @@ def fig_temporal(report: TemporalReport, path: Path) -> None:
         series = report.intensity[nodes[0]]
         hours = [h for h, _ in series] + [series[-1][0] + 1]
         values = [v for _, v in series] + [series[-1][1]]
-        top.step(hours, values, where="post", color=_COLOURS[i % len(_COLOURS)], lw=1.8,
-                 label=f"{zone} ({', '.join(nodes)})")
+        top.step(hours, values, where="post", color=_ZONE_COLOURS[i % len(_ZONE_COLOURS)],
+                 ls=("-", "--", "-.")[i % 3], lw=1.6, label=f"{zone} ({', '.join(nodes)})")
+    # one colour per arm in both panels; each deferral arm's starts shifted a little in
+    # time so that starts in the same hour by two forecasters stay visible
+    arms = list(report.spend)
+    deferring = list(report.releases)
     markers = ("v", "^", "D", "P", "X")
     for j, (arm, points) in enumerate(report.releases.items()):
-        top.scatter([h for h, _ in points], [v for _, v in points], s=28,
-                    marker=markers[j % len(markers)], color=_COLOURS[(j + 5) % len(_COLOURS)],
+        shift = (j - (len(deferring) - 1) / 2) * 0.18
+        top.scatter([h + shift for h, _ in points], [v for _, v in points], s=30,
+                    marker=markers[j % len(markers)],
+                    color=_COLOURS[arms.index(arm) % len(_COLOURS)] if arm in arms else "k",
                     edgecolor="black", lw=0.5, zorder=3,
-                    label=f"deferred request starts: {arm} ({len(points)})")
+                    label=f"deferred starts, {arm} ({len(points)})")
     top.set_ylabel("carbon intensity (gCO2/kWh)")
     top.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     top.grid(alpha=0.3)
     styles = ("-", "--")
-    for j, arm in enumerate(report.spend):
+    for j, arm in enumerate(arms):
         for k, (tenant, series) in enumerate(report.spend[arm].items()):
             bottom.step([h for h, _ in series], [g for _, g in series], where="post",
                         ls=styles[k % 2], color=_COLOURS[j % len(_COLOURS)],
@@ -163,9 +170,12 @@ def fig_temporal(report: TemporalReport, path: Path) -> None:
 
 
 def _budgets(budgets: Mapping[str, float]) -> dict[str, float]:
-    """One line per distinct budget value (tenants of every arm share them)."""
-    out: dict[str, float] = {}
+    """One line per distinct budget: ``{"interactive and batch": grams}`` when they agree
+    (the tenants of every arm have the same budgets)."""
+    by_value: dict[float, list[str]] = {}
     for tenant, grams in budgets.items():
         role = tenant.rsplit(".", 1)[-1]
-        out.setdefault(role, grams)
-    return out
+        roles = by_value.setdefault(grams, [])
+        if role not in roles:
+            roles.append(role)
+    return {" and ".join(roles): grams for grams, roles in by_value.items()}

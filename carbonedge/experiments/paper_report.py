@@ -34,7 +34,7 @@ METHODS = ("device", "measured")
 BASELINE = "monolithic"
 TASK_COLUMNS = (
     "model", "block", "order", "config", "node", "nodes", "latency_ms", "queue_ms",
-    "exec_ms", "sched_ms", "cpu_model_s", "cpu_overhead_s", "busy_s", "intensity_g_per_kwh",
+    "exec_ms", "sched_ms", "score_margin", "cpu_model_s", "cpu_overhead_s", "busy_s", "intensity_g_per_kwh",
     "device_kwh", "device_g", "measured_kwh", "measured_g", "settlement", "segments",
     "random_init", "task_id")
 
@@ -167,7 +167,8 @@ def task_rows(run: PaperRun) -> list[dict[str, Any]]:
                 "node": res.node,
                 "nodes": ";".join(f"{n}:{s:.3f}" for n, s in r.work_shares.items()),
                 "latency_ms": res.e2e_ms, "queue_ms": res.queue_ms, "exec_ms": res.exec_ms,
-                "sched_ms": r.sched_ms, "cpu_model_s": res.cpu_model_s,
+                "sched_ms": r.sched_ms, "score_margin": r.score_margin,
+                "cpu_model_s": res.cpu_model_s,
                 "cpu_overhead_s": res.cpu_overhead_s, "busy_s": res.busy_s,
                 "intensity_g_per_kwh": res.intensity_g_per_kwh, "device_kwh": res.energy_kwh,
                 "device_g": res.carbon_g, "measured_kwh": r.measured_kwh,

@@ -202,6 +202,12 @@ def paper_tables(report: PaperReport) -> str:
         + "; ".join(f"**{m}**" for m in METHODS)
         + " (see results.json `methods`). The paper's values are from its Tables II, IV, V.",
         "",
+        "CE-SLO's latency bound and CE-Green (partitioned)'s plan bound, per model (halfway "
+        "between the fastest and slowest node's warm service time unless given): "
+        + "; ".join(f"{MODEL_LABELS.get(m, m)} {ms:.1f} ms (service ms: "
+                    + ", ".join(f"{n} {t:.1f}" for n, t in run.service_ms.get(m, {}).items())
+                    + ")" for m, ms in run.slo_ms.items()) + ".",
+        "",
         f"## Table II — {MODEL_LABELS.get(first, first)}",
         "",
         table_ii(report, first),
