@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -57,6 +58,8 @@ CONFIG_LABELS = {
 """Every configuration, in the order of the tables: the paper's five, then ours."""
 IN_PAPER = ("monolithic", "amp4ec", "ce-performance", "ce-balanced", "ce-green")
 SERVICE_TIME_WAIT_S = 60.0
+SETTLING = 2
+"""Warm-up inferences per node that only settle it (first runs allocate buffers)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +79,9 @@ class PaperOptions:
     sweep_steps: int = 11
     sweep_n: int | None = None
     """Inferences per sweep step per block; None: max(2, n // 5)."""
-    warmup: int = 5
-    """Pinned inferences per node and model before anything is measured."""
+    warmup: int = 8
+    """Pinned inferences per node and model before anything is measured; all but the
+    first :data:`SETTLING` of each node also measure the node for the oracle."""
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -86,7 +90,8 @@ class PaperOptions:
             raise ConfigError(f"unknown model(s) {unknown or '(none given)'}; known: "
                               f"{', '.join(sorted(MODEL_NAMES))}", field="models")
         for name, value, low in (("n", self.n, 1), ("blocks", self.blocks, 2),
-                                 ("sweep_steps", self.sweep_steps, 11), ("warmup", self.warmup, 1)):
+                                 ("sweep_steps", self.sweep_steps, 11),
+                                 ("warmup", self.warmup, SETTLING + 1)):
             if value < low:
                 raise ConfigError(f"{name} must be at least {low}, got {value}", field=name)
         if self.sweep_n is not None and self.sweep_n < 1:
@@ -98,7 +103,7 @@ class PaperOptions:
     @classmethod
     def quick(cls, **changes: object) -> PaperOptions:
         """One model, two blocks of two inferences, one per sweep step."""
-        base = cls(models=("mobilenetv2",), n=2, blocks=2, sweep_n=1, warmup=3)
+        base = cls(models=("mobilenetv2",), n=2, blocks=2, sweep_n=1, warmup=SETTLING + 1)
         return replace(base, **changes)  # type: ignore[arg-type]
 
     @property
@@ -145,6 +150,9 @@ class PaperRun:
     node_ids: list[str]
     records: dict[str, list[TaskRecord]] = field(default_factory=dict)
     """Per model, every measured task."""
+    pinned: dict[str, list[TaskRecord]] = field(default_factory=dict)
+    """Per model, the warm-up: each node pinned (arm ``warm-up``, order = the node's
+    run number), what the oracle measures every node by."""
     orders: dict[str, list[list[str]]] = field(default_factory=dict)
     """Per model (and ``sweep``), each block's order of configurations."""
     sweep: list[TaskRecord] = field(default_factory=list)
@@ -155,67 +163,88 @@ class PaperRun:
     constrained: bool = True
     measured_estimated: bool = True
     settled: int = 0
-    emissions_csv: Path | None = None
+    emissions_csvs: list[Path] = field(default_factory=list)
+    """The carbon service's emissions CSV of each model's runtime (copied to the output)."""
     started_at: float = 0.0
     finished_at: float = 0.0
 
     @property
     def all_records(self) -> list[TaskRecord]:
-        return [r for rs in self.records.values() for r in rs] + self.sweep
+        return ([r for rs in self.records.values() for r in rs] + self.sweep
+                + [r for rs in self.pinned.values() for r in rs])
 
 
 def run_paper(settings: Settings, options: PaperOptions) -> PaperRun:
-    """Bring the topology up, run every configuration and the sweep, bring it down."""
+    """For each model, bring the topology up serving that model alone (as the paper
+    deployed one model per experiment, and so that the other models' memory does not
+    weigh on the 512 MiB nodes' resource scores), run every configuration (and, for the
+    first model, the sweep), settle the measured charges, bring it down."""
     topology = load_topology(settings.compose_file or None)
     topology.node(options.mono_node)  # fail early on a typo
-    run = PaperRun(options, topology, [], started_at=time.time(),
+    run = PaperRun(options, topology, topology.node_ids(), started_at=time.time(),
                    sweep_model=options.models[0])
     images = synthetic_images(max(options.n, options.warmup, 8) * 2, seed=options.seed)
-    runtime = LocalRuntime(topology, settings, preload=options.models, carbon_service=True)
-    run.node_ids = runtime.node_ids
-    print(f"bringing up {', '.join(runtime.node_ids)} with {', '.join(options.models)} "
-          f"(compose: {topology.source}) ...", file=sys.stderr)
-    timeout = settings.result_timeout_s
-    with runtime:
-        run.constrained = runtime.state.constrained
-        with Client(runtime.settings) as client:
-            for i, model in enumerate(options.models):
-                _warm_up(client, runtime.node_ids, model, images, options)
-                run.service_ms[model] = service_times(runtime.settings.redis_url,
-                                                      runtime.node_ids, model)
-                run.slo_ms[model] = options.slo_ms or _auto_slo(run.service_ms[model])
-                arms = configurations(options.mono_node, run.slo_ms[model])
-                records, orders = run_blocks(
-                    client, arms, model=model, images=images, blocks=options.blocks,
-                    per_block=options.n, seed=options.seed * 1000 + i, timeout=timeout,
-                    progress=options.progress, label=f"{model} ({i + 1}/{len(options.models)})")
-                run.records[model], run.orders[model] = records, orders
-            run.sweep, run.orders["sweep"] = run_blocks(
-                client, sweep_arms(options.sweep_steps), model=run.sweep_model, images=images,
-                blocks=options.blocks, per_block=options.per_sweep_step,
-                seed=options.seed * 1000 + 999, timeout=timeout, progress=options.progress,
-                label=f"weight sweep ({run.sweep_model})")
-        print("waiting for the carbon service to settle the measured charges ...",
-              file=sys.stderr)
-        run.settled = attach_measured(run.all_records, runtime.settings.redis_url,
-                                      timeout=60.0)
-    run.emissions_csv = runtime.emissions_csv
-    run.measured_estimated = host_estimated(runtime.emissions_csv)
+    options.out.mkdir(parents=True, exist_ok=True)
+    for i, model in enumerate(options.models):
+        runtime = LocalRuntime(topology, settings, preload=(model,), carbon_service=True)
+        print(f"bringing up {', '.join(runtime.node_ids)} serving {model} "
+              f"(compose: {topology.source}) ...", file=sys.stderr)
+        with runtime:
+            run.constrained = run.constrained and runtime.state.constrained
+            _run_model(run, runtime, model, i, images)
+            print("waiting for the carbon service to settle the measured charges ...",
+                  file=sys.stderr)
+            records = run.pinned[model] + run.records[model] + (run.sweep if i == 0 else [])
+            run.settled += attach_measured(records, runtime.settings.redis_url, timeout=60.0)
+        if runtime.emissions_csv.exists():
+            copy = options.out / f"emissions-{model}.csv"
+            shutil.copyfile(runtime.emissions_csv, copy)
+            run.emissions_csvs.append(copy)
+            run.measured_estimated = host_estimated(copy)
     run.finished_at = time.time()
     return run
 
 
+def _run_model(run: PaperRun, runtime: LocalRuntime, model: str, index: int,
+               images: Sequence[bytes]) -> None:
+    """Warm-up, every configuration in blocks, and (first model) the sweep."""
+    options = run.options
+    timeout = runtime.settings.result_timeout_s
+    with Client(runtime.settings) as client:
+        run.pinned[model] = _warm_up(client, runtime.node_ids, model, images, options)
+        run.service_ms[model] = service_times(runtime.settings.redis_url, runtime.node_ids,
+                                              model)
+        run.slo_ms[model] = options.slo_ms or _auto_slo(run.service_ms[model])
+        arms = configurations(options.mono_node, run.slo_ms[model])
+        run.records[model], run.orders[model] = run_blocks(
+            client, arms, model=model, images=images, blocks=options.blocks,
+            per_block=options.n, seed=options.seed * 1000 + index, timeout=timeout,
+            progress=options.progress, label=f"{model} ({index + 1}/{len(options.models)})")
+        if model == run.sweep_model:
+            run.sweep, run.orders["sweep"] = run_blocks(
+                client, sweep_arms(options.sweep_steps), model=model, images=images,
+                blocks=options.blocks, per_block=options.per_sweep_step,
+                seed=options.seed * 1000 + 999, timeout=timeout, progress=options.progress,
+                label=f"weight sweep ({model})")
+
+
 def _warm_up(client: Client, node_ids: Sequence[str], model: str, images: Sequence[bytes],
-             options: PaperOptions) -> None:
+             options: PaperOptions) -> list[TaskRecord]:
     """Pinned requests on every node: each has run the model, published a service time
     and profiled its blocks (for partitioned plans) before anything is measured."""
     bar = tqdm(total=len(node_ids) * options.warmup, desc=f"warm-up {model}", unit="inf",
                disable=not options.progress, leave=False)
+    records = []
     with bar:
         for node in node_ids:
-            for image in images[:options.warmup]:
-                client.submit(model, image, node=node).result(client.settings.result_timeout_s)
+            for i in range(options.warmup):
+                start = time.perf_counter()
+                result = client.submit(model, images[i % len(images)], node=node).result(
+                    client.settings.result_timeout_s)
+                records.append(TaskRecord(-1, i, "warm-up", model, result,
+                                          time.perf_counter() - start))
                 bar.update()
+    return records
 
 
 def service_times(redis_url: str, node_ids: Sequence[str], model: str, *,

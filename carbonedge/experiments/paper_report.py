@@ -10,7 +10,6 @@ tasks that ran whole on that node.
 from __future__ import annotations
 
 import math
-import shutil
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +24,13 @@ from carbonedge.experiments.outputs import (
     write_csv,
     write_json,
 )
-from carbonedge.experiments.paper import CONFIG_LABELS, IN_PAPER, PaperRun, sweep_weights
+from carbonedge.experiments.paper import (
+    CONFIG_LABELS,
+    IN_PAPER,
+    SETTLING,
+    PaperRun,
+    sweep_weights,
+)
 from carbonedge.experiments.stats import Interval
 
 __all__ = ["METHODS", "Oracle", "PaperReport", "build_report", "write_outputs"]
@@ -34,7 +39,7 @@ METHODS = ("device", "measured")
 BASELINE = "monolithic"
 TASK_COLUMNS = (
     "model", "block", "order", "config", "node", "nodes", "latency_ms", "queue_ms",
-    "exec_ms", "sched_ms", "score_margin", "cpu_model_s", "cpu_overhead_s", "busy_s", "intensity_g_per_kwh",
+    "exec_ms", "sched_ms", "score_margin", "candidates", "cpu_model_s", "cpu_overhead_s", "busy_s", "intensity_g_per_kwh",
     "device_kwh", "device_g", "measured_kwh", "measured_g", "settlement", "segments",
     "random_init", "task_id")
 
@@ -76,11 +81,13 @@ def record_g(record: TaskRecord, method: str) -> float:
 
 
 def oracle_for(model: str, records: Sequence[TaskRecord], method: str) -> Oracle | None:
-    """The node with the least mean carbon per inference over the tasks it ran whole."""
+    """The node with the least mean carbon per inference over the tasks it ran whole
+    (the pinned warm-up after its settling runs, and every configuration's)."""
     per_node: dict[str, list[float]] = {}
     for r in records:
         value = record_g(r, method)
-        if not r.result.segments and math.isfinite(value):
+        settling = r.arm == "warm-up" and r.order < SETTLING
+        if not r.result.segments and not settling and math.isfinite(value):
             per_node.setdefault(r.result.node, []).append(value)
     if not per_node:
         return None
@@ -144,7 +151,7 @@ def build_report(run: PaperRun) -> PaperReport:
     oracles = {}
     for model, records in run.records.items():
         for method in METHODS:
-            oracle = oracle_for(model, records, method)
+            oracle = oracle_for(model, [*run.pinned.get(model, ()), *records], method)
             if oracle is not None:
                 oracles[(model, method)] = oracle
     summary = [summary_row(model, row, method, oracles.get((model, method)))
@@ -156,10 +163,19 @@ def build_report(run: PaperRun) -> PaperReport:
                        summary)
 
 
+def candidates(record: TaskRecord) -> str:
+    """Every candidate of the task's decision, best first: ``node:R/L/P/B/C=score``."""
+    rows = (record.result.decision or {}).get("explain") or []
+    return " ".join(f"{row['node']}:" + "/".join(f"{row[k]:.2f}" for k in "RLPBC")
+                    + f"={row['score']:.3f}" for row in rows)
+
+
 def task_rows(run: PaperRun) -> list[dict[str, Any]]:
-    """One row per task, the sweep's included (``config`` = ``wc=...``)."""
+    """One row per task: the pinned warm-up (``config`` = ``warm-up``, block -1), the
+    configurations, and the sweep (``config`` = ``wc=...``)."""
     rows = []
-    for model, records in [*run.records.items(), (f"{run.sweep_model}", run.sweep)]:
+    for model, records in [*run.pinned.items(), *run.records.items(),
+                           (run.sweep_model, run.sweep)]:
         for r in records:
             res = r.result
             rows.append({
@@ -168,6 +184,7 @@ def task_rows(run: PaperRun) -> list[dict[str, Any]]:
                 "nodes": ";".join(f"{n}:{s:.3f}" for n, s in r.work_shares.items()),
                 "latency_ms": res.e2e_ms, "queue_ms": res.queue_ms, "exec_ms": res.exec_ms,
                 "sched_ms": r.sched_ms, "score_margin": r.score_margin,
+                "candidates": candidates(r),
                 "cpu_model_s": res.cpu_model_s,
                 "cpu_overhead_s": res.cpu_overhead_s, "busy_s": res.busy_s,
                 "intensity_g_per_kwh": res.intensity_g_per_kwh, "device_kwh": res.energy_kwh,
@@ -239,7 +256,4 @@ def write_outputs(report: PaperReport, out: Path) -> list[Path]:
     paths[2].write_text(paper_tables(report), encoding="utf-8")
     fig2(report, paths[3])
     fig3(report, paths[4])
-    if report.run.emissions_csv is not None and report.run.emissions_csv.exists():
-        shutil.copyfile(report.run.emissions_csv, out / "emissions.csv")
-        paths.append(out / "emissions.csv")
-    return paths
+    return paths + [p for p in report.run.emissions_csvs if p.parent == out]
