@@ -223,6 +223,7 @@ def results_json(report: PaperReport) -> dict[str, Any]:
                             " (estimated: CodeCarbon's CPU-load model, no hardware counter)"
                             if run.measured_estimated else ""),
         },
+        "device_power_sources": sorted({r.result.power_source for r in run.all_records}),
         "measured_settled": {"tasks": len(run.all_records), "settled": run.settled},
         "slo_ms": run.slo_ms,
         "service_ms": run.service_ms,

@@ -16,10 +16,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
 @pytest.fixture
 def redis_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A flushed database, and the runtime's files under the test's folder."""
+    """A flushed database, the runtime's files under the test's folder, and cgroups of
+    its own: the session's default runtime (same node names) may be up meanwhile."""
     _redis_or_fail(SMALL_RUNTIME_URL).flushdb()
     monkeypatch.setenv("CARBONEDGE_RUN_DIR", str(tmp_path / "run"))
-    monkeypatch.setenv("CARBONEDGE_CGROUP_PARENT", CGROUP_PARENT)
+    monkeypatch.setenv("CARBONEDGE_CGROUP_PARENT", f"{CGROUP_PARENT}-experiments")
     monkeypatch.delenv("CARBONEDGE_CONFIG", raising=False)
     return SMALL_RUNTIME_URL
 
