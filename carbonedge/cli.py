@@ -121,6 +121,7 @@ def _experiment_parsers(sub: argparse._SubParsersAction, with_compose: Any) -> N
                           help="share of requests with a deadline of 1-8 trace hours (0.5)")
     temporal.add_argument("--blocks", type=int,
                           help="slices of the replay the intervals are taken across (6)")
+    temporal.add_argument("--model", help="model every request runs (mobilenetv2)")
     temporal.add_argument("--budget-g", type=float, help="each tenant's carbon budget in "
                           "grams (default: 1.5 x its projected carbon-agnostic spend)")
     for sp in (paper, temporal):
@@ -340,7 +341,7 @@ def _experiment(args: argparse.Namespace, settings: Settings) -> int:
 
     return run_temporal_command(settings, _given(args, "zones", "start", "hours", "speedup",
                                                  "forecast", "rate", "deferrable", "blocks",
-                                                 "budget_g", "seed", "out"),
+                                                 "model", "budget_g", "seed", "out"),
                                 quick=args.quick, progress=not args.no_progress)
 
 
