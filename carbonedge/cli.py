@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from carbonedge.errors import CarbonEdgeError, RuntimeUnavailable
 from carbonedge.settings import Settings
@@ -110,7 +111,62 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--runtime", choices=("torch", "onnxruntime"),
                       help="run every node's models with this (default: as the compose file "
                            "declares, auto)")
+    _experiment_parsers(sub, with_compose)
     return p
+
+
+def _experiment_parsers(sub: argparse._SubParsersAction, with_compose: Any) -> None:
+    """``carbonedge experiment paper|temporal``: options left unset take the defaults of
+    the full run, or of ``--quick``."""
+    experiment = sub.add_parser("experiment", help="the paper's evaluation; a temporal one")
+    kinds = experiment.add_subparsers(dest="experiment", required=True)
+    paper = with_compose(kinds.add_parser(
+        "paper", help="Tables II, IV, V and Figs. 2, 3 of the paper, with intervals"))
+    paper.add_argument("--models", type=_names, metavar="M1,M2",
+                       help="models (default mobilenetv2,mobilenetv4,efficientnet_b0)")
+    paper.add_argument("--n", type=int, help="inferences per configuration per block (50)")
+    paper.add_argument("--blocks", type=int, help="blocks (5), each running every "
+                       "configuration in a seeded random order")
+    paper.add_argument("--mono-node", help="node of the Monolithic baseline (node-medium)")
+    paper.add_argument("--slo-ms", type=float, help="CE-SLO's latency bound and CE-Green "
+                       "(partitioned)'s plan bound (default: per model, halfway between the "
+                       "fastest and slowest node's warm service time)")
+    paper.add_argument("--sweep-steps", type=int, help="steps of w_C from 0 to 1 (11)")
+    paper.add_argument("--sweep-n", type=int,
+                       help="inferences per sweep step per block (max(2, n/5))")
+    temporal = with_compose(kinds.add_parser(
+        "temporal", help="replay hourly intensity traces: deferral, forecasters, budgets"))
+    temporal.add_argument("--zones", type=_names, metavar="Z1,Z2",
+                          help="traces, one per node in order (cycled): packaged names or "
+                               "CSV paths (default US-CAL-CISO_2023_week23,GB_2023_week23)")
+    temporal.add_argument("--start", help="trace hour the replay starts at, ISO UTC "
+                                          "(default: the traces' second day)")
+    temporal.add_argument("--hours", type=int, help="trace hours replayed (24)")
+    temporal.add_argument("--speedup", type=float,
+                          help="trace seconds per wall second (360: a trace hour in 10 s)")
+    temporal.add_argument("--forecast", type=_names, metavar="F1,F2",
+                          help="forecasters of the deferral arms (oracle,persistence,yesterday)")
+    temporal.add_argument("--rate", type=float, help="requests per trace hour per arm (6)")
+    temporal.add_argument("--deferrable", type=float,
+                          help="share of requests with a deadline of 1-8 trace hours (0.5)")
+    temporal.add_argument("--blocks", type=int,
+                          help="slices of the replay the intervals are taken across (6)")
+    temporal.add_argument("--model", help="model every request runs (mobilenetv2)")
+    temporal.add_argument("--budget-g", type=float, help="each tenant's carbon budget in "
+                          "grams (default: 1.5 x its projected carbon-agnostic spend)")
+    for sp in (paper, temporal):
+        sp.add_argument("--seed", type=int, help="seed of orders, images and arrivals (0)")
+        sp.add_argument("--out", type=Path, help="output folder (results/<experiment>)")
+        sp.add_argument("--quick", action="store_true",
+                        help="a minimal run end to end (what the test suite runs)")
+        sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected a comma-separated list of names")
+    return names
 
 
 def _metrics_options(sp: argparse.ArgumentParser, port_help: str,
@@ -131,7 +187,7 @@ def _stop_on_sigterm() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("demo", "up"):
+    if args.command in ("demo", "up", "experiment"):
         _stop_on_sigterm()
     try:
         settings = Settings.load(args.config, redis_url=args.redis_url,
@@ -386,6 +442,27 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
                     mono_node=args.mono_node, blocks=args.blocks, seed=args.seed)
 
 
+def _experiment(args: argparse.Namespace, settings: Settings) -> int:
+    if args.experiment == "paper":
+        from carbonedge.experiments.commands import run_paper_command
+
+        return run_paper_command(settings, _given(args, "models", "n", "blocks", "mono_node",
+                                                  "slo_ms", "sweep_steps", "sweep_n", "seed",
+                                                  "out"),
+                                 quick=args.quick, progress=not args.no_progress)
+    from carbonedge.experiments.commands import run_temporal_command
+
+    return run_temporal_command(settings, _given(args, "zones", "start", "hours", "speedup",
+                                                 "forecast", "rate", "deferrable", "blocks",
+                                                 "model", "budget_g", "seed", "out"),
+                                quick=args.quick, progress=not args.no_progress)
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The options given on the command line (the rest keep their defaults)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
 def _parse_scale(items: list[str]) -> dict[str, int]:
     scale = {}
     for item in items:
@@ -404,7 +481,7 @@ _COMMANDS = {"up": _up, "down": _down, "supervise": _supervise, "agent": _agent,
              "models": _models,
              "dispatcher": _dispatcher, "metrics": _metrics, "flower": _flower,
              "carbon": _carbon, "acl": _acl, "report": _report, "status": _status,
-             "demo": _demo}
+             "demo": _demo, "experiment": _experiment}
 
 if __name__ == "__main__":
     sys.exit(main())

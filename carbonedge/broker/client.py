@@ -73,6 +73,7 @@ class RequestOptions(TypedDict, total=False):
     route: Sequence[Any]
     latency_bound_ms: float
     deadline_s: float
+    forecast: str
     tenant: str
     latency_slo_ms: float
     family: str
@@ -94,13 +95,16 @@ def build_request(
     route: Sequence[Any] | None = None,
     latency_bound_ms: float | None = None,
     deadline_s: float | None = None,
+    forecast: str | None = None,
     tenant: str | None = None,
     latency_slo_ms: float | None = None,
 ) -> dict[str, Any]:
     """A validated request map with a fresh id.
 
     ``deadline_s`` lets the request wait, up to that many seconds after submission, for
-    the lowest-carbon slot the nodes' intensity forecasts show (carbon-aware deferral).
+    the lowest-carbon slot the nodes' intensity forecasts show (carbon-aware deferral);
+    ``forecast`` names the forecaster it plans with (``oracle``, the default: the nodes'
+    providers' own forecasts; ``persistence``; ``yesterday``).
     ``tenant`` charges the request's carbon to that tenant's budget (if one is set).
     ``latency_slo_ms`` picks the least-carbon node predicted to answer within it.
 
@@ -120,7 +124,8 @@ def build_request(
     }
     for name, value in (("model", model), ("input", tensor), ("mode", mode),
                         ("normalisation", normalisation), ("node", node), ("tenant", tenant),
-                        ("family", family), ("min_accuracy", min_accuracy)):
+                        ("family", family), ("min_accuracy", min_accuracy),
+                        ("forecast", forecast)):
         if value is not None:
             request[name] = value
     if model is None and tensor is not None and (family is not None or min_accuracy is not None):
@@ -289,10 +294,12 @@ class Client(_Producer):
         return self._send(request)
 
     def ping(self, *, mode: str | None = None, node: str | None = None,
-             deadline_s: float | None = None, tenant: str | None = None) -> InferenceHandle:
+             deadline_s: float | None = None, forecast: str | None = None,
+             tenant: str | None = None) -> InferenceHandle:
         """A request that runs no model: measures the routing path itself."""
         return self._send(build_request(kind="ping", mode=mode, node=node,
-                                        deadline_s=deadline_s, tenant=tenant))
+                                        deadline_s=deadline_s, forecast=forecast,
+                                        tenant=tenant))
 
     def map(
         self, model: str | None, inputs: Iterable[Any], *, timeout: float | None = None,

@@ -39,6 +39,7 @@ from carbonedge.broker.repair import (
     reset_field,
     reset_in_flight,
 )
+from carbonedge.carbon.forecast import DEFAULT_FORECASTER, get_forecaster
 from carbonedge.connections import async_redis_client
 from carbonedge.errors import (
     CarbonEdgeError,
@@ -56,6 +57,7 @@ from carbonedge.protocol.messages import (
     unpack_entry,
     validate_request,
 )
+from carbonedge.protocol.telemetry import ORACLE_FORECAST
 from carbonedge.protocol.untrusted import (
     Rejections,
     parse_amount,
@@ -135,7 +137,8 @@ class Dispatcher:
         self._known_nodes: set[str] = set()
         self._snapshots: dict[str, NodeSnapshot] = {}
         self._quarantined: dict[str, Quarantined] = {}
-        self._forecasts: dict[str, tuple[tuple[float, float], ...]] = {}
+        self._forecasts: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {}
+        """Each live node's published intensity steps, by forecaster name."""
         self.rejections = Rejections(f"dispatcher {self.name}", log)
         """Malformed values read from Redis, logged once per cause and counted."""
         self.telemetry = TelemetryReader(
@@ -396,15 +399,19 @@ class Dispatcher:
     def _defer(self, request: dict[str, Any]) -> _Deferred | None:
         """Hold ``request`` for a lower-carbon slot before its deadline, if there is one."""
         live = self._live_snapshots()
-        plan = plan_for(request, time.time(), {s.node_id: self._forecasts.get(s.node_id, ())
-                                               for s in live},
+        forecaster = request.get("forecast") or DEFAULT_FORECASTER
+        get_forecaster(forecaster)  # an unknown name is refused, listing the known ones
+        plan = plan_for(request, time.time(),
+                        {s.node_id: self._forecasts.get(s.node_id, {}).get(forecaster, ())
+                         for s in live},
                         {s.node_id: s.carbon_intensity for s in live},
                         settle_s=self.settings.heartbeat_interval_s + self.settings.view_refresh_s)
         if not plan.deferred:
             return None
         held = {**request, "deferred_until": plan.release_at,
                 "deferral": {"now_g_per_kwh": plan.now_g_per_kwh,
-                             "release_g_per_kwh": plan.release_g_per_kwh}}
+                             "release_g_per_kwh": plan.release_g_per_kwh,
+                             "forecast": forecaster}}
         log.info("request %s deferred %.0f s: %.0f -> %.0f g/kWh", request["id"],
                  plan.release_at - time.time(), plan.now_g_per_kwh, plan.release_g_per_kwh)
         input_key = keys.input_key(request["id"]) if request.get("input_ref") is True else None
@@ -461,7 +468,8 @@ class Dispatcher:
                      for node_id, beat in telemetry.beats.items()]
         self._known_nodes.update(telemetry.known)
         self._snapshots = {s.node_id: s for s in snapshots}
-        self._forecasts = {n: b.ci_forecast for n, b in telemetry.beats.items()}
+        self._forecasts = {n: {ORACLE_FORECAST: b.ci_forecast, **b.forecasts}
+                           for n, b in telemetry.beats.items()}
         self._quarantined = telemetry.quarantined
         self._view = ClusterView.build(snapshots, now=now, ttl_s=self.settings.heartbeat_ttl_s)
         self._view_at = now

@@ -274,6 +274,10 @@ class TraceProvider:
         trace_us = round(elapsed_us * self.speedup)
         return (trace_us // _HOUR_US) % len(self.values)
 
+    def wall_time(self, trace: timedelta) -> timedelta:
+        """How long ``trace`` (a stretch of trace time) lasts in wall time at this speed-up."""
+        return trace / self.speedup
+
     def intensity_at(self, when: datetime) -> IntensityReading:
         index = self.hour_index(when)
         return IntensityReading(

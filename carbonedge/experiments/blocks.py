@@ -17,7 +17,7 @@ import random
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +56,45 @@ class TaskRecord:
     measured_g: float = math.nan
     measured_kwh: float = math.nan
     settlement: str = "pending"
+    """``settled`` once every ledger row of the task (one per segment) has its measured
+    charge; ``unsettled`` when the carbon service could not cover one; ``pending`` if
+    none arrived in time."""
+    measured_rows: int = 0
+
+    @property
+    def expected_rows(self) -> int:
+        """Ledger rows the task leaves: one per segment of a partitioned request, else one."""
+        return max(len(self.result.segments), 1)
+
+    @property
+    def work_shares(self) -> dict[str, float]:
+        """Where the task's work ran: its node, or its segments' nodes by CPU-seconds."""
+        segments = self.result.segments
+        total = sum(s.cpu_s for s in segments)
+        if not segments or not total > 0:
+            return {self.result.node: 1.0}
+        shares: dict[str, float] = {}
+        for s in segments:
+            shares[s.node] = shares.get(s.node, 0.0) + s.cpu_s / total
+        return shares
+
+    @property
+    def score_margin(self) -> float:
+        """The chosen node's score minus the best other node's (NaN without a choice):
+        how close the decision was."""
+        rows = (self.result.decision or {}).get("explain") or []
+        if len(rows) < 2:
+            return math.nan
+        chosen = next((r["score"] for r in rows if r.get("node") == self.result.node),
+                      rows[0]["score"])
+        return chosen - max(r["score"] for r in rows if r.get("node") != self.result.node)
+
+    @property
+    def sched_ms(self) -> float:
+        """Time the dispatcher's scheduler spent deciding where the task runs."""
+        decision = self.result.decision or {}
+        ns = decision.get("duration_ns")
+        return ns / 1e6 if isinstance(ns, (int, float)) else math.nan
 
 
 def run_blocks(client: Client, arms: Sequence[Arm], *, model: str, images: Sequence[Any],
@@ -98,8 +137,12 @@ def warm_up(client: Client, node_ids: Sequence[str], model: str, images: Sequenc
 def attach_measured(records: Sequence[TaskRecord], redis_url: str, *,
                     timeout: float = 60.0) -> int:
     """Join each record with its measured charge from ``ce:carbon:settled`` (waiting up to
-    ``timeout`` for the carbon service to settle them); returns how many were found."""
+    ``timeout`` for the carbon service to settle them), summed over the ledger rows of a
+    partitioned request's segments; returns how many records were completed."""
     by_id = {r.result.id: r for r in records}
+    for r in records:
+        r.measured_g = r.measured_kwh = 0.0
+        r.measured_rows, r.settlement = 0, "pending"
     client = redis_client(redis_url)
     found: set[str] = set()
     last = "-"
@@ -112,17 +155,26 @@ def attach_measured(records: Sequence[TaskRecord], redis_url: str, *,
                 last = entry_id.decode()
                 task_id = fields.get(b"task_id", b"").decode(errors="replace")
                 record = by_id.get(task_id)
-                if record is None:
+                if record is None or fields.get(b"row_type", b"task") != b"task":
                     continue
-                found.add(task_id)
-                record.settlement = fields.get(b"settlement", b"?").decode()
-                if record.settlement == "settled":
-                    record.measured_g = float(fields[b"carbon_g"])
-                    record.measured_kwh = float(fields[b"energy_kwh"])
+                record.measured_rows += 1
+                settlement = fields.get(b"settlement", b"?").decode()
+                if settlement == "settled":
+                    record.measured_g += float(fields[b"carbon_g"])
+                    record.measured_kwh += float(fields[b"energy_kwh"])
+                elif record.settlement != "unsettled":
+                    record.settlement = "unsettled"
+                if record.measured_rows >= record.expected_rows:
+                    found.add(task_id)
+                    if record.settlement == "pending":
+                        record.settlement = "settled"
             if not entries:
                 time.sleep(0.2)  # the service settles once a host sample covers the task
     finally:
         client.close()
+    for r in records:
+        if r.settlement != "settled":
+            r.measured_g = r.measured_kwh = math.nan
     return len(found)
 
 
@@ -143,6 +195,9 @@ class ArmSummary:
     delta_measured_pct: Interval
     unsettled: int
     random_init: bool
+    measured_kwh: float = math.nan
+    sched_ms: float = math.nan
+    """Mean time the scheduler took to decide, per task."""
 
 
 def _per_block(records: Sequence[TaskRecord], value: Callable[[TaskRecord], float]
@@ -153,6 +208,11 @@ def _per_block(records: Sequence[TaskRecord], value: Callable[[TaskRecord], floa
         if math.isfinite(v):
             blocks.setdefault(r.block, []).append(v)
     return {b: statistics.fmean(vs) for b, vs in blocks.items()}
+
+
+def _finite_mean(values: Iterable[float]) -> float:
+    clean = [v for v in values if math.isfinite(v)]
+    return statistics.fmean(clean) if clean else math.nan
 
 
 def _delta(arm: dict[int, float], base: dict[int, float], *, seed: int) -> Interval:
@@ -176,11 +236,13 @@ def summarise_arms(records: Sequence[TaskRecord], baseline: str, *,
         latencies = sorted(r.result.e2e_ms for r in rs)
         device = _per_block(rs, lambda r: r.result.carbon_g)
         measured = _per_block(rs, lambda r: r.measured_g)
-        nodes = Counter(r.result.node for r in rs)
+        nodes: Counter[str] = Counter()
+        for r in rs:
+            nodes.update(r.work_shares)
         wall = sum(r.wall_s for r in rs)
         out.append(ArmSummary(
             name=name, count=len(rs),
-            shares={n: c / len(rs) for n, c in nodes.items()},
+            shares={n: c / len(rs) for n, c in sorted(nodes.items())},
             latency_ms=mean_ci(list(_per_block(rs, lambda r: r.result.e2e_ms).values())),
             p95_ms=percentile(latencies, 95),
             throughput_rps=len(rs) / wall if wall > 0 else math.nan,
@@ -191,5 +253,7 @@ def summarise_arms(records: Sequence[TaskRecord], baseline: str, *,
             delta_measured_pct=_delta(measured, base_measured, seed=seed),
             unsettled=sum(r.settlement != "settled" for r in rs),
             random_init=any(r.result.random_init for r in rs),
+            measured_kwh=_finite_mean(r.measured_kwh for r in rs),
+            sched_ms=_finite_mean(r.sched_ms for r in rs),
         ))
     return out

@@ -26,6 +26,7 @@ from carbonedge.experiments.blocks import (
     summarise_arms,
     warm_up,
 )
+from carbonedge.experiments.outputs import host_estimated
 from carbonedge.experiments.workload import synthetic_images
 from carbonedge.settings import Settings
 
@@ -41,7 +42,8 @@ def demo_arms(mono_node: str) -> list[Arm]:
 def format_table(rows: Sequence[ArmSummary], nodes: Sequence[str], baseline: str) -> str:
     """One row per arm; ΔCO2 is the change against ``baseline`` (negative = less)."""
     short = " / ".join(n.removeprefix("node-") for n in nodes)
-    head = (f"{'mode':<12} {short:>22} {'mean ms':>8} {'p95 ms':>7} {'req/s':>6} "
+    width = max([12, *(len(r.name) for r in rows)])
+    head = (f"{'mode':<{width}} {short:>22} {'mean ms':>8} {'p95 ms':>7} {'req/s':>6} "
             f"{'gCO2/inf device':>19} {'ΔCO2 device':>15} {'gCO2/inf measured':>19} "
             f"{'ΔCO2 measured':>15}")
     lines = [head, "-" * len(head)]
@@ -49,7 +51,7 @@ def format_table(rows: Sequence[ArmSummary], nodes: Sequence[str], baseline: str
         share = " / ".join(f"{100 * row.shares.get(n, 0):.0f}%" for n in nodes)
         base = row.name == baseline
         lines.append(
-            f"{row.name:<12} {share:>22} {row.latency_ms.mean:8.1f} {row.p95_ms:7.1f} "
+            f"{row.name:<{width}} {share:>22} {row.latency_ms.mean:8.1f} {row.p95_ms:7.1f} "
             f"{row.throughput_rps:6.2f} {row.device_g.format('.3e'):>19} "
             f"{'-' if base else row.delta_device_pct.format('+.1f', '%'):>15} "
             f"{row.measured_g.format('.3e'):>19} "
@@ -95,8 +97,8 @@ def run_demo(settings: Settings, *, inferences: int = 50, model: str = "mobilene
           "0.375 W/GB) busy for the task's CPU-seconds / quota, at its grid's intensity — "
           "the same work costs the same grams. measured: the host's CodeCarbon energy over "
           "the samples covering the task, shared by CPU time and memory"
-          + (" (estimated from CPU load: no hardware counter here)." if _estimated(runtime)
-             else "."))
+          + (" (estimated from CPU load: no hardware counter here)."
+             if host_estimated(runtime.emissions_csv) else "."))
     print()
     print(f"carbon service reconciliation ({runtime.emissions_csv}):")
     print(format_report(summarise_emissions(runtime.emissions_csv), settings.accounting))
@@ -104,13 +106,3 @@ def run_demo(settings: Settings, *, inferences: int = 50, model: str = "mobilene
         print("weights: random initialisation (no pretrained weights on this machine); timings "
               "and carbon are those of the real architecture, the class ids are meaningless.")
     return 0
-
-
-def _estimated(runtime: LocalRuntime) -> bool:
-    from carbonedge.carbon.emissions_csv import read_rows
-
-    try:
-        return any(r.get("estimated") == "1" for r in read_rows(runtime.emissions_csv)
-                   if r.get("row_type") == "host")
-    except OSError:
-        return False

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from carbonedge.carbon.device import DeviceCharge, DevicePower
+from carbonedge.carbon.forecast import forecast_steps, known_forecasters
 from carbonedge.carbon.intensity import IntensityReading
 from carbonedge.carbon.ledger import LedgerRow
 from carbonedge.carbon.power import carbon_grams
@@ -85,14 +86,15 @@ class EnergyAccountant:
                 self._reading_at = now
             return self._reading
 
-    def forecast(self) -> tuple[tuple[float, float], ...]:
-        """The node's intensity steps ahead, as (unix time, g/kWh), where its provider
-        can forecast (a trace, a static value); empty where it cannot (live APIs)."""
-        forecast = getattr(self.config.intensity, "forecast", None)
-        if forecast is None:
-            return ()
-        return tuple((t.timestamp(), v) for t, v in forecast(datetime.now(UTC),
-                                                              FORECAST_HORIZON))
+    def forecasts(self) -> dict[str, tuple[tuple[float, float], ...]]:
+        """The node's intensity steps ahead by every registered forecaster, as (unix time,
+        g/kWh), starting from its reading now (see :mod:`carbonedge.carbon.forecast`)."""
+        reading = self.intensity()
+        now = datetime.now(UTC)
+        return {name: tuple((t.timestamp(), v) for t, v in forecast_steps(
+                    name, self.config.intensity, now, FORECAST_HORIZON,
+                    reading.value.g_per_kwh))
+                for name in known_forecasters()}
 
     def charge(self, cpu: CpuSplit, reading: IntensityReading) -> TaskCharge:
         """The device charge of a task that used ``cpu``, priced at ``reading`` (the

@@ -14,7 +14,7 @@ from carbonedge.node_agent.config import AgentConfig
 from carbonedge.node_agent.energy import EnergyAccountant
 from carbonedge.node_agent.stats import ExecStats
 from carbonedge.protocol import keys
-from carbonedge.protocol.telemetry import Heartbeat
+from carbonedge.protocol.telemetry import ORACLE_FORECAST, Heartbeat
 from carbonedge.protocol.untrusted import Rejections, is_wrong_type, move_aside_sync
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class HeartbeatPublisher:
         mem_limit = self._accounting.memory_limit_bytes() or cfg.mem_limit_bytes
         reading = self._energy.intensity()
         device = self._energy.device
+        forecasts = self._energy.forecasts()
         return Heartbeat(
             node_id=cfg.node_id,
             ts=time.time(),
@@ -89,7 +90,8 @@ class HeartbeatPublisher:
             exec_ms=self._stats.exec_ms(),
             cpu_usage_s=cpu,
             started_at=self._started_at,
-            ci_forecast=self._energy.forecast(),
+            ci_forecast=forecasts.pop(ORACLE_FORECAST, ()),
+            forecasts=forecasts,
             work_group=self._work_group,
         )
 

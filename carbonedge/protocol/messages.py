@@ -15,6 +15,7 @@ import msgpack
 from carbonedge.errors import CarbonEdgeError, InvalidMessage, InvalidRequest
 from carbonedge.partitioner.routes import Route, check_partition
 from carbonedge.protocol import keys
+from carbonedge.protocol.telemetry import FORECASTER_RE
 from carbonedge.scheduler.budgets import valid_tenant
 
 PROTOCOL_VERSION = 1
@@ -190,7 +191,14 @@ def _validate_model_choice(msg: Mapping[str, Any]) -> None:
 
 def _validate_deferral(msg: Mapping[str, Any]) -> None:
     """``deadline_s``: the result may come up to this many seconds after submission, so
-    the request may wait for a lower-carbon slot; ``deferred_until`` is set on release."""
+    the request may wait for a lower-carbon slot; ``deferred_until`` is set on release;
+    ``forecast`` names the intensity forecaster the wait is planned with (the dispatcher
+    refuses a name it does not know)."""
+    forecast = msg.get("forecast")
+    if forecast is not None and (not isinstance(forecast, str)
+                                 or not FORECASTER_RE.match(forecast)):
+        raise InvalidRequest(f"forecast must be a forecaster's name (e.g. oracle, "
+                             f"persistence, yesterday), got {forecast!r}", field="forecast")
     for name, upper in (("deadline_s", MAX_DEADLINE_S), ("deferred_until", float("inf"))):
         value = msg.get(name)
         if value is not None and (

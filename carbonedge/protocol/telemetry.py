@@ -19,6 +19,11 @@ from carbonedge.scheduler import NodeSnapshot
 
 EXEC_PREFIX = "exec_ms."
 FORECAST_FIELD = "ci_forecast"
+FORECAST_PREFIX = FORECAST_FIELD + "."
+ORACLE_FORECAST = "oracle"
+"""The forecaster whose steps ``ci_forecast`` carries (the provider's own); the steps of
+every other forecaster travel as ``ci_forecast.<name>``."""
+FORECASTER_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 MAX_FORECAST_POINTS = 64
 CLOCK_SKEW_S = 5.0
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -85,10 +90,16 @@ class Heartbeat:
     """When the agent started (unix seconds): beats of one agent life share it."""
     ci_forecast: tuple[tuple[float, float], ...] = ()
     """``(from unix time, gCO2/kWh)`` steps of the node's intensity ahead, where its
-    provider can tell (traces, static values): what deferral plans with."""
+    provider can tell (traces, static values): what deferral plans with by default."""
     work_group: str = ""
     """Nodes on the same hardware with the same runtime (the host's boot id and the
     runtime): one CPU cost per inference of a model, whatever each measured."""
+    forecasts: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
+    """Steps by other forecasters (``persistence``, ``yesterday``), keyed by name."""
+
+    def forecast_by(self, name: str) -> tuple[tuple[float, float], ...] | None:
+        """The steps of forecaster ``name``; None when this node does not publish them."""
+        return self.ci_forecast if name == ORACLE_FORECAST else self.forecasts.get(name)
 
     def to_fields(self) -> dict[str, str]:
         out = {name: repr(float(getattr(self, name))) for name in _FLOATS + _OPTIONAL_FLOATS}
@@ -99,7 +110,9 @@ class Heartbeat:
         out["work_group"] = self.work_group
         out.update({EXEC_PREFIX + m: repr(float(v)) for m, v in self.exec_ms.items()})
         if self.ci_forecast:
-            out[FORECAST_FIELD] = ";".join(f"{t!r}:{v!r}" for t, v in self.ci_forecast)
+            out[FORECAST_FIELD] = _steps(self.ci_forecast)
+        out.update({FORECAST_PREFIX + name: _steps(steps)
+                    for name, steps in self.forecasts.items() if steps})
         return out
 
     @classmethod
@@ -147,9 +160,18 @@ class Heartbeat:
             if len(value) > MAX_TEXT or not value.isprintable():
                 raise InvalidMessage(f"heartbeat field {name!r} is not a short printable "
                                      "text", field=name)
+        forecasts = {}
+        for key, raw in fields.items():
+            if key.startswith(FORECAST_PREFIX):
+                name = key[len(FORECAST_PREFIX):]
+                if not FORECASTER_RE.match(name):
+                    raise InvalidMessage(f"heartbeat forecast {_short(key)!r} has an invalid "
+                                         "name", field=key)
+                forecasts[name] = _forecast(raw, key)
         return cls(
             node_id=node_id,
             ci_forecast=_forecast(fields.get(FORECAST_FIELD, "")),
+            forecasts=forecasts,
             exec_ms=exec_ms,
             work_group=work_group,
             **texts,
@@ -177,21 +199,25 @@ class Heartbeat:
         )
 
 
-def _forecast(raw: str) -> tuple[tuple[float, float], ...]:
+def _steps(steps: tuple[tuple[float, float], ...]) -> str:
+    return ";".join(f"{t!r}:{v!r}" for t, v in steps)
+
+
+def _forecast(raw: str, name: str = FORECAST_FIELD) -> tuple[tuple[float, float], ...]:
     """Parse ``t:v;t:v``: ascending times, finite non-negative values."""
     if not raw:
         return ()
     steps = raw.split(";")
     if len(steps) > MAX_FORECAST_POINTS:
         raise InvalidMessage(f"heartbeat forecast has {len(steps)} points, over "
-                             f"{MAX_FORECAST_POINTS}", field=FORECAST_FIELD)
+                             f"{MAX_FORECAST_POINTS}", field=name)
     out: list[tuple[float, float]] = []
     for step in steps:
         t_raw, _, v_raw = step.partition(":")
-        t = _parse(FORECAST_FIELD, t_raw, float)
-        v = _plausible(FORECAST_FIELD, "carbon_intensity", _parse(FORECAST_FIELD, v_raw, float))
+        t = _parse(name, t_raw, float)
+        v = _plausible(name, "carbon_intensity", _parse(name, v_raw, float))
         if out and t <= out[-1][0]:
-            raise InvalidMessage("heartbeat forecast times must ascend", field=FORECAST_FIELD)
+            raise InvalidMessage("heartbeat forecast times must ascend", field=name)
         out.append((t, v))
     return tuple(out)
 

@@ -13,6 +13,7 @@ import redis
 
 from carbonedge.broker.client import Client
 from carbonedge.compose.local_runner import LocalRuntime
+from carbonedge.errors import InvalidRequest
 from carbonedge.protocol import keys
 from tests.conftest import SMALL_RUNTIME_URL
 from tests.integration.conftest import start_runtime
@@ -67,6 +68,14 @@ def test_a_deadline_request_waits_for_the_low_carbon_hour(trace_runtime: LocalRu
         # without a deadline a green request goes at once, whatever the hour
         now = client.ping(mode="green").result(30)
         assert now.deferred_until is None
+        # planned with persistence (the present held), a deadline never makes it wait
+        for _ in range(2):
+            held = client.ping(mode="green", deadline_s=3 * HOUR_S, forecast="persistence")
+            assert held.result(60).deferred_until is None
+            time.sleep(HOUR_S / 2)  # and in the other phase too
+        with pytest.raises(InvalidRequest) as info:
+            client.ping(deadline_s=3 * HOUR_S, forecast="crystal_ball").result(30)
+        assert info.value.field == "forecast" and "yesterday" in info.value.message
     r = redis.Redis.from_url(trace_runtime.settings.redis_url)
     try:
         assert int(r.get(keys.DEFERRED_TOTAL) or 0) >= 1 and r.zcard(keys.DEFERRED) == 0
