@@ -252,10 +252,18 @@ class Dispatcher:
             getattr(pipe, command.lower())(key, *args, **options)
             writes.append((key, _EXPECTED_TYPES.get(command), field))
 
+        outcomes = [self._route(entry_id, fields) for entry_id, fields in entries]
+        if any(_for_want_of_a_node(o) for o in outcomes):
+            # the view is up to view_refresh_s old: a node that came back within that time
+            # (a restarted agent) would be refused; read the telemetry again, route again
+            await self._refresh_view(r, force=True)
+            await self._sync_in_flight(r)
+            self.rejected -= sum(map(_for_want_of_a_node, outcomes))  # counted once, below
+            outcomes = [self._route(entry_id, fields) if _for_want_of_a_node(o) else o
+                        for (entry_id, fields), o in zip(entries, outcomes, strict=True)]
         ids = []
-        for entry_id, fields in entries:
+        for (entry_id, _), outcome in zip(entries, outcomes, strict=True):
             ids.append(entry_id)
-            outcome = self._route(entry_id, fields)
             if isinstance(outcome, _Routed):
                 write("LPUSH", keys.node_queue(outcome.node), outcome.message)
                 write("HSET", keys.assigned_key(outcome.node), outcome.request_id,
@@ -559,6 +567,13 @@ def _attempt(fields: dict, max_attempts: int) -> int:
         raise DispatchFailed(f"request given up after {attempt - 1} node(s) died while "
                              f"holding it (max_attempts={max_attempts})")
     return attempt
+
+
+def _for_want_of_a_node(outcome: object) -> bool:
+    """Whether ``outcome`` refused its request because no (or not its pinned) node was
+    live in the dispatcher's view."""
+    return isinstance(outcome, _Rejected) and isinstance(outcome.error,
+                                                        (NoNodeAvailable, UnknownNode))
 
 
 def run_dispatcher(settings: Settings,
