@@ -54,6 +54,9 @@ class NodeTotals:
     """Host energy (CPU share and RAM share) the node's cgroup earned, over the windows."""
     window_measured_kwh: float = 0.0
     """Its rows' measured energy, over the same windows (the like-for-like comparison)."""
+    startup_measured_kwh: float = 0.0
+    """Its start-up rows' measured energy: CPU burnt before its first heartbeat, which the
+    carbon service sees no cgroup counter of (so no share of the host's energy)."""
     intensity_sources: set[str] = field(default_factory=set)
 
 
@@ -75,9 +78,10 @@ class Report:
 
     @property
     def measured_vs_attributed(self) -> float:
-        """Σ rows' measured energy over the host energy the nodes' cgroups earned, over the
-        reconciled windows (1.0: the per-row charges add up to the nodes' shares)."""
-        rows = sum(n.window_measured_kwh for n in self.nodes.values())
+        """Σ rows' measured energy (start-up excepted: no heartbeat counts its CPU) over the
+        host energy the nodes' cgroups earned, over the reconciled windows (1.0: the
+        per-row charges add up to the nodes' shares)."""
+        rows = sum(n.window_measured_kwh - n.startup_measured_kwh for n in self.nodes.values())
         return rows / self.attributed_kwh if self.attributed_kwh > 0 else math.nan
 
 
@@ -116,6 +120,8 @@ def summarise(path: str | Path) -> Report:
             else:
                 m.idle_kwh += kwh
                 m.idle_carbon_g += grams
+                if kind == "startup" and method == "measured":
+                    n.startup_measured_kwh += kwh
         elif kind == "node" and method == "measured":
             n = report.nodes[row["node"]]
             n.attributed_kwh += _float(row, "attributed_energy")
@@ -161,6 +167,7 @@ def format_report(report: Report, headline: str = "device") -> str:
         + (" (estimated from CPU load: no hardware counter)" if estimated else ""),
         f"host energy earned by the nodes' cgroups: {report.attributed_kwh:.3e} kWh; "
         f"unattributed {report.unattributed_kwh:.3e} kWh ({unattributed_share:.1%}): {causes}",
-        f"rows' measured energy / the nodes' cgroup shares: {report.measured_vs_attributed:.3f}",
+        f"rows' measured energy (start-up excepted) / the nodes' cgroup shares: "
+        f"{report.measured_vs_attributed:.3f}",
     ]
     return "\n".join(lines)
