@@ -20,6 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from carbonedge.carbon.power import carbon_grams
 from carbonedge.experiments.blocks import ArmSummary, TaskRecord, summarise_arms
 from carbonedge.experiments.outputs import (
     machine,
@@ -115,7 +116,8 @@ def oracles(run: TemporalRun) -> dict[str, float]:
 
     def best(hour: int) -> float:
         when = run.window.start + hour * HOUR
-        return min(e * run.zones[n].value_at(when) * pue.get(n, 1.0) for n, e in kwh.items())
+        return min(carbon_grams(e, run.zones[n].value_at(when), pue.get(n, 1.0))
+                   for n, e in kwh.items())
 
     spatial, temporal = [], []
     for a in run.arrivals:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import redis
 
-from carbonedge.carbon.intensity import IntensityReading
+from carbonedge.carbon.providers import IntensityReading
 from carbonedge.errors import (
     CarbonEdgeError,
     InferenceFailed,

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from itertools import combinations, permutations
 from typing import Any, Protocol
 
+from carbonedge.carbon.power import carbon_grams
+from carbonedge.carbon.units import kwh_from_joules
 from carbonedge.errors import ConfigError, InvalidMessage, InvalidRequest
 from carbonedge.registry import Registry
 
@@ -59,7 +61,6 @@ __all__ = [
 ]
 
 WIRE_VERSION = 1
-J_PER_KWH = 3.6e6
 MAX_PERMUTED_SEGMENTS = 3
 """Up to this many segments every node order is tried; beyond it, the given order."""
 MAX_ORDERS = 20_000
@@ -292,13 +293,13 @@ class _Model:
     def segment(self, node: PlanNode, start: int, stop: int) -> Segment:
         compute_ms = (self.prefix[stop] - self.prefix[start]) / node.speed
         compute_j = node.power_w * compute_ms / 1000.0
-        carbon = compute_j / J_PER_KWH * node.carbon_intensity * node.pue
+        carbon = carbon_grams(kwh_from_joules(compute_j), node.carbon_intensity, node.pue)
         transfer_ms = transfer_j = 0.0
         if stop < self.n:
             nbytes = self.out_bytes[stop - 1]
             transfer_ms = self.link.transfer_ms(nbytes)
             transfer_j = nbytes * self.link.energy_j_per_byte
-            carbon += transfer_j / J_PER_KWH * node.carbon_intensity
+            carbon += carbon_grams(kwh_from_joules(transfer_j), node.carbon_intensity)
         energy = compute_j + transfer_j
         return Segment(node.node_id, start, stop, compute_ms, transfer_ms, energy, carbon)
 
