@@ -464,8 +464,7 @@ class Dispatcher:
         if not force and self._view is not None and now - self._view_at < self.settings.view_refresh_s:
             return
         telemetry = await self.telemetry.read(r, now)
-        snapshots = [beat.to_snapshot(telemetry.in_flight.get(node_id, 0))
-                     for node_id, beat in telemetry.beats.items()]
+        snapshots = telemetry.snapshots()
         self._known_nodes.update(telemetry.known)
         self._snapshots = {s.node_id: s for s in snapshots}
         self._forecasts = {n: {ORACLE_FORECAST: b.ci_forecast, **b.forecasts}

@@ -28,6 +28,7 @@ from carbonedge.errors import CarbonEdgeError, InvalidMessage, UnknownNode
 from carbonedge.protocol import keys
 from carbonedge.protocol.telemetry import Heartbeat, valid_node_id
 from carbonedge.protocol.untrusted import Rejections, decode_fields, parse_count, text
+from carbonedge.scheduler import NodeSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,34 @@ class NodeTelemetry:
     """Valid, plausible heartbeats of nodes that are not quarantined."""
     quarantined: dict[str, Quarantined] = field(default_factory=dict)
     in_flight: dict[str, int] = field(default_factory=dict)
+
+    def snapshots(self) -> list[NodeSnapshot]:
+        """The scheduler's view of every node that beats validly, with the in-flight
+        counts this read found (a node absent from them has nothing in flight)."""
+        return [snapshot_of(beat, self.in_flight.get(node_id, 0))
+                for node_id, beat in self.beats.items()]
+
+
+def snapshot_of(beat: Heartbeat, in_flight: int | None = None) -> NodeSnapshot:
+    """The scheduler's view of one heartbeat; ``in_flight`` is the dispatcher's count
+    when known (else the agent's own)."""
+    return NodeSnapshot(
+        node_id=beat.node_id,
+        cpu_quota=beat.cpu_quota,
+        mem_limit_bytes=beat.mem_limit_bytes,
+        mem_used_bytes=beat.mem_used_bytes,
+        # the node's own tasks are counted by in_flight (S_L, S_B); S_R asks what else
+        # competes for the CPU, or a node that just served looks busy when it is idle
+        cpu_util=min(beat.background_util, 1.0),
+        power_w=beat.power_w,
+        active_power_w=beat.active_power_w,
+        carbon_intensity=beat.carbon_intensity,
+        in_flight=beat.in_flight if in_flight is None else max(in_flight, 0),
+        exec_ms=beat.exec_ms,
+        heartbeat_ts=beat.ts,
+        pue=beat.pue,
+        work_group=beat.work_group,
+    )
 
 
 class TelemetryReader:

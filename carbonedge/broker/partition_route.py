@@ -22,9 +22,10 @@ import redis.asyncio as aioredis
 from carbonedge.errors import CarbonEdgeError, InvalidRequest, NoNodeAvailable
 from carbonedge.partitioner.catalog import DEFAULT_MODELS
 from carbonedge.partitioner.plans import BlockCost, Link, Plan, PlanNode
-from carbonedge.partitioner.routes import Route, check_partition, choose_route
+from carbonedge.partitioner.routing import choose_route
 from carbonedge.protocol import keys
 from carbonedge.protocol.messages import unpack
+from carbonedge.protocol.routes import Route, check_partition
 from carbonedge.scheduler import NodeSnapshot
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ class PartitionRouter:
             if plan is None:
                 request["plan"] = {"reason": reason}
                 return None
-            route = Route.from_plan(plan)
+            route = plan.route()
         request.update(route=route.to_wire(), segment=0,
                        plan={"reason": reason, **(plan.to_wire() if plan else {})})
         return route[0].node

@@ -37,10 +37,10 @@ from carbonedge.errors import (
     InvalidTensor,
 )
 from carbonedge.partitioner.outputs import top_k
-from carbonedge.partitioner.routes import Route, RouteSegment
 from carbonedge.protocol import keys
 from carbonedge.protocol.codec import decode_tensor, encode_tensor
 from carbonedge.protocol.messages import PROTOCOL_VERSION, pack, require, unpack
+from carbonedge.protocol.routes import Route, RouteSegment
 
 if TYPE_CHECKING:
     from carbonedge.node_agent.runtime import AgentRuntime

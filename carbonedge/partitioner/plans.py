@@ -41,6 +41,7 @@ from typing import Any, Protocol
 from carbonedge.carbon.power import carbon_grams
 from carbonedge.carbon.units import kwh_from_joules
 from carbonedge.errors import ConfigError, InvalidMessage, InvalidRequest
+from carbonedge.protocol.routes import Route, RouteSegment
 from carbonedge.registry import Registry
 
 __all__ = [
@@ -235,6 +236,10 @@ class Plan:
             energy_j=sum(s.energy_j for s in segments),
             carbon_g=sum(s.carbon_g for s in segments),
         )
+
+    def route(self) -> Route:
+        """What runs the plan: each segment's node and block range, as it travels."""
+        return Route(tuple(RouteSegment(s.node_id, s.start, s.stop) for s in self.segments))
 
     def to_wire(self) -> dict[str, Any]:
         """The plan as a versioned map of builtins (msgpack-able)."""

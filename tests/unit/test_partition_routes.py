@@ -11,14 +11,9 @@ from carbonedge.broker.client import build_request
 from carbonedge.broker.partition_route import PartitionRouter
 from carbonedge.errors import InvalidRequest, NoNodeAvailable
 from carbonedge.partitioner.plans import BlockCost, Link, PlanNode, monolithic_plan
-from carbonedge.partitioner.routes import (
-    AUTO_CARBON_MARGIN,
-    Route,
-    RouteSegment,
-    check_partition,
-    choose_route,
-)
+from carbonedge.partitioner.routing import AUTO_CARBON_MARGIN, choose_route
 from carbonedge.protocol.codec import encode_tensor
+from carbonedge.protocol.routes import Route, RouteSegment, check_partition
 from carbonedge.scheduler import NodeSnapshot
 
 LINK = Link(bandwidth_bytes_per_ms=1e6, latency_ms=0.5)
