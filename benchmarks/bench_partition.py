@@ -31,7 +31,7 @@ from _runtime import bench_runtime
 
 from carbonedge.broker.client import Client
 from carbonedge.broker.results import InferenceResult
-from carbonedge.compose.cgroups import NodeCgroup
+from carbonedge.cgroups import NodeCgroup
 from carbonedge.errors import CarbonEdgeError, InvalidRequest
 from carbonedge.protocol import keys
 from carbonedge.protocol.telemetry import Heartbeat

@@ -26,7 +26,7 @@ from typing import Any
 import redis
 
 from carbonedge.carbon.codecarbon_adapter import check_host_grid
-from carbonedge.compose.cgroups import DEFAULT_PARENT, NodeCgroup, cgroups_available
+from carbonedge.cgroups import DEFAULT_PARENT, NodeCgroup, cgroups_available
 from carbonedge.compose.processes import (
     ProcessRecord,
     ProcessSpec,

@@ -12,6 +12,7 @@ import numpy as np
 import redis
 
 from carbonedge.carbon.providers import IntensityReading
+from carbonedge.cgroups import CgroupAccounting
 from carbonedge.errors import (
     CarbonEdgeError,
     InferenceFailed,
@@ -21,7 +22,6 @@ from carbonedge.errors import (
 )
 from carbonedge.node_agent.backend import ModelBackend
 from carbonedge.node_agent.bookkeeping import TaskBookkeeper
-from carbonedge.node_agent.cgroup import CgroupAccounting
 from carbonedge.node_agent.charging import ChargeMeter, Stretch
 from carbonedge.node_agent.config import AgentConfig
 from carbonedge.node_agent.energy import EnergyAccountant, charge_fields, ledger_row, stretch_row

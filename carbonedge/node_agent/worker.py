@@ -14,10 +14,10 @@ from carbonedge.broker.allowlist import check_agent_allowed
 from carbonedge.broker.celery_app import make_celery_app
 from carbonedge.broker.recovery import hand_back, release_previous_life
 from carbonedge.carbon.device import DevicePower, cpu_watts_per_core
+from carbonedge.cgroups import CgroupAccounting
 from carbonedge.connections import redis_client
 from carbonedge.node_agent.backend import open_backend
 from carbonedge.node_agent.bookkeeping import TaskBookkeeper
-from carbonedge.node_agent.cgroup import CgroupAccounting
 from carbonedge.node_agent.charging import ChargeMeter
 from carbonedge.node_agent.config import AgentConfig, work_group
 from carbonedge.node_agent.consumer import AgentConsumer

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from carbonedge.broker.client import Client
-from carbonedge.compose.cgroups import NodeCgroup
+from carbonedge.cgroups import NodeCgroup
 from carbonedge.compose.local_runner import RuntimeState, process_alive
 from carbonedge.compose.processes import ProcessSpec
 from carbonedge.compose.supervisor import Supervisor

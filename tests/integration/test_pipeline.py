@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from carbonedge.broker.client import AsyncClient, Client
-from carbonedge.compose.cgroups import NodeCgroup
+from carbonedge.cgroups import NodeCgroup
 from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.experiments.workload import synthetic_images
 from carbonedge.protocol import keys

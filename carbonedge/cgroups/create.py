@@ -23,16 +23,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from carbonedge.errors import ConfigError, RuntimeUnavailable
-from carbonedge.node_agent.cgroup import (
+from carbonedge.cgroups.accounting import CgroupAccounting
+from carbonedge.cgroups.mounts import (
     CGROUP_V1,
     CGROUP_V2,
     V1_CONTROLLERS,
     V2_CONTROLLERS,
-    CgroupAccounting,
     CgroupMounts,
     read_cgroup_mounts,
 )
+from carbonedge.errors import ConfigError, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
 
