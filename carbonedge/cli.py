@@ -204,8 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             parse_redis_url(settings.redis_url)
             if args.command == "agent" and not args.check:  # refused before waiting for Redis
-                from carbonedge.broker.allowlist import check_agent_allowed
                 from carbonedge.node_agent.health import instance_node_id
+                from carbonedge.transport.allowlist import check_agent_allowed
 
                 check_agent_allowed(instance_node_id(args.node, args.instance),
                                     settings.node_allowlist)

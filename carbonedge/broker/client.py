@@ -18,11 +18,8 @@ from typing import Any, TypedDict, Unpack
 import redis
 from PIL import Image
 
-from carbonedge.broker.celery_app import make_celery_app
 from carbonedge.broker.images import preprocess_image
-from carbonedge.broker.listener import ResultListener, decode_meta, result_key
 from carbonedge.broker.model_choice import candidates
-from carbonedge.broker.publish import encode_task_message
 from carbonedge.broker.results import InferenceResult, parse_result
 from carbonedge.broker.status import collect_cluster
 from carbonedge.connections import (
@@ -44,6 +41,9 @@ from carbonedge.protocol import keys
 from carbonedge.protocol.codec import TensorLimits, encode_tensor, tensor_header
 from carbonedge.protocol.messages import PROTOCOL_VERSION, pack, validate_request
 from carbonedge.settings import Settings
+from carbonedge.transport.celery_app import make_celery_app
+from carbonedge.transport.listener import ResultListener, decode_meta, result_key
+from carbonedge.transport.publish import encode_task_message
 
 __all__ = ["AsyncClient", "Client", "InferenceHandle", "InferenceResult"]
 

@@ -19,9 +19,8 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from carbonedge.broker.repair import is_wrong_type, move_aside
 from carbonedge.protocol import keys
-from carbonedge.protocol.untrusted import Rejections
+from carbonedge.protocol.untrusted import Rejections, is_wrong_type, move_aside
 from carbonedge.scheduler.deferral import DeferralPlan, plan_deferral
 
 log = logging.getLogger(__name__)

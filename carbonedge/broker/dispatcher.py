@@ -22,23 +22,12 @@ import redis
 import redis.asyncio as aioredis
 from celery import Celery
 
-from carbonedge.broker.allowlist import node_allowed
-from carbonedge.broker.celery_app import make_celery_app
 from carbonedge.broker.deferral import DeferralReleaser, plan_for, wants_deferral
-from carbonedge.broker.delivery import DELIVER_LUA, delivery_call
 from carbonedge.broker.model_choice import candidates, choose_model, wants_choice
 from carbonedge.broker.node_view import TelemetryReader
 from carbonedge.broker.partition_route import PartitionRouter
-from carbonedge.broker.publish import encode_task_message
 from carbonedge.broker.quarantine import Quarantine, Quarantined
 from carbonedge.broker.recovery import Watchdog
-from carbonedge.broker.repair import (
-    is_not_a_number,
-    is_wrong_type,
-    move_aside,
-    reset_field,
-    reset_in_flight,
-)
 from carbonedge.carbon.forecast import DEFAULT_FORECASTER, get_forecaster
 from carbonedge.connections import async_redis_client
 from carbonedge.errors import (
@@ -60,6 +49,8 @@ from carbonedge.protocol.messages import (
 from carbonedge.protocol.telemetry import ORACLE_FORECAST
 from carbonedge.protocol.untrusted import (
     Rejections,
+    is_wrong_type,
+    move_aside,
     parse_amount,
     parse_count,
     printable,
@@ -69,6 +60,11 @@ from carbonedge.scheduler import ClusterView, Decision, NodeSnapshot, select, we
 from carbonedge.scheduler.budgets import BudgetVerdict, judge, parse_budgets, period_index
 from carbonedge.scheduler.slo import apply_latency_slo
 from carbonedge.settings import Settings
+from carbonedge.transport.allowlist import node_allowed
+from carbonedge.transport.celery_app import make_celery_app
+from carbonedge.transport.delivery import DELIVER_LUA, delivery_call
+from carbonedge.transport.publish import encode_task_message
+from carbonedge.transport.repair import is_not_a_number, reset_field, reset_in_flight
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import re
 
-from carbonedge.broker.celery_app import make_celery_app
 from carbonedge.errors import ConfigError
 from carbonedge.settings import Settings
+from carbonedge.transport.celery_app import make_celery_app
 
 DEFAULT_PORT = 5555
 OFFLINE_PURGE_S = 60

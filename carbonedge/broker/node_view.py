@@ -21,14 +21,20 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from carbonedge.broker.allowlist import node_allowed
 from carbonedge.broker.quarantine import Quarantine, Quarantined
-from carbonedge.broker.repair import move_aside, reset_in_flight
 from carbonedge.errors import CarbonEdgeError, InvalidMessage, UnknownNode
 from carbonedge.protocol import keys
 from carbonedge.protocol.telemetry import Heartbeat, valid_node_id
-from carbonedge.protocol.untrusted import Rejections, decode_fields, parse_count, text
+from carbonedge.protocol.untrusted import (
+    Rejections,
+    decode_fields,
+    move_aside,
+    parse_count,
+    text,
+)
 from carbonedge.scheduler import NodeSnapshot
+from carbonedge.transport.allowlist import node_allowed
+from carbonedge.transport.repair import reset_in_flight
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from carbonedge.errors import CarbonEdgeError, InferenceFailed, InvalidMessage, from_wire
+from carbonedge.errors import InferenceFailed, InvalidMessage, from_wire
 from carbonedge.protocol.codec import TensorLimits, decode_tensor
 
 
@@ -162,11 +162,3 @@ def parse_result(result: Any, *, received_at: float) -> InferenceResult:
         if isinstance(output.get("logits"), dict) else None,
     )
 
-
-def celery_failure(meta_result: Any) -> CarbonEdgeError:
-    """An error for a task Celery itself marked as failed (not one of our error maps)."""
-    if isinstance(meta_result, dict):
-        kind = meta_result.get("exc_type", "error")
-        msg = meta_result.get("exc_message", meta_result)
-        return InferenceFailed(f"task failed in Celery: {kind}: {msg}")
-    return InferenceFailed(f"task failed in Celery: {meta_result!r}")

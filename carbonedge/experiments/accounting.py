@@ -20,11 +20,11 @@ import msgpack
 import redis
 
 from carbonedge.broker.client import build_request
-from carbonedge.broker.listener import RESULT_KEY_PREFIX
 from carbonedge.connections import confirm_replicated, redis_client
 from carbonedge.errors import RuntimeUnavailable
 from carbonedge.protocol import keys
 from carbonedge.protocol.messages import pack
+from carbonedge.transport.listener import RESULT_KEY_PREFIX
 
 
 @dataclass

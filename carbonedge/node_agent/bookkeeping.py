@@ -8,11 +8,11 @@ import threading
 
 import redis
 
-from carbonedge.broker.repair import RESET_FIELD_LUA
 from carbonedge.carbon.ledger import LEDGER_MAXLEN, LedgerRow
 from carbonedge.protocol import keys
 from carbonedge.protocol.untrusted import Rejections, is_wrong_type, move_aside_sync
 from carbonedge.scheduler.budgets import period_index
+from carbonedge.transport.repair import RESET_FIELD_LUA
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Before running a request the dispatcher routed here (``counted``), the agent che
 recovery did not move it: when the node was declared dead and came back, its queue may
 hold requests that were meanwhile re-dispatched elsewhere (gone from this node's
 ``ce:assigned`` registry, an attempt counted in ``ce:attempts``).
-After running it, the result goes through :func:`carbonedge.broker.delivery.deliver`,
+After running it, the result goes through :func:`carbonedge.transport.delivery.deliver`,
 which drops it if another node's result was delivered first.
 """
 
@@ -17,11 +17,11 @@ from typing import Any
 
 import redis
 
-from carbonedge.broker.delivery import deliver
 from carbonedge.errors import CarbonEdgeError, InferenceFailed
 from carbonedge.protocol import keys
 from carbonedge.protocol.messages import error_result
 from carbonedge.protocol.untrusted import parse_count
+from carbonedge.transport.delivery import deliver
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,6 @@ import numpy as np
 import redis
 from celery import Celery
 
-from carbonedge.broker.publish import encode_task_message
 from carbonedge.errors import (
     CarbonEdgeError,
     DispatchFailed,
@@ -41,6 +40,7 @@ from carbonedge.protocol import keys
 from carbonedge.protocol.codec import decode_tensor, encode_tensor
 from carbonedge.protocol.messages import PROTOCOL_VERSION, pack, require, unpack
 from carbonedge.protocol.routes import Route, RouteSegment
+from carbonedge.transport.publish import encode_task_message
 
 if TYPE_CHECKING:
     from carbonedge.node_agent.runtime import AgentRuntime

@@ -10,21 +10,21 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from carbonedge.broker.celery_app import make_celery_app
-from carbonedge.broker.delivery import deliver
-from carbonedge.broker.listener import result_key
-from carbonedge.broker.publish import encode_task_message
-from carbonedge.broker.recovery import (
+from carbonedge.broker.recovery import Watchdog
+from carbonedge.node_agent.guard import DeliveryGuard
+from carbonedge.protocol import keys
+from carbonedge.settings import Settings
+from carbonedge.transport.celery_app import make_celery_app
+from carbonedge.transport.delivery import deliver
+from carbonedge.transport.handback import (
     ORPHANS_LUA,
     TAKE_LUA,
-    Watchdog,
     orphans_call,
     release_previous_life,
     take_call,
 )
-from carbonedge.node_agent.guard import DeliveryGuard
-from carbonedge.protocol import keys
-from carbonedge.settings import Settings
+from carbonedge.transport.listener import result_key
+from carbonedge.transport.publish import encode_task_message
 
 pytestmark = pytest.mark.integration
 

@@ -3,38 +3,46 @@
 Celery's default is to log a foreign, undecodable or unregistered message and drop it,
 and to stop the worker on anything its task handler did not expect (headers of the
 wrong types, a time limit that is no pair, ...). Here each such message goes to the
-agent's :class:`~carbonedge.node_agent.poison.PoisonHandler` (dead-lettered, counted,
-answered when its request id is known) and is acknowledged; the worker keeps serving.
+worker's :class:`DeadLetters` (for an agent, its
+:class:`~carbonedge.node_agent.poison.PoisonHandler`: dead-lettered, counted, answered
+when its request id is known) and is acknowledged; the worker keeps serving. What is read
+out of a kombu message (headers, properties, the raw body) is read here, with the queue
+guard's envelope checks (:mod:`carbonedge.transport.queue_guard`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from celery.worker.consumer import Consumer
 from vine import promise
 
 from carbonedge.errors import CarbonEdgeError, InvalidMessage, InvalidRequest
-from carbonedge.node_agent.poison import (
-    UNDECODABLE_CONTENT_TYPE,
-    PoisonHandler,
-    message_problem,
-)
 from carbonedge.protocol import keys
+from carbonedge.transport.queue_guard import UNDECODABLE_CONTENT_TYPE, message_problem
+
+__all__ = ["DeadLetters", "GuardedConsumer"]
 
 log = logging.getLogger(__name__)
 
 
-class AgentConsumer(Consumer):  # type: ignore[misc]
+class DeadLetters(Protocol):
+    """What records and answers a message the worker cannot run."""
+
+    def handle(self, task_id: object, error: CarbonEdgeError, *, content_type: str = "",
+               raw: bytes = b"") -> None: ...
+
+
+class GuardedConsumer(Consumer):  # type: ignore[misc]
     """Celery's worker consumer with dead-lettering of bad messages."""
 
     on_reconnect: Callable[[], object] | None = None
     """Set by the agent: hands back the requests a broken broker connection orphaned."""
     on_message: Callable[[], object] | None = None
     """Set by the agent: called as each task message arrives (a task's CPU starts here)."""
-    poison: PoisonHandler | None = None
+    poison: DeadLetters | None = None
     """Set by the agent: records and answers messages it cannot run."""
 
     def connect(self) -> Any:

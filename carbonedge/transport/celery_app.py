@@ -37,7 +37,7 @@ def make_celery_app(settings: Settings, *, main: str = "carbonedge", **conf: Any
         result_extended=False,
         broker_connection_retry_on_startup=True,
         # Not lowered on purpose: a dead node's requests are re-dispatched within seconds
-        # by the dispatchers' watchdog (broker/recovery.py), which also removes their
+        # by the dispatchers' watchdog (dispatcher/recovery.py), which also removes their
         # unacked entries; a short timeout would only make kombu re-queue the long tasks
         # of live agents.
         broker_transport_options={"visibility_timeout": 3600, **transport},

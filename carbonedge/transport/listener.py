@@ -13,8 +13,9 @@ from typing import Any
 import msgpack
 import redis
 
-from carbonedge.broker.results import celery_failure
-from carbonedge.errors import InvalidMessage
+from carbonedge.errors import CarbonEdgeError, InferenceFailed, InvalidMessage
+
+__all__ = ["RESULT_KEY_PREFIX", "ResultListener", "celery_failure", "decode_meta", "result_key"]
 
 RESULT_KEY_PREFIX = "celery-task-meta-"
 
@@ -34,6 +35,15 @@ def decode_meta(raw: bytes) -> Any:
     if meta.get("status") != "SUCCESS":
         raise celery_failure(meta.get("result"))
     return meta.get("result")
+
+
+def celery_failure(meta_result: Any) -> CarbonEdgeError:
+    """An error for a task Celery itself marked as failed (not one of our error maps)."""
+    if isinstance(meta_result, dict):
+        kind = meta_result.get("exc_type", "error")
+        msg = meta_result.get("exc_message", meta_result)
+        return InferenceFailed(f"task failed in Celery: {kind}: {msg}")
+    return InferenceFailed(f"task failed in Celery: {meta_result!r}")
 
 
 class ResultListener:

@@ -18,7 +18,10 @@ from typing import Any
 from celery import Celery
 from kombu.serialization import dumps
 
-SERIALIZER = "msgpack"
+from carbonedge.transport.celery_app import SERIALIZER
+
+__all__ = ["encode_task_message"]
+
 ORIGIN = f"carbonedge@{socket.gethostname()}"
 
 

@@ -8,7 +8,7 @@ takes the request off the node's ``ce:assigned:<node>`` registry, so a delivered
 is never re-dispatched.
 
 The meta is what Celery's Redis result backend writes (``celery-task-meta-<id>``, msgpack,
-published on a channel of the same name), so :class:`~carbonedge.broker.listener.ResultListener`
+published on a channel of the same name), so :class:`~carbonedge.transport.listener.ResultListener`
 and Celery's own ``AsyncResult`` read it unchanged.
 """
 
@@ -19,8 +19,8 @@ from typing import Any
 
 import msgpack
 
-from carbonedge.broker.listener import result_key
 from carbonedge.protocol import keys
+from carbonedge.transport.listener import result_key
 
 DELIVER_LUA = """
 -- KEYS: done, result meta, assigned hash, in-flight hash, attempts hash, stats hash

@@ -19,10 +19,9 @@ import logging
 from typing import Any
 
 from carbonedge.protocol import keys
-from carbonedge.protocol.untrusted import Rejections, is_wrong_type, move_aside, move_aside_sync
+from carbonedge.protocol.untrusted import Rejections
 
-__all__ = ["cap_in_flight", "is_not_a_number", "is_wrong_type", "move_aside",
-           "move_aside_sync", "reset_field", "reset_in_flight"]
+__all__ = ["cap_in_flight", "is_not_a_number", "reset_field", "reset_in_flight"]
 
 log = logging.getLogger(__name__)
 
