@@ -351,11 +351,11 @@ def _agent_check(node_id: str, settings: Settings) -> int:
 
 
 def _dispatcher(args: argparse.Namespace, settings: Settings) -> int:
-    from carbonedge.broker.dispatcher import Dispatcher, run_dispatcher
+    from carbonedge.dispatcher.dispatcher import Dispatcher, run_dispatcher
 
     setup = None
     if args.metrics_port is not None:
-        from carbonedge.broker.metrics import DecisionLatency, serve_metrics
+        from carbonedge.ops.metrics import DecisionLatency, serve_metrics
 
         registry = serve_metrics(settings, args.metrics_port, args.metrics_address)
         latency = DecisionLatency(registry)
@@ -369,14 +369,14 @@ def _dispatcher(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _metrics(args: argparse.Namespace, settings: Settings) -> int:
-    from carbonedge.broker.metrics import run_exporter
+    from carbonedge.ops.metrics import run_exporter
 
     run_exporter(settings, args.metrics_port, args.metrics_address)
     return 0
 
 
 def _flower(args: argparse.Namespace, settings: Settings) -> int:
-    from carbonedge.broker.flower import run_flower
+    from carbonedge.ops.flower import run_flower
 
     return run_flower(settings, address=args.address, port=args.port)
 
@@ -386,7 +386,7 @@ def _carbon(args: argparse.Namespace, settings: Settings) -> int:
 
     changes = {"carbon_csv": args.csv, "carbon_window_s": args.window}
     if args.metrics_port is not None:
-        from carbonedge.broker.metrics import serve_metrics
+        from carbonedge.ops.metrics import serve_metrics
 
         serve_metrics(settings, args.metrics_port, args.metrics_address)
     run_carbon_service(settings.replace(**{k: v for k, v in changes.items() if v is not None}))
@@ -394,7 +394,7 @@ def _carbon(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _acl(args: argparse.Namespace, settings: Settings) -> int:
-    from carbonedge.broker.acl import ROLES, acl_file, passwords_from_env
+    from carbonedge.ops.acl import ROLES, acl_file, passwords_from_env
 
     print(acl_file(passwords_from_env(tuple(args.role or ROLES))), end="")
     return 0
@@ -415,8 +415,8 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
     import redis
 
-    from carbonedge.broker.status import collect_cluster, format_cluster
     from carbonedge.connections import redact, redis_client
+    from carbonedge.ops.status import collect_cluster, format_cluster
 
     client = redis_client(settings.redis_url, socket_timeout=5)
     try:

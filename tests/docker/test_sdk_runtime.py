@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from carbonedge.broker.client import Client
+from carbonedge.client import Client
 from carbonedge.compose.docker_runner import NANO, DockerRuntime, docker_client
 from carbonedge.compose.topology import load_topology
 from carbonedge.protocol import keys

@@ -10,7 +10,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from carbonedge.broker.recovery import Watchdog
+from carbonedge.dispatcher.recovery import Watchdog
 from carbonedge.node_agent.guard import DeliveryGuard
 from carbonedge.protocol import keys
 from carbonedge.settings import Settings

@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from carbonedge.broker.client import build_request
+from carbonedge.client.requests import build_request
 from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.compose.processes import ProcessSpec
 from carbonedge.experiments.accounting import OutcomeLedger

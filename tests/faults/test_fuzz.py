@@ -29,10 +29,11 @@ import numpy as np
 import pytest
 import redis
 
-from carbonedge.broker.client import Client, build_request
-from carbonedge.broker.metrics import RedisStateCollector
-from carbonedge.broker.status import collect_cluster
+from carbonedge.client import Client
+from carbonedge.client.requests import build_request
 from carbonedge.compose.local_runner import LocalRuntime, process_alive
+from carbonedge.ops.metrics import RedisStateCollector
+from carbonedge.ops.status import collect_cluster
 from carbonedge.protocol import keys
 from carbonedge.protocol.codec import encode_tensor
 from carbonedge.protocol.messages import pack

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import redis
 
-from carbonedge.broker.client import Client
+from carbonedge.client import Client
 from carbonedge.compose.local_runner import LocalRuntime, process_alive
 from carbonedge.errors import (
     CarbonEdgeError,

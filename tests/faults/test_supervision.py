@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from carbonedge.broker.client import Client
 from carbonedge.cgroups import NodeCgroup
+from carbonedge.client import Client
 from carbonedge.compose.local_runner import RuntimeState, process_alive
 from carbonedge.compose.processes import ProcessSpec
 from carbonedge.compose.supervisor import Supervisor

@@ -18,7 +18,7 @@ import pytest
 import redis
 import torch
 
-from carbonedge.broker.client import Client
+from carbonedge.client import Client
 from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.errors import InferenceFailed, InvalidRequest, InvalidTensor, NoNodeAvailable
 from carbonedge.partitioner.blocks import flatten_model

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from carbonedge.broker.client import build_request
-from carbonedge.broker.partition_route import PartitionRouter
+from carbonedge.client.requests import build_request
+from carbonedge.dispatcher.partition_route import PartitionRouter
 from carbonedge.errors import InvalidRequest, NoNodeAvailable
 from carbonedge.partitioner.plans import BlockCost, Link, PlanNode, monolithic_plan
 from carbonedge.partitioner.routing import AUTO_CARBON_MARGIN, choose_route
@@ -192,7 +192,7 @@ def test_wants() -> None:
 
 
 def test_the_dispatcher_spots_partitioned_requests_without_decoding_them() -> None:
-    from carbonedge.broker.partition_route import _MARKERS
+    from carbonedge.dispatcher.partition_route import _MARKERS
     from carbonedge.protocol.messages import pack
 
     tensor = encode_tensor(np.zeros((1, 3, 224, 224), np.float32))

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from carbonedge.broker.node_view import snapshot_of
+from carbonedge.dispatcher.telemetry import snapshot_of
 from carbonedge.errors import InvalidMessage
 from carbonedge.protocol.telemetry import Heartbeat
 

@@ -7,7 +7,7 @@ ignored until a good one arrives, an in-flight count that is not an integer is r
 the node's assigned-registry size, a key of the wrong type is moved aside. Each of these
 is logged once per cause and counted. A node whose heartbeat is overwritten with garbage
 keeps its last valid one until that expires (the agent replaces the hash every beat).
-Valid heartbeats then pass the :class:`~carbonedge.broker.quarantine.Quarantine`'s jump
+Valid heartbeats then pass the :class:`~carbonedge.dispatcher.quarantine.Quarantine`'s jump
 rules.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from carbonedge.broker.quarantine import Quarantine, Quarantined
+from carbonedge.dispatcher.quarantine import Quarantine, Quarantined
 from carbonedge.errors import CarbonEdgeError, InvalidMessage, UnknownNode
 from carbonedge.protocol import keys
 from carbonedge.protocol.telemetry import Heartbeat, valid_node_id

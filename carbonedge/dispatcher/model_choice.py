@@ -6,7 +6,7 @@ Each declared model carries its published ImageNet top-1 accuracy (with its sour
 time per model (warm-up at start-up, then a median of recent tasks), from which the
 scheduler estimates a task's carbon there (its S_C grams: intensity x PUE x power x time).
 The choice takes every (model, node) pair whose model meets the request's family and
-accuracy floor and whose predicted latency, ``(in flight + 1) x service time``, meets its
+accuracy floor (:func:`~carbonedge.partitioner.catalog.candidates`) and whose predicted latency, ``(in flight + 1) x service time``, meets its
 SLO, and picks the one of least estimated carbon; ties go to the more accurate model, then
 to the better score under the request's mode. When no pair meets the SLO, the fastest pair
 runs and the explanation says so. Built on the scheduler's public API only
@@ -21,10 +21,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from carbonedge.errors import InvalidRequest
-from carbonedge.partitioner.catalog import Catalogue, ModelSpec
+from carbonedge.partitioner.catalog import ModelSpec
 from carbonedge.scheduler import COMPONENTS, ClusterView, Decision, Weights, select
 
-__all__ = ["ModelChoice", "candidates", "choose_model", "wants_choice"]
+__all__ = ["ModelChoice", "choose_model", "wants_choice"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,37 +40,6 @@ def wants_choice(request: Mapping[str, Any]) -> bool:
     """Whether a request leaves the model to the broker (``family`` or ``min_accuracy``)."""
     return request.get("kind", "infer") == "infer" and "model" not in request and (
         "family" in request or "min_accuracy" in request)
-
-
-def candidates(models: Catalogue, *, family: str | None = None,
-               min_accuracy: float | None = None,
-               input_shape: Sequence[int] | None = None) -> list[ModelSpec]:
-    """The declared models a request may get; InvalidRequest naming the constraint that
-    leaves none (and what the declared models offer)."""
-    specs = list(models)
-    if input_shape is not None:
-        shape = tuple(input_shape)[-3:]
-        specs = [s for s in specs if s.input_shape == shape]
-        if not specs:
-            raise InvalidRequest(f"no declared model takes input of shape {list(shape)}",
-                                 field="input_shape")
-    if family is not None:
-        specs = [s for s in specs if s.family == family]
-        if not specs:
-            known = sorted({s.family for s in models if s.family})
-            raise InvalidRequest(f"no declared model of family {family!r}; families: "
-                                 f"{', '.join(known) or 'none'}", field="family")
-    if min_accuracy is not None:
-        rated = [s for s in specs if s.top1 is not None]
-        specs = [s for s in rated if s.top1 is not None and s.top1 >= min_accuracy]
-        if not specs:
-            best = max((s.top1 for s in rated if s.top1 is not None), default=None)
-            raise InvalidRequest(
-                f"no declared model{' of family ' + repr(family) if family else ''} reaches "
-                f"{min_accuracy:g}% ImageNet top-1"
-                + (f" (the best is {best:g}%)" if best is not None else
-                   " (none has a published top-1)"), field="min_accuracy")
-    return specs
 
 
 def choose_model(view: ClusterView, specs: Sequence[ModelSpec], weights: Weights,

@@ -19,8 +19,8 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from carbonedge.broker.status import collect_status
 from carbonedge.connections import redis_client
+from carbonedge.ops.status import collect_status
 from carbonedge.protocol import keys
 from carbonedge.protocol.untrusted import parse_amount, parse_count, parse_number, text
 from carbonedge.scheduler.budgets import parse_budgets, period_index

@@ -31,12 +31,13 @@ from collections.abc import Mapping
 
 from carbonedge.errors import ConfigError
 from carbonedge.protocol import keys
+from carbonedge.transport.listener import RESULT_KEY_PREFIX
 
 ROLES = ("producer", "dispatcher", "agent", "monitor")
 USER_PREFIX = "ce-"
 PASSWORD_ENV = "CARBONEDGE_ACL_{role}_PASSWORD"
 
-_RESULTS = "celery-task-meta-*"
+_RESULTS = f"{RESULT_KEY_PREFIX}*"
 _KOMBU = (keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, f"{keys.KOMBU_UNACKED}_mutex",
           "_kombu.*", "*.celery.pidbox*", "celeryev.*")
 """kombu's unacked registry and bindings, Celery's control (pidbox) and event queues."""

@@ -22,14 +22,14 @@ import redis
 import redis.asyncio as aioredis
 from celery import Celery
 
-from carbonedge.broker.deferral import DeferralReleaser, plan_for, wants_deferral
-from carbonedge.broker.model_choice import candidates, choose_model, wants_choice
-from carbonedge.broker.node_view import TelemetryReader
-from carbonedge.broker.partition_route import PartitionRouter
-from carbonedge.broker.quarantine import Quarantine, Quarantined
-from carbonedge.broker.recovery import Watchdog
 from carbonedge.carbon.forecast import DEFAULT_FORECASTER, get_forecaster
 from carbonedge.connections import async_redis_client
+from carbonedge.dispatcher.deferral import DeferralReleaser, plan_for, wants_deferral
+from carbonedge.dispatcher.model_choice import choose_model, wants_choice
+from carbonedge.dispatcher.partition_route import PartitionRouter
+from carbonedge.dispatcher.quarantine import Quarantine, Quarantined
+from carbonedge.dispatcher.recovery import Watchdog
+from carbonedge.dispatcher.telemetry import TelemetryReader
 from carbonedge.errors import (
     CarbonEdgeError,
     DispatchFailed,
@@ -37,7 +37,7 @@ from carbonedge.errors import (
     NoNodeAvailable,
     UnknownNode,
 )
-from carbonedge.partitioner.catalog import Catalogue, load_catalogue
+from carbonedge.partitioner.catalog import Catalogue, candidates, load_catalogue
 from carbonedge.protocol import keys
 from carbonedge.protocol.messages import (
     error_result,
