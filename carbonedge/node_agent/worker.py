@@ -81,7 +81,7 @@ def run_agent(
                           retry_for_s=settings.result_timeout_s)
     poison = PoisonHandler(client, config.node_id, guard)
     GuardedConsumer.poison = poison
-    segments = register_tasks(app, runtime, guard, poison)
+    segments = register_tasks(app, runtime, guard, poison, client)
     segments.profile_all()  # block profiles for partition plans, before any task
     heartbeat = HeartbeatPublisher(config, client, accounting=accounting, energy=energy,
                                    stats=stats, interval_s=settings.heartbeat_interval_s,
