@@ -20,6 +20,7 @@ import redis
 import redis.asyncio as aioredis
 
 from carbonedge.protocol import keys
+from carbonedge.protocol.lua import LuaScript
 from carbonedge.protocol.untrusted import Rejections, is_wrong_type, move_aside
 from carbonedge.scheduler.deferral import DeferralPlan, plan_deferral
 
@@ -28,15 +29,7 @@ log = logging.getLogger(__name__)
 DEFERRAL_MARGIN_S = 2.0
 """Released this long before the deadline at the latest: time to queue and run."""
 RELEASE_BATCH = 500
-
-RELEASE_LUA = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, request in ipairs(due) do
-  redis.call('XADD', KEYS[2], '*', ARGV[3], request)
-  redis.call('ZREM', KEYS[1], request)
-end
-return #due
-"""
+RELEASE = LuaScript(__package__, "release_deferred.lua")
 
 
 def wants_deferral(request: Mapping[str, Any]) -> bool:
@@ -69,8 +62,8 @@ class DeferralReleaser:
 
     async def release_due(self, r: aioredis.Redis, now: float | None = None) -> int:
         now = time.time() if now is None else now
-        count = await r.eval(RELEASE_LUA, 2, keys.DEFERRED, keys.REQUEST_STREAM,
-                             repr(now), RELEASE_BATCH, keys.REQUEST_FIELD)
+        count = await RELEASE(r, [keys.DEFERRED, keys.REQUEST_STREAM],
+                              [repr(now), RELEASE_BATCH, keys.REQUEST_FIELD])
         self.released += int(count)
         return int(count)
 

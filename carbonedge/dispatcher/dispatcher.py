@@ -62,7 +62,7 @@ from carbonedge.scheduler.slo import apply_latency_slo
 from carbonedge.settings import Settings
 from carbonedge.transport.allowlist import node_allowed
 from carbonedge.transport.celery_app import make_celery_app
-from carbonedge.transport.delivery import DELIVER_LUA, delivery_call
+from carbonedge.transport.delivery import DELIVER, delivery_call
 from carbonedge.transport.publish import encode_task_message
 from carbonedge.transport.repair import is_not_a_number, reset_field, reset_in_flight
 
@@ -271,7 +271,7 @@ class Dispatcher:
                 script_keys, args = delivery_call(
                     outcome.request_id, error_result(outcome.request_id, outcome.error),
                     expires_s=int(self.app.conf.result_expires or 3600))
-                pipe.eval(DELIVER_LUA, len(script_keys), *script_keys, *args)
+                await DELIVER(pipe, script_keys, args)  # queued: EVALSHA in the MULTI
                 writes.append((f"the result of {outcome.request_id}", None, None))
             elif isinstance(outcome, _DeadLetter):
                 write("XADD", keys.DEAD_LETTER_STREAM,

@@ -2,7 +2,7 @@
 
 Every request a dispatcher routes is also recorded in ``ce:assigned:<node>`` (same MULTI
 as the LPUSH); the agent's result delivery removes it. When a node's heartbeat key has
-expired, :data:`TAKE_LUA` atomically, and only while the key is still absent,
+expired, the transport's take script (:data:`~carbonedge.transport.handback.TAKE`) atomically, and only while the key is still absent,
 
 * puts every request of the node's registry back on the ``ce:requests`` stream with its
   attempt number, where the normal dispatch path routes it to a live node;
@@ -25,7 +25,7 @@ the two (or a reply lost with it) leaves the message only in the agent's memory,
 Celery drops when it reconnects. The agent's hand-back runs only when Celery notices the
 broken connection, and kombu can drop one quietly (a BRPOP socket that closes while the
 channel has no credit, e.g. after a failed ack, is just disconnected and reopened), so
-:data:`ORPHANS_LUA` covers these cases by construction. Every step that moves a
+the orphans script (:data:`~carbonedge.transport.handback.ORPHANS`) covers these cases by construction. Every step that moves a
 request's Celery message (dispatch, segment hand-on, kombu's restore) does so in the same
 atomic step as its registry entry, and a delivery removes the entry, so a request assigned
 to a node is always in that node's queue or in kombu's unacked registry, except for the
@@ -55,7 +55,7 @@ from carbonedge.protocol.untrusted import (
     text,
 )
 from carbonedge.settings import Settings
-from carbonedge.transport.handback import ORPHANS_LUA, TAKE_LUA, Taken, orphans_call, take_call
+from carbonedge.transport.handback import ORPHANS, TAKE, Taken, orphans_call, take_call
 from carbonedge.transport.repair import cap_in_flight
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class Watchdog:
         out = []
         for node_id in dead:
             script_keys, args = take_call(node_id, "heartbeat expired")
-            n, queued, running = await r.eval(TAKE_LUA, len(script_keys), *script_keys, *args)
+            n, queued, running = await TAKE(r, script_keys, args)
             taken = Taken(node_id, int(n), int(queued), int(running))
             if taken.requests:
                 log.warning("node %s is dead (heartbeat expired): re-dispatching %d request(s) "
@@ -184,14 +184,14 @@ class Watchdog:
         moved = 0
         for node_id in live:
             script_keys, args = orphans_call(node_id, "find")
-            found = list(await r.eval(ORPHANS_LUA, len(script_keys), *script_keys, *args))
+            found = list(await ORPHANS(r, script_keys, args))
             for request_id in found:
                 suspects[node_id, request_id] = self._suspects.get((node_id, request_id), now)
             due = [i for i in found if now - suspects[node_id, i] >= bound]
             if not due:
                 continue
             script_keys, args = orphans_call(node_id, "move", due)
-            n = int(await r.eval(ORPHANS_LUA, len(script_keys), *script_keys, *args))
+            n = int(await ORPHANS(r, script_keys, args))
             for request_id in due:
                 suspects.pop((node_id, request_id), None)
             if n:

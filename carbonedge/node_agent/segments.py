@@ -38,6 +38,7 @@ from carbonedge.errors import (
 from carbonedge.partitioner.outputs import top_k
 from carbonedge.protocol import keys
 from carbonedge.protocol.codec import decode_tensor, encode_tensor
+from carbonedge.protocol.lua import LuaScript
 from carbonedge.protocol.messages import PROTOCOL_VERSION, pack, require, unpack
 from carbonedge.protocol.routes import Route, RouteSegment
 from carbonedge.transport.publish import encode_task_message
@@ -48,22 +49,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROFILE_REPEATS = 3
-HAND_ON_LUA = """
--- KEYS: this node's assigned hash, the next node's, the activation, the next queue, in-flight
--- ARGV: request id, counted '1'/'0', activation, expiry s, task message, next node id
--- A dispatched request moves to the next node's registry with its task (if that node dies,
--- the request is re-dispatched); one taken from this node meanwhile is not handed on.
-if ARGV[2] == '1' then
-  local request = redis.call('HGET', KEYS[1], ARGV[1])
-  if not request then return 0 end
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('HSET', KEYS[2], ARGV[1], request)
-  redis.call('HINCRBY', KEYS[5], ARGV[6], 1)
-end
-redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
-redis.call('LPUSH', KEYS[4], ARGV[5])
-return 1
-"""
+HAND_ON = LuaScript(__package__, "hand_on.lua")
+"""Stores the activation and queues the next segment, moving the request's registry entry
+to the next node, in one step (see hand_on.lua)."""
 _ACTIVATION = "_activation"
 """Result-map slot of the output tensor between running a segment and handing it on."""
 
@@ -77,7 +65,6 @@ class SegmentExecutor:
         self._redis = client
         self._profiled: dict[str, int] = {}
         """Models profiled here, with their block count (0: served whole only)."""
-        self._hand_on = client.register_script(HAND_ON_LUA)
 
     # -- profiles ----------------------------------------------------------------------
 
@@ -242,7 +229,7 @@ class SegmentExecutor:
                        _activation_key(payload, index), queue, keys.IN_FLIGHT]
         args = [request_id, "1" if counted else "0", pack(encode_tensor(activation)),
                 int(self.runtime.settings.input_ttl_s), message, node]
-        return bool(self._hand_on(keys=script_keys, args=args))
+        return bool(HAND_ON(self._redis, script_keys, args))
 
     def discard(self, payload: Any) -> None:
         """Drop the activation of a segment that will not run (its request was taken from

@@ -20,30 +20,11 @@ from typing import Any
 import msgpack
 
 from carbonedge.protocol import keys
+from carbonedge.protocol.lua import LuaScript
 from carbonedge.transport.listener import result_key
 
-DELIVER_LUA = """
--- KEYS: done, result meta, assigned hash, in-flight hash, attempts hash, stats hash
--- ARGV: request id, encoded meta, expiry seconds, node id ('' when none), counted '1'/'0'
--- Bookkeeping keys may hold anything someone left there (pcall): a result is delivered
--- whatever state its registry or counters are in.
-if ARGV[4] ~= '' then
-  local owned = redis.pcall('HDEL', KEYS[3], ARGV[1])
-  if owned == 0 and ARGV[5] == '1' then
-    -- the request was re-dispatched away from this node, and recovery already released
-    -- its in-flight count: give back the one the agent released after running it
-    redis.pcall('HINCRBY', KEYS[4], ARGV[4], 1)
-  end
-end
-if redis.call('SET', KEYS[1], ARGV[4], 'NX', 'EX', ARGV[3]) then
-  redis.pcall('HDEL', KEYS[5], ARGV[1])
-  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
-  redis.call('PUBLISH', KEYS[2], ARGV[2])
-  return 1
-end
-redis.pcall('HINCRBY', KEYS[6], 'late_results', 1)
-return 0
-"""
+DELIVER = LuaScript(__package__, "deliver.lua")
+"""Stores and announces a result unless one was delivered first (see deliver.lua)."""
 
 
 def encode_meta(request_id: str, result: Any) -> bytes:
@@ -60,7 +41,7 @@ def encode_meta(request_id: str, result: Any) -> bytes:
 
 def delivery_call(request_id: str, result: Any, *, node: str | None = None,
                   counted: bool = False, expires_s: int = 3600) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of :data:`DELIVER_LUA` for one result (for ``eval`` on any client)."""
+    """KEYS and ARGV of :data:`DELIVER` for one result (for any client or pipeline)."""
     node = node or ""
     script_keys = [
         keys.done_key(request_id),
@@ -84,4 +65,4 @@ def deliver(client: Any, request_id: str, result: Any, *, node: str | None = Non
     """
     script_keys, args = delivery_call(request_id, result, node=node, counted=counted,
                                       expires_s=expires_s)
-    return bool(client.eval(DELIVER_LUA, len(script_keys), *script_keys, *args))
+    return bool(DELIVER(client, script_keys, args))

@@ -19,47 +19,22 @@ import logging
 from typing import Any
 
 from carbonedge.protocol import keys
+from carbonedge.protocol.lua import LuaScript
 from carbonedge.protocol.untrusted import Rejections
 
-__all__ = ["cap_in_flight", "is_not_a_number", "reset_field", "reset_in_flight"]
+__all__ = ["RESET_FIELD", "cap_in_flight", "is_not_a_number", "reset_field", "reset_in_flight"]
 
 log = logging.getLogger(__name__)
 
-RESET_IN_FLIGHT_LUA = """
--- KEYS: in-flight hash, the node's assigned registry; ARGV: node id, the bad value
--- (pcall: the hash may have been replaced by a key of another type since it was read)
-if redis.pcall('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return false end
-local held = redis.pcall('HLEN', KEYS[2])
-if type(held) ~= 'number' then held = 0 end
-redis.call('HSET', KEYS[1], ARGV[1], held)
-return held
-"""
-
-CAP_IN_FLIGHT_LUA = """
--- KEYS: in-flight hash, the node's assigned registry; ARGV: node id
--- A node's in-flight count never exceeds its registry: the dispatcher adds to both in one
--- MULTI, and an agent releases the count before its delivery removes the entry. A larger
--- count leaked or was forged; it becomes the registry's size.
-local count = tonumber(redis.pcall('HGET', KEYS[1], ARGV[1]))
-local held = redis.pcall('HLEN', KEYS[2])
-if count == nil or type(held) ~= 'number' or count <= held then return false end
-redis.call('HSET', KEYS[1], ARGV[1], held)
-return {count, held}
-"""
-
-RESET_FIELD_LUA = """
--- KEYS: a hash; ARGV: field, the bad value, the value to put instead ('' deletes)
-if redis.pcall('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return false end
-if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1])
-else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
-return true
-"""
-
+RESET_IN_FLIGHT = LuaScript(__package__, "reset_in_flight.lua")
+CAP_IN_FLIGHT = LuaScript(__package__, "cap_in_flight.lua")
+RESET_FIELD = LuaScript(__package__, "reset_field.lua")
+"""KEYS: a hash; ARGV: field, the bad value, the value to put instead ('' deletes)."""
 
 async def reset_in_flight(r: Any, node_id: str, bad: bytes, rejections: Rejections) -> None:
     """An in-flight count that is not an integer becomes the node's registry size."""
-    held = await r.eval(RESET_IN_FLIGHT_LUA, 2, keys.IN_FLIGHT, keys.assigned_key(node_id),
-                        node_id, bad)
+    held = await RESET_IN_FLIGHT(r, [keys.IN_FLIGHT, keys.assigned_key(node_id)],
+                                 [node_id, bad])
     rejections.reject("in-flight", node_id, f"count {bad[:40]!r} is not an integer"
                       + (f": reset to the {held} request(s) assigned to it"
                          if held is not None else ""))
@@ -67,8 +42,7 @@ async def reset_in_flight(r: Any, node_id: str, bad: bytes, rejections: Rejectio
 
 async def cap_in_flight(r: Any, node_id: str, rejections: Rejections) -> bool:
     """Bring a node's in-flight count down to its registry's size if it is above it."""
-    capped = await r.eval(CAP_IN_FLIGHT_LUA, 2, keys.IN_FLIGHT, keys.assigned_key(node_id),
-                          node_id)
+    capped = await CAP_IN_FLIGHT(r, [keys.IN_FLIGHT, keys.assigned_key(node_id)], [node_id])
     if capped:
         count, held = capped
         rejections.reject("in-flight", node_id, f"count {count} is more than the {held} "
@@ -79,7 +53,7 @@ async def cap_in_flight(r: Any, node_id: str, rejections: Rejections) -> bool:
 async def reset_field(r: Any, key: str, field: bytes | str, bad: bytes, value: str,
                       rejections: Rejections, source: str) -> None:
     """A hash field holding a value its writers cannot add to: reset (or delete) it."""
-    await r.eval(RESET_FIELD_LUA, 1, key, field, bad, value)
+    await RESET_FIELD(r, [key], [field, bad, value])
     name = field.decode(errors="backslashreplace") if isinstance(field, bytes) else field
     rejections.reject(source, f"{key} {name}", f"value {bad[:40]!r} is not a number: "
                       + ("removed" if value == "" else f"reset to {value}"))
