@@ -13,13 +13,13 @@ from celery.signals import worker_ready
 from carbonedge.carbon.device import DevicePower, cpu_watts_per_core
 from carbonedge.cgroups import CgroupAccounting
 from carbonedge.connections import redis_client
-from carbonedge.node_agent.backend import open_backend
 from carbonedge.node_agent.bookkeeping import TaskBookkeeper
 from carbonedge.node_agent.charging import ChargeMeter
 from carbonedge.node_agent.config import AgentConfig, work_group
 from carbonedge.node_agent.energy import EnergyAccountant
 from carbonedge.node_agent.guard import DeliveryGuard
 from carbonedge.node_agent.heartbeat import HeartbeatPublisher
+from carbonedge.node_agent.loading import open_backend
 from carbonedge.node_agent.poison import PoisonHandler
 from carbonedge.node_agent.runtime import AgentRuntime
 from carbonedge.node_agent.stats import ExecStats
