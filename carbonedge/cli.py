@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="run every node's models with this (default: each node's "
                          "x-carbonedge.runtime, auto)")
     up.add_argument("--metrics-port", type=int,
-                    help="the local dispatcher exports Prometheus metrics on 127.0.0.1:PORT")
+                    help="the dispatcher exports Prometheus metrics on 127.0.0.1:PORT")
     up.add_argument("--no-carbon", action="store_true",
                     help="do not run the carbon service (agents then charge a linear power "
                          "estimate)")
@@ -224,23 +224,24 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     from carbonedge.compose.local_runner import LocalRuntime
     from carbonedge.compose.topology import load_topology
 
+    metrics = ("--metrics-port", str(args.metrics_port)) if args.metrics_port else ()
+    services = "a dispatcher" + ("" if args.no_carbon else " and the carbon service")
     if args.runtime == "docker":
         from carbonedge.compose.docker_runner import DockerRuntime
 
         containers = DockerRuntime(load_topology(settings.compose_file or None), settings,
                                    scale=_parse_scale(args.scale), preload=tuple(args.preload),
+                                   dispatcher_args=metrics, carbon_service=not args.no_carbon,
                                    image=args.image)
         containers.up(wait_s=args.wait)
-        print(f"up in containers ({args.image}): {', '.join(containers.node_ids)} and a "
-              f"dispatcher on {settings.redis_url}; stop with `carbonedge down`")
+        print(f"up in containers ({args.image}): {', '.join(containers.node_ids)} and "
+              f"{services} on {settings.redis_url}; stop with `carbonedge down`")
         return 0
-    metrics = ("--metrics-port", str(args.metrics_port)) if args.metrics_port else ()
     runtime = LocalRuntime(load_topology(settings.compose_file or None), settings,
                            scale=_parse_scale(args.scale), preload=tuple(args.preload),
                            dispatcher_args=metrics, carbon_service=not args.no_carbon,
                            supervise=True)
     runtime.up(wait_s=args.wait)
-    services = "a dispatcher" + ("" if args.no_carbon else " and the carbon service")
     print(f"up: {', '.join(runtime.node_ids)}, {services} on {settings.redis_url}"
           f"{'' if runtime.state.constrained else ' (no cgroup limits: not permitted here)'}")
     print(f"supervised (pid {runtime.state.supervisor_pid}): a process that exits is "
