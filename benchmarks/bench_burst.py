@@ -25,7 +25,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._runtime import bench_runtime  # noqa: E402
-from carbonedge.broker.client import Client  # noqa: E402
+from carbonedge.client import Client  # noqa: E402
 from carbonedge.experiments.accounting import OutcomeLedger  # noqa: E402
 from carbonedge.experiments.blocks import warm_up  # noqa: E402
 from carbonedge.experiments.workload import synthetic_images  # noqa: E402

@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._runtime import bench_runtime  # noqa: E402
-from carbonedge.broker.client import Client  # noqa: E402
 from carbonedge.carbon.report import format_report, summarise  # noqa: E402
+from carbonedge.client import Client  # noqa: E402
 from carbonedge.experiments.workload import synthetic_images  # noqa: E402
 from carbonedge.settings import Settings  # noqa: E402
 

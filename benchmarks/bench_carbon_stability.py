@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._runtime import bench_runtime  # noqa: E402
-from carbonedge.broker.client import Client  # noqa: E402
+from carbonedge.client import Client  # noqa: E402
 from carbonedge.experiments.blocks import (  # noqa: E402
     Arm,
     TaskRecord,

@@ -15,10 +15,10 @@ import time
 
 from _runtime import bench_runtime
 
-from carbonedge.broker.celery_app import make_celery_app
-from carbonedge.broker.client import Client
+from carbonedge.client import Client
 from carbonedge.experiments.workload import percentile
 from carbonedge.protocol import keys
+from carbonedge.transport.celery_app import make_celery_app
 
 ONE_NODE = """
 services:

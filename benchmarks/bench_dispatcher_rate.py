@@ -17,8 +17,8 @@ import numpy as np
 import redis
 import redis.asyncio as aioredis
 
-from carbonedge.broker.client import build_request, detach_input
-from carbonedge.broker.dispatcher import Dispatcher
+from carbonedge.client.requests import build_request, detach_input
+from carbonedge.dispatcher.dispatcher import Dispatcher
 from carbonedge.protocol import keys
 from carbonedge.protocol.codec import encode_tensor
 from carbonedge.protocol.messages import pack

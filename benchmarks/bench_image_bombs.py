@@ -26,8 +26,8 @@ from PIL import Image
 CASE = r"""
 import json, sys, time
 from pathlib import Path
-from carbonedge.broker import images
-from carbonedge.broker.images import preprocess_image
+from carbonedge.client import images
+from carbonedge.client.images import preprocess_image
 from carbonedge.errors import InvalidRequest
 
 def peak_kib():

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from _runtime import bench_runtime
 
-from carbonedge.broker.client import Client
-from carbonedge.broker.images import preprocess_image
-from carbonedge.compose.cgroups import NodeCgroup
+from carbonedge.cgroups import NodeCgroup
+from carbonedge.client import Client
+from carbonedge.client.images import preprocess_image
 from carbonedge.experiments.workload import percentile, synthetic_images
 
 MODEL = "mobilenetv2"

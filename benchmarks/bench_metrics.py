@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_scheduler import MODEL, NOW, TTL, make_snapshots  # noqa: E402
 
-from carbonedge.broker.metrics import DecisionLatency, RedisStateCollector  # noqa: E402
-from carbonedge.broker.status import collect_status  # noqa: E402
+from carbonedge.ops.metrics import DecisionLatency, RedisStateCollector  # noqa: E402
+from carbonedge.ops.status import collect_status  # noqa: E402
 from carbonedge.protocol import keys  # noqa: E402
 from carbonedge.protocol.telemetry import Heartbeat  # noqa: E402
 from carbonedge.scheduler import ClusterView, select, weights_for  # noqa: E402

@@ -29,9 +29,9 @@ import numpy as np
 import redis
 from _runtime import bench_runtime
 
-from carbonedge.broker.client import Client
-from carbonedge.broker.results import InferenceResult
-from carbonedge.compose.cgroups import NodeCgroup
+from carbonedge.cgroups import NodeCgroup
+from carbonedge.client import Client
+from carbonedge.client.results import InferenceResult
 from carbonedge.errors import CarbonEdgeError, InvalidRequest
 from carbonedge.protocol import keys
 from carbonedge.protocol.telemetry import Heartbeat

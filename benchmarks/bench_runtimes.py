@@ -32,8 +32,8 @@ import numpy as np
 import redis
 from _runtime import bench_runtime
 
-from carbonedge.broker.client import Client
-from carbonedge.compose.cgroups import NodeCgroup
+from carbonedge.cgroups import NodeCgroup
+from carbonedge.client import Client
 from carbonedge.compose.local_runner import LocalRuntime, process_alive
 from carbonedge.partitioner.catalog import DEFAULT_MODELS
 from carbonedge.protocol import keys

@@ -26,7 +26,7 @@ from pathlib import Path
 import redis
 from _runtime import BENCH_REDIS_URL
 
-from carbonedge.broker.client import Client
+from carbonedge.client import Client
 from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.compose.topology import load_topology
 from carbonedge.errors import NoNodeAvailable

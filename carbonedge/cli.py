@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="run every node's models with this (default: each node's "
                          "x-carbonedge.runtime, auto)")
     up.add_argument("--metrics-port", type=int,
-                    help="the local dispatcher exports Prometheus metrics on 127.0.0.1:PORT")
+                    help="the dispatcher exports Prometheus metrics on 127.0.0.1:PORT")
     up.add_argument("--no-carbon", action="store_true",
                     help="do not run the carbon service (agents then charge a linear power "
                          "estimate)")
@@ -204,8 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             parse_redis_url(settings.redis_url)
             if args.command == "agent" and not args.check:  # refused before waiting for Redis
-                from carbonedge.broker.allowlist import check_agent_allowed
                 from carbonedge.node_agent.health import instance_node_id
+                from carbonedge.transport.allowlist import check_agent_allowed
 
                 check_agent_allowed(instance_node_id(args.node, args.instance),
                                     settings.node_allowlist)
@@ -224,23 +224,24 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     from carbonedge.compose.local_runner import LocalRuntime
     from carbonedge.compose.topology import load_topology
 
+    metrics = ("--metrics-port", str(args.metrics_port)) if args.metrics_port else ()
+    services = "a dispatcher" + ("" if args.no_carbon else " and the carbon service")
     if args.runtime == "docker":
         from carbonedge.compose.docker_runner import DockerRuntime
 
         containers = DockerRuntime(load_topology(settings.compose_file or None), settings,
                                    scale=_parse_scale(args.scale), preload=tuple(args.preload),
+                                   dispatcher_args=metrics, carbon_service=not args.no_carbon,
                                    image=args.image)
         containers.up(wait_s=args.wait)
-        print(f"up in containers ({args.image}): {', '.join(containers.node_ids)} and a "
-              f"dispatcher on {settings.redis_url}; stop with `carbonedge down`")
+        print(f"up in containers ({args.image}): {', '.join(containers.node_ids)} and "
+              f"{services} on {settings.redis_url}; stop with `carbonedge down`")
         return 0
-    metrics = ("--metrics-port", str(args.metrics_port)) if args.metrics_port else ()
     runtime = LocalRuntime(load_topology(settings.compose_file or None), settings,
                            scale=_parse_scale(args.scale), preload=tuple(args.preload),
                            dispatcher_args=metrics, carbon_service=not args.no_carbon,
                            supervise=True)
     runtime.up(wait_s=args.wait)
-    services = "a dispatcher" + ("" if args.no_carbon else " and the carbon service")
     print(f"up: {', '.join(runtime.node_ids)}, {services} on {settings.redis_url}"
           f"{'' if runtime.state.constrained else ' (no cgroup limits: not permitted here)'}")
     print(f"supervised (pid {runtime.state.supervisor_pid}): a process that exits is "
@@ -351,11 +352,11 @@ def _agent_check(node_id: str, settings: Settings) -> int:
 
 
 def _dispatcher(args: argparse.Namespace, settings: Settings) -> int:
-    from carbonedge.broker.dispatcher import Dispatcher, run_dispatcher
+    from carbonedge.dispatcher.dispatcher import Dispatcher, run_dispatcher
 
     setup = None
     if args.metrics_port is not None:
-        from carbonedge.broker.metrics import DecisionLatency, serve_metrics
+        from carbonedge.ops.metrics import DecisionLatency, serve_metrics
 
         registry = serve_metrics(settings, args.metrics_port, args.metrics_address)
         latency = DecisionLatency(registry)
@@ -369,14 +370,14 @@ def _dispatcher(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _metrics(args: argparse.Namespace, settings: Settings) -> int:
-    from carbonedge.broker.metrics import run_exporter
+    from carbonedge.ops.metrics import run_exporter
 
     run_exporter(settings, args.metrics_port, args.metrics_address)
     return 0
 
 
 def _flower(args: argparse.Namespace, settings: Settings) -> int:
-    from carbonedge.broker.flower import run_flower
+    from carbonedge.ops.flower import run_flower
 
     return run_flower(settings, address=args.address, port=args.port)
 
@@ -386,7 +387,7 @@ def _carbon(args: argparse.Namespace, settings: Settings) -> int:
 
     changes = {"carbon_csv": args.csv, "carbon_window_s": args.window}
     if args.metrics_port is not None:
-        from carbonedge.broker.metrics import serve_metrics
+        from carbonedge.ops.metrics import serve_metrics
 
         serve_metrics(settings, args.metrics_port, args.metrics_address)
     run_carbon_service(settings.replace(**{k: v for k, v in changes.items() if v is not None}))
@@ -394,7 +395,7 @@ def _carbon(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _acl(args: argparse.Namespace, settings: Settings) -> int:
-    from carbonedge.broker.acl import ROLES, acl_file, passwords_from_env
+    from carbonedge.ops.acl import ROLES, acl_file, passwords_from_env
 
     print(acl_file(passwords_from_env(tuple(args.role or ROLES))), end="")
     return 0
@@ -415,8 +416,8 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
     import redis
 
-    from carbonedge.broker.status import collect_cluster, format_cluster
     from carbonedge.connections import redact, redis_client
+    from carbonedge.ops.status import collect_cluster, format_cluster
 
     client = redis_client(settings.redis_url, socket_timeout=5)
     try:

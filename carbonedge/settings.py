@@ -78,7 +78,7 @@ class Settings:
     one died while holding it)."""
     quarantine_s: float = 30.0
     """How long a dispatcher keeps a node whose telemetry jumped implausibly out of
-    scheduling (see carbonedge.broker.quarantine)."""
+    scheduling (see carbonedge.dispatcher.quarantine)."""
     telemetry_jump_factor: float = 10.0
     """Change between two heartbeats of a node's carbon intensity or service time that is
     taken as implausible."""

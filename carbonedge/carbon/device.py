@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from carbonedge.carbon.units import JOULES_PER_KWH
+from carbonedge.carbon.units import kwh_from_joules
 from carbonedge.errors import ConfigError
 
 __all__ = [
@@ -101,15 +101,16 @@ class DevicePower:
     def charge(self, cpu_s: float) -> DeviceCharge:
         """Energy of work that used ``cpu_s`` CPU-seconds on this node."""
         busy = self.busy_s(cpu_s)
-        return DeviceCharge(busy, self.cpu_w * busy / JOULES_PER_KWH,
-                            self.ram_w * busy / JOULES_PER_KWH)
+        return DeviceCharge(busy, kwh_from_joules(self.cpu_w * busy),
+                            kwh_from_joules(self.ram_w * busy))
 
     def idle_charge(self, cpu_s: float, wall_s: float, busy_s: float) -> DeviceCharge:
         """An idle stretch of ``wall_s`` seconds: the CPU it burnt outside tasks, and RAM
         for the part of it the device was not busy with tasks (``busy_s``)."""
         ram_s = max(wall_s - busy_s, 0.0)
-        return DeviceCharge(self.busy_s(cpu_s), self.watts_per_core * max(cpu_s, 0.0)
-                            / JOULES_PER_KWH, self.ram_w * ram_s / JOULES_PER_KWH)
+        return DeviceCharge(self.busy_s(cpu_s),
+                            kwh_from_joules(self.watts_per_core * max(cpu_s, 0.0)),
+                            kwh_from_joules(self.ram_w * ram_s))
 
 
 def cpu_watts_per_core(configured: float = 0.0) -> tuple[float, str]:

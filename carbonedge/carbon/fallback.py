@@ -20,15 +20,15 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from carbonedge.carbon.intensity import (
+from carbonedge.carbon.providers import (
     IntensityProvider,
     IntensityReading,
     StaticProvider,
-    TraceProvider,
-    _check_keys,
-    create_provider,
+    build_provider,
+    check_keys,
     register_provider,
 )
+from carbonedge.carbon.trace import TraceProvider
 from carbonedge.errors import ConfigError, IntensityUnavailable
 
 __all__ = ["FallbackProvider"]
@@ -99,7 +99,7 @@ class FallbackProvider:
 
 @register_provider("fallback")
 def _fallback(spec: Mapping[str, Any]) -> FallbackProvider:
-    _check_keys(spec, {"chain"}, set())
+    check_keys(spec, {"chain"}, set())
     chain = spec["chain"]
     if isinstance(chain, (str, bytes)) or not isinstance(chain, Sequence) or not chain:
         raise ConfigError("fallback provider: chain must be a non-empty list of provider "
@@ -107,7 +107,7 @@ def _fallback(spec: Mapping[str, Any]) -> FallbackProvider:
     providers: list[IntensityProvider] = []
     for i, entry in enumerate(chain):
         try:
-            providers.append(create_provider(entry))
+            providers.append(build_provider(entry))
         except ConfigError as e:
             inner = f".{e.field}" if e.field else ""
             raise ConfigError(f"fallback provider: chain[{i}]: {e.message}",

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
-from carbonedge.carbon.intensity import IntensityProvider
+from carbonedge.carbon.providers import IntensityProvider
 from carbonedge.errors import InvalidRequest
 from carbonedge.protocol.telemetry import ORACLE_FORECAST
 from carbonedge.registry import Registry

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from carbonedge.carbon import codecarbon_adapter
-from carbonedge.carbon.units import JOULES_PER_KWH
+from carbonedge.carbon.units import joules_from_kwh
 from carbonedge.errors import RuntimeUnavailable
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,8 @@ class HostTracker:
                                                                            strict=True))
         seconds = max(now - self._last_t, 1e-6)
         reading = HostReading(
-            seconds=seconds, cpu_j=cpu_kwh * JOULES_PER_KWH, ram_j=ram_kwh * JOULES_PER_KWH,
-            gpu_j=gpu_kwh * JOULES_PER_KWH, cpu_w=cpu_kwh * JOULES_PER_KWH / seconds,
+            seconds=seconds, cpu_j=joules_from_kwh(cpu_kwh), ram_j=joules_from_kwh(ram_kwh),
+            gpu_j=joules_from_kwh(gpu_kwh), cpu_w=joules_from_kwh(cpu_kwh) / seconds,
             busy_cpu_s=max(busy - self._last_busy, 0.0), emissions_kg=kg,
         )
         self._last, self._last_busy, self._last_t = cumulative, busy, now

@@ -38,13 +38,13 @@ from datetime import datetime
 from typing import Any
 
 from carbonedge.carbon._http import get_json, new_opener
-from carbonedge.carbon.intensity import (
+from carbonedge.carbon.live_cache import LiveOptions, LiveValue
+from carbonedge.carbon.providers import (
     IntensityReading,
-    _check_keys,
-    _utc,
+    as_utc,
+    check_keys,
     register_provider,
 )
-from carbonedge.carbon.live_cache import LiveOptions, LiveValue
 from carbonedge.carbon.units import CarbonIntensity
 from carbonedge.errors import ConfigError, IntensityUnavailable
 
@@ -76,7 +76,7 @@ class LiveProvider:
 
     def intensity_at(self, when: datetime) -> IntensityReading:
         """The cached live value (a live source only knows "now", whatever ``when`` is)."""
-        moment = _utc(when)
+        moment = as_utc(when)
         value, stale = self.cache.get()
         source = f"{self.label} (stale)" if stale else self.label
         return IntensityReading(value, source, moment)
@@ -151,7 +151,7 @@ def electricitymaps_provider(spec: Mapping[str, Any], *,
                              clock: Clock = time.monotonic) -> ElectricityMapsProvider:
     """Build the ``electricitymaps`` provider of ``spec`` (nothing is fetched yet)."""
     name = "electricitymaps"
-    _check_keys(spec, {"zone"}, {"token", "token_env", "base_url"} | LiveOptions.KEYS)
+    check_keys(spec, {"zone"}, {"token", "token_env", "base_url"} | LiveOptions.KEYS)
     zone = _text(spec, "zone", name)
     token = _secret(spec, "token", name)
     options = LiveOptions.from_spec(spec, name)
@@ -244,7 +244,7 @@ def watttime_provider(spec: Mapping[str, Any], *,
                       clock: Clock = time.monotonic) -> WattTimeProvider:
     """Build the ``watttime`` provider of ``spec`` (nothing is fetched yet)."""
     name = "watttime"
-    _check_keys(spec, {"region", "username"},
+    check_keys(spec, {"region", "username"},
                 {"password", "password_env", "base_url"} | LiveOptions.KEYS)
     region = _text(spec, "region", name)
     username = _text(spec, "username", name)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from carbonedge.carbon.device import RAM_WATTS_PER_GB
 from carbonedge.carbon.ledger import LedgerRow
 from carbonedge.carbon.power import carbon_grams
-from carbonedge.carbon.units import JOULES_PER_KWH
+from carbonedge.carbon.units import joules_from_kwh, kwh_from_joules
 from carbonedge.errors import InvalidMessage
 
 __all__ = [
@@ -178,7 +178,7 @@ def ram_seconds(row: LedgerRow) -> float:
     """How long the row held its node's memory: the time the device method charged RAM
     for (a task: its busy time; an idle stretch: its wall time outside tasks)."""
     ram_w = RAM_WATTS_PER_GB * row.mem_limit_bytes / _GB
-    return row.ram_kwh * JOULES_PER_KWH / ram_w if ram_w > 0 else 0.0
+    return joules_from_kwh(row.ram_kwh) / ram_w if ram_w > 0 else 0.0
 
 
 def settle(row: LedgerRow, log: SampleLog, *, host_mem_bytes: float,
@@ -202,8 +202,8 @@ def settle(row: LedgerRow, log: SampleLog, *, host_mem_bytes: float,
     ram_w = sum(w * s.ram_j / s.seconds for (s, _), w in zip(covering, weights, strict=True))
     price, ram_w = price / total_w, ram_w / total_w
     share = min(row.mem_limit_bytes / host_mem_bytes, 1.0) if host_mem_bytes > 0 else 0.0
-    cpu_kwh = row.cpu_s * price / JOULES_PER_KWH
-    ram_kwh = ram_w * share * ram_seconds(row) / JOULES_PER_KWH
+    cpu_kwh = kwh_from_joules(row.cpu_s * price)
+    ram_kwh = kwh_from_joules(ram_w * share * ram_seconds(row))
     return MeasuredCharge(
         "settled", estimated, cpu_kwh=cpu_kwh, ram_kwh=ram_kwh,
         carbon_g=carbon_grams(cpu_kwh + ram_kwh, row.intensity_g_per_kwh, row.pue),

@@ -36,6 +36,7 @@ from carbonedge.carbon.emissions_csv import EmissionsCsv
 from carbonedge.carbon.host_tracker import HostReading
 from carbonedge.carbon.ledger import LEDGER_MAXLEN, LedgerRow
 from carbonedge.carbon.measured import HostSample, SampleLog
+from carbonedge.carbon.units import kwh_from_joules
 from carbonedge.carbon.windows import (
     RowContext,
     Settled,
@@ -395,7 +396,7 @@ class CarbonService:
             summary[f"node.{node_id}.measured_energy"] = repr(
                 nw.measured_cpu_kwh + nw.measured_ram_kwh)
         for node_id, joules in sorted(shares.node_cpu_j.items()):
-            summary[f"node.{node_id}.attributed_cpu_energy"] = repr(joules / 3.6e6)
+            summary[f"node.{node_id}.attributed_cpu_energy"] = repr(kwh_from_joules(joules))
         try:
             await client.xadd(keys.CARBON_WINDOWS, summary, maxlen=WINDOWS_MAXLEN,
                               approximate=True)

@@ -3,7 +3,8 @@
 Each unit is a frozen dataclass holding one finite, non-negative float in a fixed base
 unit (kWh, W, gCO2eq/kWh, gCO2eq), built through named constructors. Arithmetic only
 exists where the result is a unit too: ``Energy + Energy``, ``Energy * CarbonIntensity
--> Emissions``. A negative, NaN or infinite value raises ``InvalidRequest`` naming the
+-> Emissions`` (with PUE: :func:`carbonedge.carbon.power.emissions`). The J/kWh and
+W·ms/kWh conversions live here, once. A negative, NaN or infinite value raises ``InvalidRequest`` naming the
 unit, so a bad figure is refused where it enters rather than where it is summed.
 """
 
@@ -14,9 +15,35 @@ from dataclasses import dataclass
 
 from carbonedge.errors import InvalidRequest
 
-__all__ = ["CarbonIntensity", "Emissions", "Energy", "Power", "emissions"]
+__all__ = [
+    "JOULES_PER_KWH",
+    "CarbonIntensity",
+    "Emissions",
+    "Energy",
+    "Power",
+    "joules_from_kwh",
+    "kwh_from_joules",
+    "kwh_from_watt_ms",
+    "pue_factor",
+]
 
 JOULES_PER_KWH = 3.6e6
+WATT_MS_PER_KWH = JOULES_PER_KWH * 1e3
+
+
+def kwh_from_joules(joules: float) -> float:
+    """Joules as kilowatt-hours (floats or numpy arrays: the same IEEE operations)."""
+    return joules / JOULES_PER_KWH
+
+
+def joules_from_kwh(kwh: float) -> float:
+    """Kilowatt-hours as joules."""
+    return kwh * JOULES_PER_KWH
+
+
+def kwh_from_watt_ms(watts: float, ms: float) -> float:
+    """The energy of ``watts`` held for ``ms`` milliseconds, in kWh (W x ms / 3.6e9)."""
+    return watts * ms / WATT_MS_PER_KWH
 
 
 def _checked(unit: str, symbol: str, value: object) -> float:
@@ -69,7 +96,7 @@ class Energy:
 
     @classmethod
     def from_joules(cls, joules: float) -> Energy:
-        return cls(_checked("energy", "J", joules) / JOULES_PER_KWH)
+        return cls(kwh_from_joules(_checked("energy", "J", joules)))
 
     @classmethod
     def from_power_and_time(cls, power: Power, seconds: float) -> Energy:
@@ -80,7 +107,7 @@ class Energy:
 
     @property
     def joules(self) -> float:
-        return self.kwh * JOULES_PER_KWH
+        return joules_from_kwh(self.kwh)
 
     def __add__(self, other: object) -> Energy:
         if not isinstance(other, Energy):
@@ -137,14 +164,9 @@ class Emissions:
         return Emissions(self.grams + other.grams)
 
 
-def emissions(energy: Energy, intensity: CarbonIntensity, pue: float = 1.0) -> Emissions:
-    """C = E · CI · PUE, with PUE (power usage effectiveness) a plain multiplier >= 1."""
-    if not isinstance(energy, Energy) or not isinstance(intensity, CarbonIntensity):
-        raise TypeError(
-            "emissions() takes an Energy and a CarbonIntensity, got "
-            f"{type(energy).__name__} and {type(intensity).__name__}"
-        )
+def pue_factor(pue: object) -> float:
+    """A power usage effectiveness as a float >= 1, or ``InvalidRequest`` naming it."""
     factor = _checked("pue", "(dimensionless)", pue)
     if factor < 1.0:
         raise InvalidRequest(f"pue must be >= 1.0, got {pue!r}", field="pue")
-    return Emissions((energy * intensity).grams * factor)
+    return factor

@@ -17,7 +17,7 @@ from typing import Any
 from carbonedge.carbon.apportion import WindowShares, reconcile_window
 from carbonedge.carbon.ledger import LedgerRow
 from carbonedge.carbon.measured import HostSample, MeasuredCharge, SampleLog, settle
-from carbonedge.carbon.units import JOULES_PER_KWH
+from carbonedge.carbon.units import joules_from_kwh, kwh_from_joules
 
 __all__ = ["Settler", "Window", "host_row", "ledger_rows", "node_rows"]
 
@@ -159,8 +159,8 @@ def _energy_columns(cpu_kwh: float, ram_kwh: float, carbon_g: float,
     return {
         "cpu_energy": cpu_kwh, "ram_energy": ram_kwh, "gpu_energy": 0.0,
         "energy_consumed": cpu_kwh + ram_kwh,
-        "cpu_power": cpu_kwh * JOULES_PER_KWH / duration,
-        "ram_power": ram_kwh * JOULES_PER_KWH / duration, "gpu_power": 0.0,
+        "cpu_power": joules_from_kwh(cpu_kwh) / duration,
+        "ram_power": joules_from_kwh(ram_kwh) / duration, "gpu_power": 0.0,
         "emissions": carbon_g / 1000, "emissions_rate": carbon_g / 1000 / duration,
     }
 
@@ -204,8 +204,8 @@ def node_rows(ctx: RowContext, window: Window, shares: WindowShares) -> list[dic
         rows.append({**base, "method": "device",
                      **_energy_columns(nw.device_cpu_kwh, nw.device_ram_kwh,
                                        nw.device_carbon_g, duration)})
-        attributed_cpu = shares.node_cpu_j.get(node_id, 0.0) / JOULES_PER_KWH
-        attributed_ram = shares.node_ram_j.get(node_id, 0.0) / JOULES_PER_KWH
+        attributed_cpu = kwh_from_joules(shares.node_cpu_j.get(node_id, 0.0))
+        attributed_ram = kwh_from_joules(shares.node_ram_j.get(node_id, 0.0))
         rows.append({**base, "method": "measured",
                      "settlement": "unsettled" if nw.unsettled else "settled",
                      "estimated": "", "power_source": ctx.host_source,
@@ -220,9 +220,9 @@ def host_row(ctx: RowContext, window: Window, shares: WindowShares, *,
              intensity: tuple[float, str], estimated: bool) -> dict[str, Any]:
     """The host over the window as CodeCarbon measured it, and what no node accounts for."""
     duration = window.duration
-    kwh: Mapping[str, float] = {k: v / JOULES_PER_KWH for k, v in shares.causes_j().items()}
-    cpu, ram, gpu = (shares.host_cpu_j / JOULES_PER_KWH, shares.host_ram_j / JOULES_PER_KWH,
-                     shares.host_gpu_j / JOULES_PER_KWH)
+    kwh: Mapping[str, float] = {k: kwh_from_joules(v) for k, v in shares.causes_j().items()}
+    cpu, ram, gpu = (kwh_from_joules(shares.host_cpu_j), kwh_from_joules(shares.host_ram_j),
+                     kwh_from_joules(shares.host_gpu_j))
     return {
         **ctx.common(window.start, duration), "row_type": "host", "method": "measured",
         "estimated": int(estimated), "node": "",
@@ -236,9 +236,9 @@ def host_row(ctx: RowContext, window: Window, shares: WindowShares, *,
         "emissions_rate": window.emissions_kg / duration, "pue": 1.0,
         "intensity_g_per_kwh": intensity[0], "intensity_source": intensity[1],
         "power_source": ctx.host_source,
-        "attributed_cpu_energy": sum(shares.node_cpu_j.values()) / JOULES_PER_KWH,
-        "attributed_energy": shares.attributed_j / JOULES_PER_KWH,
-        "unattributed_energy": shares.unattributed_j / JOULES_PER_KWH,
+        "attributed_cpu_energy": kwh_from_joules(sum(shares.node_cpu_j.values())),
+        "attributed_energy": kwh_from_joules(shares.attributed_j),
+        "unattributed_energy": kwh_from_joules(shares.unattributed_j),
         "unattributed_idle_energy": kwh["idle"], "unattributed_other_energy": kwh["other"],
         "unattributed_ram_energy": kwh["ram"], "unattributed_gpu_energy": kwh["gpu"],
     }

@@ -1,22 +1,27 @@
 """Running the topology as Docker containers through the Docker SDK (`up --runtime docker`).
 
-The same topology as :class:`~carbonedge.compose.local_runner.LocalRuntime`, with each agent
-in a container limited by ``nano_cpus`` and ``mem_limit`` (swap included) instead of a
-cgroup of our own making. Containers share the host's network, so the Redis URL means the
-same inside and out, and ``up`` starts a Redis on the host when none answers, as the local
-runtime does. Every container carries the project label, which is what ``down`` (this
-process or another) stops: no container of anyone else is touched.
+The same services as :class:`~carbonedge.compose.local_runner.LocalRuntime`, brought up and
+down by the same :class:`~carbonedge.compose.base.TopologyRuntime` (Redis, the node
+allow-list, exported models, the carbon service if asked, the dispatcher, the agents,
+readiness), with each agent in a container limited by ``nano_cpus`` and ``mem_limit`` (swap
+included) instead of a cgroup of our own making. Containers share the host's network, so
+the Redis URL means the same inside and out; they get the same settings as local processes,
+the compose file mounted read-only, and the run dir and export store at their host paths.
+Every container carries the project label, which is what ``down`` (this process or
+another) stops: no container of anyone else is touched.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
-from carbonedge.compose.readiness import clear_stale_in_flight, export_models, wait_until_ready
-from carbonedge.compose.redis_server import ensure_redis, stop_pid
+from carbonedge.compose.base import RuntimeOptions, TopologyRuntime
+from carbonedge.compose.processes import SERVICES, ProcessSpec
+from carbonedge.compose.redis_server import stop_pid
 from carbonedge.compose.topology import Topology
 from carbonedge.errors import RuntimeUnavailable
 from carbonedge.settings import Settings
@@ -46,92 +51,66 @@ def docker_client() -> Any:
     return client
 
 
-class DockerRuntime:
-    """The topology as containers; a context manager that always tears down."""
+class DockerRuntime(TopologyRuntime):
+    """The topology as containers (see :class:`TopologyRuntime` for what every runtime
+    does): each service a container of ``image`` on the host's network, an agent's limited
+    by its service's ``nano_cpus`` and ``mem_limit``."""
 
-    def __init__(
-        self,
-        topology: Topology,
-        settings: Settings,
-        *,
-        scale: dict[str, int] | None = None,
-        preload: tuple[str, ...] = (),
-        image: str = DEFAULT_IMAGE,
-        project: str = "carbonedge",
-        volumes: dict[str, dict[str, str]] | None = None,
-        environment: dict[str, str] | None = None,
-        run_dir: str | Path | None = None,
-        client: Any = None,
-    ) -> None:
-        self.topology = topology
-        self.settings = settings
-        self.scale = scale or {}
-        self.preload = preload
+    STATE_FILE = STATE_FILE
+    READY_POLL_S = 0.25
+
+    def __init__(self, topology: Topology, settings: Settings, *, image: str = DEFAULT_IMAGE,
+                 project: str = "carbonedge", volumes: dict[str, dict[str, str]] | None = None,
+                 environment: dict[str, str] | None = None, client: Any = None,
+                 **options: Unpack[RuntimeOptions]) -> None:
+        super().__init__(topology, settings, **options)
         self.image = image
         self.project = project
         self.volumes = dict(volumes or {})
         self.environment = dict(environment or {})
-        self.run_dir = Path(run_dir or settings.run_dir).resolve()
-        # exported graphs: made on this host, shared with every container at the same path
-        self.export_dir = (Path(settings.export_dir).resolve() if settings.export_dir
-                           else self.run_dir / "models")
         self.client = client
-        self.redis_pid: int | None = None
-        topology.node_ids(self.scale)  # an unknown class fails here, naming the known ones
 
     @property
-    def node_ids(self) -> list[str]:
-        return self.topology.node_ids(self.scale)
+    def export_dir(self) -> Path:
+        """Exported graphs: made on this host, shared with every container at the same path."""
+        return Path(self.settings.export_dir)
 
-    # -- up ----------------------------------------------------------------------------
+    @property
+    def compose_in_service(self) -> str:
+        return TOPOLOGY_IN_CONTAINER
 
-    def up(self, *, wait_s: float = 180.0) -> None:
-        """Start Redis if needed, a dispatcher container and one container per agent."""
-        state_path = self.run_dir / STATE_FILE
-        if state_path.exists():
-            raise RuntimeUnavailable(
-                f"a docker runtime is already recorded in {state_path}; run `carbonedge down`")
+    # -- how a service runs here: a container ------------------------------------------
+
+    def _check_free(self) -> None:
         self.client = self.client or docker_client()
         if self.containers():
             raise RuntimeUnavailable(f"containers of project {self.project!r} already exist; "
                                      "run `carbonedge down` first")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            owned = ensure_redis(self.settings.redis_url, self.run_dir)
-            self.redis_pid = owned.pid if owned else None
-            self._write_state(state_path)
-            clear_stale_in_flight(self.settings.redis_url)
-            export_models(self.topology, self.node_ids,
-                          self.settings.replace(export_dir=str(self.export_dir)),
-                          self.run_dir / "export.log")
-            self._run("dispatcher", ["dispatcher"])
-            for node_id in self.node_ids:
-                spec = self.topology.node(node_id)
-                args = ["agent", "--node", node_id]
-                for name in self.preload:
-                    args += ["--preload", name]
-                self._run(node_id, args, nano_cpus=round(spec.cpus * NANO),
-                          mem_limit=spec.mem_limit_bytes,
-                          healthcheck=self._healthcheck(node_id))
-            self.wait_ready(wait_s)
-        except BaseException:
-            self.down()
-            raise
+
+    def _start(self, specs: Sequence[ProcessSpec]) -> None:
+        for spec in specs:
+            limits: dict[str, Any] = {}
+            if spec.args[:1] == ("agent",):
+                node = self.topology.node(spec.name)
+                limits = dict(nano_cpus=round(node.cpus * NANO), mem_limit=node.mem_limit_bytes,
+                              healthcheck=self._healthcheck(spec.name))
+            self._run(spec.name, list(spec.args), **limits)
 
     def _run(self, name: str, args: list[str], **limits: Any) -> None:
         self.export_dir.mkdir(parents=True, exist_ok=True)
+        # the run dir (the carbon service's CSV) and the export store keep their host paths
         volumes = {str(self.topology.source.resolve()): {"bind": TOPOLOGY_IN_CONTAINER,
                                                          "mode": "ro"},
                    str(self.export_dir): {"bind": str(self.export_dir), "mode": "rw"},
+                   str(self.run_dir): {"bind": str(self.run_dir), "mode": "rw"},
                    **self.volumes}
-        environment = {"CARBONEDGE_REDIS_URL": self.settings.redis_url,
+        if self.settings.model_dir:
+            model_dir = str(Path(self.settings.model_dir).resolve())
+            volumes.setdefault(model_dir, {"bind": model_dir, "mode": "ro"})
+        # the same settings as a local process gets (the node allow-list among them), with
+        # the compose file where the containers see it
+        environment = {**self.settings.to_env(),
                        "CARBONEDGE_COMPOSE_FILE": TOPOLOGY_IN_CONTAINER,
-                       "CARBONEDGE_EXPORT_DIR": str(self.export_dir),
-                       "CARBONEDGE_HEARTBEAT_INTERVAL_S": str(self.settings.heartbeat_interval_s),
-                       "CARBONEDGE_HEARTBEAT_MISSED_BEATS": str(self.settings.heartbeat_missed_beats),
-                       # the dispatcher believes heartbeats of this runtime's nodes only
-                       "CARBONEDGE_NODE_ALLOWLIST": (self.settings.node_allowlist
-                                                     or ",".join(self.node_ids)),
                        "PYTHONUNBUFFERED": "1", **self.environment}
         if "mem_limit" in limits:  # swap must not dodge the node's memory limit
             limits["memswap_limit"] = limits["mem_limit"]
@@ -146,11 +125,6 @@ class DockerRuntime:
                 "interval": 10 * NANO, "timeout": 10 * NANO, "retries": 3,
                 "start_period": 120 * NANO}
 
-    def wait_ready(self, timeout_s: float) -> None:
-        """Block until every agent's heartbeat and the dispatcher's beat are visible."""
-        wait_until_ready(self.settings.redis_url, self.node_ids, timeout_s,
-                         check_started=self._check_started, poll_s=0.25)
-
     def _check_started(self) -> None:
         for container in self.containers():
             if container.status in ("exited", "dead"):
@@ -158,7 +132,7 @@ class DockerRuntime:
                 raise RuntimeUnavailable(
                     f"container {container.name} exited during start-up; its log ends:\n{tail}")
 
-    def _write_state(self, path: Path) -> None:
+    def _save_state(self, path: Path) -> None:
         path.write_text(json.dumps({"project": self.project, "redis_pid": self.redis_pid}))
 
     # -- down --------------------------------------------------------------------------
@@ -169,10 +143,10 @@ class DockerRuntime:
             all=True, filters={"label": f"{PROJECT_LABEL}={self.project}"})
 
     def down(self, *, grace_s: int = 10) -> None:
-        """Stop agents (they withdraw their heartbeats), then the dispatcher; remove them."""
+        """Stop agents (they withdraw their heartbeats), then the services; remove them."""
         if self.client is not None:
             containers = self.containers()
-            agents = [c for c in containers if c.labels.get(NODE_LABEL) != "dispatcher"]
+            agents = [c for c in containers if c.labels.get(NODE_LABEL) not in SERVICES]
             for group in (agents, [c for c in containers if c not in agents]):
                 for container in group:
                     container.stop(timeout=grace_s)
@@ -196,10 +170,3 @@ class DockerRuntime:
         runtime.client = docker_client()
         runtime.down()
         return True
-
-    def __enter__(self) -> DockerRuntime:
-        self.up()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.down()

@@ -1,15 +1,14 @@
 """Running the topology as local processes: each agent in its own cgroup.
 
-``LocalRuntime.up()`` makes sure Redis answers (starting one it then owns), exports the
-declared models to ONNX if a node runs ONNX Runtime and the shared store lacks them (in a
-process of its own, outside every node's cgroup: torch needs more memory than a small node
-has), starts the dispatcher, the carbon service if asked, and one agent per node id, each
-inside a cgroup with the service's CPU quota and memory limit, and waits for every
-heartbeat. With ``supervise`` (what `carbonedge up` does) the processes are started by a
-detached supervisor that restarts any that exits (:mod:`carbonedge.compose.supervisor`);
-otherwise (tests, the demo) by this process, and nothing restarts them. What it started
-is written to a state file so that ``carbonedge down`` (another process) can stop
-exactly that.
+What every runtime does (Redis, the allow-list, exported models, the carbon service, the
+dispatcher and the agents, readiness, teardown) is :class:`~carbonedge.compose.base.
+TopologyRuntime`'s. Here each service is a `carbonedge` process, and each agent runs
+inside a cgroup with its service's CPU quota and memory limit (exporting the models runs
+outside them: torch needs more memory than a small node has). With ``supervise`` (what
+`carbonedge up` does) the processes are started by a detached supervisor that restarts any
+that exits (:mod:`carbonedge.compose.supervisor`); otherwise (tests, the demo) by this
+process, and nothing restarts them. What it started is written to a state file so that
+``carbonedge down`` (another process) can stop exactly that.
 """
 
 from __future__ import annotations
@@ -19,14 +18,15 @@ import logging
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import redis
 
-from carbonedge.carbon.codecarbon_adapter import check_host_grid
-from carbonedge.compose.cgroups import DEFAULT_PARENT, NodeCgroup, cgroups_available
+from carbonedge.cgroups import DEFAULT_PARENT, NodeCgroup, cgroups_available
+from carbonedge.compose.base import RuntimeOptions, TopologyRuntime
 from carbonedge.compose.processes import (
     ProcessRecord,
     ProcessSpec,
@@ -35,8 +35,7 @@ from carbonedge.compose.processes import (
     signal_pid,
     stop_in_order,
 )
-from carbonedge.compose.readiness import clear_stale_in_flight, export_models, wait_until_ready
-from carbonedge.compose.redis_server import ensure_redis, stop_pid
+from carbonedge.compose.redis_server import stop_pid
 from carbonedge.compose.supervisor import read_supervised, write_specs
 from carbonedge.compose.topology import Topology
 from carbonedge.connections import redis_client
@@ -73,137 +72,77 @@ class RuntimeState:
         return cls(**data)
 
 
-class LocalRuntime:
-    """The topology as local processes; a context manager that always tears down."""
+class LocalRuntime(TopologyRuntime):
+    """The topology as local processes, each agent in its cgroup (see :class:`TopologyRuntime`
+    for what every runtime does)."""
 
-    def __init__(
-        self,
-        topology: Topology,
-        settings: Settings,
-        *,
-        scale: dict[str, int] | None = None,
-        preload: tuple[str, ...] = (),
-        run_dir: str | Path | None = None,
-        dispatcher_args: tuple[str, ...] = (),
-        carbon_service: bool = False,
-        supervise: bool = False,
-    ) -> None:
-        self.topology = topology
-        self.settings = settings
-        self.scale = scale or {}
-        self.preload = preload
-        self.dispatcher_args = dispatcher_args
-        """Extra `carbonedge dispatcher` options, e.g. ``("--metrics-port", "9808")``."""
-        self.carbon_service = carbon_service
-        """Also run `carbonedge carbon` (the host tracker, ledger and reconciliation)."""
+    STATE_FILE = STATE_FILE
+
+    def __init__(self, topology: Topology, settings: Settings, *, supervise: bool = False,
+                 **options: Unpack[RuntimeOptions]) -> None:
+        self.state = RuntimeState(redis_url=settings.redis_url)
+        super().__init__(topology, settings, **options)
         self.supervise = supervise
         """Start the processes through a detached supervisor that restarts them."""
-        self.run_dir = Path(run_dir or settings.run_dir).resolve()
-        # every process reads the same compose file (the dispatcher its declared models) and
-        # the agents share one store of exported graphs
-        self.settings = settings.replace(
-            compose_file=str(topology.source.resolve()),
-            export_dir=str(Path(settings.export_dir).resolve() if settings.export_dir
-                           else self.run_dir / "models"))
-        self.state = RuntimeState(redis_url=settings.redis_url)
-        topology.node_ids(self.scale)  # an unknown class fails here, naming the known ones
 
     @property
-    def emissions_csv(self) -> Path:
-        """Where the carbon service (if run) writes its emissions CSV."""
-        return Path(self.settings.carbon_csv) if self.settings.carbon_csv \
-            else self.run_dir / "emissions.csv"
+    def redis_pid(self) -> int | None:
+        return self.state.redis_pid
 
-    @property
-    def node_ids(self) -> list[str]:
-        return self.topology.node_ids(self.scale)
+    @redis_pid.setter
+    def redis_pid(self, pid: int | None) -> None:
+        self.state.redis_pid = pid
 
-    # -- up ----------------------------------------------------------------------------
+    # -- how a service runs here: a process, an agent in its cgroup ----------------------
 
-    def up(self, *, wait_s: float = 120.0) -> None:
-        """Start Redis if needed, the dispatcher and every agent; wait for their heartbeats."""
-        state_path = self.run_dir / STATE_FILE
-        if state_path.exists():
-            raise RuntimeUnavailable(
-                f"a runtime is already recorded in {state_path}; run `carbonedge down` first")
-        if self.carbon_service:  # a host grid CodeCarbon has no data for stops start-up
-            check_host_grid(self.settings.host_country, self.settings.host_region)
-        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        if not self.settings.node_allowlist:  # the dispatcher believes our nodes only
-            self.settings = self.settings.replace(node_allowlist=",".join(self.node_ids))
-        try:
-            owned = ensure_redis(self.settings.redis_url, self.run_dir)
-            self.state.redis_pid = owned.pid if owned else None
-            clear_stale_in_flight(self.settings.redis_url)
-            ok, why = cgroups_available(self.settings.cgroup_parent)
-            self.state.constrained = ok
-            if not ok:
-                log.warning("cannot create cgroups (%s): agents run WITHOUT CPU or memory limits",
-                            why)
-            self._export_models()
-            specs = self._specs()
-            if self.supervise:
-                write_specs(self.run_dir, specs)
-                self.state.supervisor_pid = self._launch(ProcessSpec(
-                    SUPERVISOR, ("supervise", "--run-dir", str(self.run_dir)))).pid
-            else:
-                for spec in specs:
-                    self._start(spec)
-            self.state.save(state_path)
-            self.wait_ready(wait_s)
-        except BaseException:
-            self.down()
-            raise
+    def _prepare(self) -> None:
+        ok, why = cgroups_available(self.settings.cgroup_parent)
+        self.state.constrained = ok
+        if not ok:
+            log.warning("cannot create cgroups (%s): agents run WITHOUT CPU or memory limits",
+                        why)
 
-    def _specs(self) -> list[ProcessSpec]:
-        """The carbon service (if asked), the dispatcher, then the agents in their cgroups."""
-        specs = []
-        if self.carbon_service:
-            specs.append(ProcessSpec("carbon", ("carbon", "--csv", str(self.emissions_csv))))
-        specs.append(ProcessSpec("dispatcher", ("dispatcher", *self.dispatcher_args)))
-        specs += [self._agent_spec(node_id) for node_id in self.node_ids]
-        return specs
+    def _start(self, specs: Sequence[ProcessSpec]) -> None:
+        specs = [self._in_cgroup(s) if s.args[:1] == ("agent",) else s for s in specs]
+        if self.supervise:
+            write_specs(self.run_dir, specs)
+            self.state.supervisor_pid = self._launch(ProcessSpec(
+                SUPERVISOR, ("supervise", "--run-dir", str(self.run_dir)))).pid
+        else:
+            for spec in specs:
+                self._start_one(spec)
 
-    def _export_models(self) -> None:
-        export_models(self.topology, self.node_ids, self.settings,
-                      self.run_dir / "logs" / "export.log")
+    def _save_state(self, path: Path) -> None:
+        self.state.save(path)
 
-    def _agent_spec(self, node_id: str) -> ProcessSpec:
-        spec = self.topology.node(node_id)
-        cgroup = None
-        if self.state.constrained:
-            made = NodeCgroup.create(node_id, spec.cpus, spec.mem_limit_bytes,
-                                     self.settings.cgroup_parent)
-            cgroup = f"{made.parent}/{made.name}"
-            if cgroup not in self.state.cgroups:
-                self.state.cgroups.append(cgroup)
-        args = ["agent", "--node", node_id, "--compose", str(self.topology.source)]
-        for name in self.preload:
-            args += ["--preload", name]
-        return ProcessSpec(node_id, tuple(args), cgroup)
+    def _in_cgroup(self, spec: ProcessSpec) -> ProcessSpec:
+        """An agent's spec with the cgroup of its node (created now) when cgroups can be."""
+        if not self.state.constrained:
+            return spec
+        node = self.topology.node(spec.name)
+        made = NodeCgroup.create(spec.name, node.cpus, node.mem_limit_bytes,
+                                 self.settings.cgroup_parent)
+        cgroup = f"{made.parent}/{made.name}"
+        if cgroup not in self.state.cgroups:
+            self.state.cgroups.append(cgroup)
+        return replace(spec, cgroup=cgroup)
 
     def _launch(self, spec: ProcessSpec) -> Any:
         env = {**os.environ, **self.settings.to_env(), "PYTHONUNBUFFERED": "1"}
-        return launch(spec, env, self.run_dir / "logs" / f"{spec.name}.log")
+        return launch(spec, env, self.logs_dir / f"{spec.name}.log")
 
-    def _start(self, spec: ProcessSpec) -> None:
+    def _start_one(self, spec: ProcessSpec) -> None:
         proc = self._launch(spec)
         self.state.processes.append(ProcessRecord(
-            name=spec.name, pid=proc.pid, log=str(self.run_dir / "logs" / f"{spec.name}.log"),
+            name=spec.name, pid=proc.pid, log=str(self.logs_dir / f"{spec.name}.log"),
             cgroup=spec.cgroup))
 
     def restart_agent(self, node_id: str) -> None:
         """Start ``node_id``'s agent again after it died (same cgroup, same arguments);
         for a runtime that is not supervised (a supervised one restarts it by itself)."""
         self.state.processes = [p for p in self.state.processes if p.name != node_id]
-        self._start(self._agent_spec(node_id))
+        self._start_one(self._in_cgroup(ProcessSpec(node_id, self.agent_args(node_id))))
         self.state.save(self.run_dir / STATE_FILE)
-
-    def wait_ready(self, timeout_s: float) -> None:
-        """Block until every agent's heartbeat and the dispatcher's beat are visible."""
-        wait_until_ready(self.settings.redis_url, self.node_ids, timeout_s,
-                         check_started=self._check_started, carbon_service=self.carbon_service,
-                         host_id=self.settings.host_id)
 
     def _check_started(self) -> None:
         """Raise if a process died during start-up (supervised: if one had to restart)."""
@@ -237,13 +176,6 @@ class LocalRuntime:
         stop_processes(state, grace_s, path.parent)
         path.unlink(missing_ok=True)
         return state
-
-    def __enter__(self) -> LocalRuntime:
-        self.up()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.down()
 
 
 def stop_processes(state: RuntimeState, grace_s: float, run_dir: Path) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from carbonedge.compose.cgroups import DEFAULT_PARENT, NodeCgroup
+from carbonedge.cgroups import DEFAULT_PARENT, NodeCgroup
 from carbonedge.errors import CarbonEdgeError
 
 log = logging.getLogger(__name__)

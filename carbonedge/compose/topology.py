@@ -35,7 +35,8 @@ from typing import Any
 
 import yaml
 
-from carbonedge.carbon.intensity import IntensityProvider, create_provider
+from carbonedge.carbon.intensity import create_provider
+from carbonedge.carbon.providers import IntensityProvider
 from carbonedge.errors import CarbonEdgeError, ConfigError, UnknownNode
 from carbonedge.node_agent.backend import AUTO, RUNTIMES
 from carbonedge.partitioner.catalog import Catalogue, load_catalogue

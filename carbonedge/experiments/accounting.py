@@ -3,7 +3,7 @@
 A :class:`OutcomeLedger` subscribes to every result announcement (``celery-task-meta-*``)
 before anything is submitted, on a connection of its own, so it sees each result that
 was delivered, including any second one for the same request. Requests go straight onto
-the request stream (as :class:`~carbonedge.broker.client.Client` sends them), so the
+the request stream (as :class:`~carbonedge.client.Client` sends them), so the
 ledger can submit thousands quickly and count them independently of the client code.
 """
 
@@ -19,12 +19,12 @@ from typing import Any
 import msgpack
 import redis
 
-from carbonedge.broker.client import build_request
-from carbonedge.broker.listener import RESULT_KEY_PREFIX
+from carbonedge.client.requests import build_request
 from carbonedge.connections import confirm_replicated, redis_client
 from carbonedge.errors import RuntimeUnavailable
 from carbonedge.protocol import keys
 from carbonedge.protocol.messages import pack
+from carbonedge.transport.listener import RESULT_KEY_PREFIX
 
 
 @dataclass

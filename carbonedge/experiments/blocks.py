@@ -23,8 +23,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from carbonedge.broker.client import Client
-from carbonedge.broker.results import InferenceResult
+from carbonedge.client import Client
+from carbonedge.client.results import InferenceResult
 from carbonedge.connections import redis_client
 from carbonedge.experiments.stats import Interval, bootstrap_mean_ci, mean_ci
 from carbonedge.experiments.workload import percentile

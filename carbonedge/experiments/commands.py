@@ -21,7 +21,8 @@ def run_paper_command(settings: Settings, given: Mapping[str, Any], *, quick: bo
                       progress: bool) -> int:
     from carbonedge.experiments.demo import format_table
     from carbonedge.experiments.paper import PaperOptions, run_paper
-    from carbonedge.experiments.paper_report import build_report, write_outputs
+    from carbonedge.experiments.paper_report import build_report
+    from carbonedge.experiments.writing import write_outputs
 
     options = _options(PaperOptions, given, quick=quick, progress=progress)
     run = run_paper(settings, options)
@@ -50,11 +51,8 @@ def run_paper_command(settings: Settings, given: Mapping[str, Any], *, quick: bo
 def run_temporal_command(settings: Settings, given: Mapping[str, Any], *, quick: bool,
                          progress: bool) -> int:
     from carbonedge.experiments.temporal import TemporalOptions, run_temporal
-    from carbonedge.experiments.temporal_report import (
-        build_temporal_report,
-        format_temporal,
-        write_temporal_outputs,
-    )
+    from carbonedge.experiments.temporal_report import build_temporal_report, format_temporal
+    from carbonedge.experiments.writing import write_temporal_outputs
 
     options = _options(TemporalOptions, given, quick=quick, progress=progress)
     run = run_temporal(settings, options)

@@ -13,9 +13,9 @@ import math
 import sys
 from collections.abc import Sequence
 
-from carbonedge.broker.client import Client
 from carbonedge.carbon.report import format_report
 from carbonedge.carbon.report import summarise as summarise_emissions
+from carbonedge.client import Client
 from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.compose.topology import load_topology
 from carbonedge.experiments.blocks import (

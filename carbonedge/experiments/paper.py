@@ -21,7 +21,7 @@ from pathlib import Path
 import redis
 from tqdm import tqdm
 
-from carbonedge.broker.client import Client
+from carbonedge.client import Client
 from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.compose.topology import Topology, load_topology
 from carbonedge.errors import ConfigError, RuntimeUnavailable

@@ -13,7 +13,6 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from carbonedge.experiments.blocks import ArmSummary, TaskRecord, summarise_arms
@@ -21,8 +20,6 @@ from carbonedge.experiments.outputs import (
     machine,
     topology_info,
     versions,
-    write_csv,
-    write_json,
 )
 from carbonedge.experiments.paper import (
     CONFIG_LABELS,
@@ -33,7 +30,8 @@ from carbonedge.experiments.paper import (
 )
 from carbonedge.experiments.stats import Interval
 
-__all__ = ["METHODS", "Oracle", "PaperReport", "build_report", "write_outputs"]
+__all__ = ["METHODS", "TASK_COLUMNS", "Oracle", "PaperReport", "build_report", "results_json",
+           "task_rows"]
 
 METHODS = ("device", "measured")
 BASELINE = "monolithic"
@@ -242,19 +240,3 @@ def results_json(report: PaperReport) -> dict[str, Any]:
                       for row in report.sweep],
         },
     }
-
-
-def write_outputs(report: PaperReport, out: Path) -> list[Path]:
-    """Every file of a paper run in ``out``; returns their paths."""
-    from carbonedge.experiments.figures import fig2, fig3
-    from carbonedge.experiments.tables import paper_tables
-
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "results.json", out / "tasks.csv", out / "tables.md", out / "fig2.png",
-             out / "fig3.png"]
-    write_json(paths[0], results_json(report))
-    write_csv(paths[1], task_rows(report.run), TASK_COLUMNS)
-    paths[2].write_text(paper_tables(report), encoding="utf-8")
-    fig2(report, paths[3])
-    fig3(report, paths[4])
-    return paths + [p for p in report.run.emissions_csvs if p.parent == out]

@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from carbonedge.carbon.intensity import TraceProvider, create_provider
+from carbonedge.carbon.intensity import create_provider
+from carbonedge.carbon.trace import TraceProvider
 from carbonedge.compose.topology import Topology
 from carbonedge.errors import ConfigError
 

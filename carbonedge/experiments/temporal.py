@@ -34,9 +34,9 @@ import numpy as np
 import redis
 from tqdm import tqdm
 
-from carbonedge.broker.client import Client, InferenceHandle
-from carbonedge.broker.images import preprocess_image
 from carbonedge.carbon.forecast import get_forecaster
+from carbonedge.client import Client, InferenceHandle
+from carbonedge.client.images import preprocess_image
 from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.compose.topology import Topology, load_topology
 from carbonedge.errors import CarbonBudgetExceeded, CarbonEdgeError, ConfigError

@@ -17,24 +17,22 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
+from carbonedge.carbon.power import carbon_grams
 from carbonedge.experiments.blocks import ArmSummary, TaskRecord, summarise_arms
 from carbonedge.experiments.outputs import (
     machine,
     topology_info,
     versions,
-    write_csv,
-    write_json,
 )
 from carbonedge.experiments.replay import HOUR
 from carbonedge.experiments.stats import Interval, bootstrap_mean_ci
 from carbonedge.experiments.temporal import TemporalRun
 from carbonedge.experiments.workload import percentile
 
-__all__ = ["TemporalReport", "build_temporal_report", "format_temporal",
-           "write_temporal_outputs"]
+__all__ = ["TASK_COLUMNS", "TemporalReport", "build_temporal_report", "format_temporal",
+           "results_json", "task_rows"]
 
 BASELINE = "agnostic"
 TASK_COLUMNS = (
@@ -115,7 +113,8 @@ def oracles(run: TemporalRun) -> dict[str, float]:
 
     def best(hour: int) -> float:
         when = run.window.start + hour * HOUR
-        return min(e * run.zones[n].value_at(when) * pue.get(n, 1.0) for n, e in kwh.items())
+        return min(carbon_grams(e, run.zones[n].value_at(when), pue.get(n, 1.0))
+                   for n, e in kwh.items())
 
     spatial, temporal = [], []
     for a in run.arrivals:
@@ -293,18 +292,6 @@ def results_json(report: TemporalReport) -> dict[str, Any]:
         "summary": report.summary,
     }
 
-
-def write_temporal_outputs(report: TemporalReport, out: Path) -> list[Path]:
-    from carbonedge.experiments.figures import fig_temporal
-
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "results.json", out / "tasks.csv", out / "fig_temporal.png"]
-    write_json(paths[0], results_json(report))
-    write_csv(paths[1], task_rows(report.run), TASK_COLUMNS)
-    fig_temporal(report, paths[2])
-    if report.run.compose is not None:
-        paths.append(report.run.compose)
-    return paths
 
 
 def _pct(d: dict[str, float]) -> str:

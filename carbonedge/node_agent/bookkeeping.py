@@ -8,11 +8,11 @@ import threading
 
 import redis
 
-from carbonedge.broker.repair import RESET_FIELD_LUA
 from carbonedge.carbon.ledger import LEDGER_MAXLEN, LedgerRow
 from carbonedge.protocol import keys
 from carbonedge.protocol.untrusted import Rejections, is_wrong_type, move_aside_sync
 from carbonedge.scheduler.budgets import period_index
+from carbonedge.transport.repair import RESET_FIELD
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class TaskBookkeeper:
         elif command == "HINCRBYFLOAT" and field is not None:  # adding to no number fails
             bad = self._client.hget(key, field)
             if bad is not None:
-                self._client.eval(RESET_FIELD_LUA, 1, key, field, bad, "")
+                RESET_FIELD(self._client, [key], [field, bad, ""])
             self.rejections.reject("bookkeeping", f"{key} {field}",
                                    f"value {bad!r:.40} is not a number: removed")
         else:

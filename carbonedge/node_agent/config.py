@@ -6,7 +6,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from carbonedge.carbon.intensity import IntensityProvider, StaticProvider
+from carbonedge.carbon.providers import IntensityProvider, StaticProvider
 from carbonedge.carbon.units import CarbonIntensity
 
 

@@ -18,9 +18,9 @@ from typing import Any
 
 from carbonedge.carbon.device import DeviceCharge, DevicePower
 from carbonedge.carbon.forecast import forecast_steps, known_forecasters
-from carbonedge.carbon.intensity import IntensityReading
 from carbonedge.carbon.ledger import LedgerRow
 from carbonedge.carbon.power import carbon_grams
+from carbonedge.carbon.providers import IntensityReading
 from carbonedge.node_agent.config import AgentConfig
 
 log = logging.getLogger(__name__)

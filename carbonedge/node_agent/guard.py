@@ -4,7 +4,7 @@ Before running a request the dispatcher routed here (``counted``), the agent che
 recovery did not move it: when the node was declared dead and came back, its queue may
 hold requests that were meanwhile re-dispatched elsewhere (gone from this node's
 ``ce:assigned`` registry, an attempt counted in ``ce:attempts``).
-After running it, the result goes through :func:`carbonedge.broker.delivery.deliver`,
+After running it, the result goes through :func:`carbonedge.transport.delivery.deliver`,
 which drops it if another node's result was delivered first.
 """
 
@@ -17,11 +17,11 @@ from typing import Any
 
 import redis
 
-from carbonedge.broker.delivery import deliver
 from carbonedge.errors import CarbonEdgeError, InferenceFailed
 from carbonedge.protocol import keys
 from carbonedge.protocol.messages import error_result
 from carbonedge.protocol.untrusted import parse_count
+from carbonedge.transport.delivery import deliver
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class DeliveryGuard:
         the node's registry, as a result would; returns whether the answer was delivered
         (a result delivered before wins).
         """
-        owned = self._owns(task_id, self.node_id, unknown=False)
+        owned = self.owns(task_id, unknown=False)
         if owned:
             try:
                 self._client.hincrby(keys.IN_FLIGHT, self.node_id, -1)
@@ -107,11 +107,19 @@ class DeliveryGuard:
         moved = parse_count(moves) if not isinstance(moves, Exception) else None
         return moved is not None and moved >= attempt
 
-    def _owns(self, task_id: str, owner: str, *, unknown: bool = True) -> bool:
-        """Whether ``task_id`` is in ``owner``'s registry (``unknown`` when Redis cannot
+    def may_run(self, task_id: str, payload: Any) -> bool:
+        """Whether a task that arrived here may run: one the dispatcher did not route
+        (``counted``) always may; a routed one only while it is still assigned to this node
+        (a request re-dispatched while its task waited here must not run twice)."""
+        if not isinstance(payload, dict) or payload.get("counted") is not True:
+            return True
+        return self.owns(task_id)
+
+    def owns(self, task_id: str, *, unknown: bool = True) -> bool:
+        """Whether ``task_id`` is in this node's registry (``unknown`` when Redis cannot
         tell: for running, True is safe, as delivery is guarded)."""
         try:
-            return bool(self._client.hexists(keys.assigned_key(owner), task_id))
+            return bool(self._client.hexists(keys.assigned_key(self.node_id), task_id))
         except redis.RedisError as e:
             log.warning("could not check ownership of %s: %s", task_id, e)
             return unknown

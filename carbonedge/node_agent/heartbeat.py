@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import redis
 
-from carbonedge.node_agent.cgroup import CgroupAccounting
+from carbonedge.cgroups import CgroupAccounting
 from carbonedge.node_agent.config import AgentConfig
 from carbonedge.node_agent.energy import EnergyAccountant
 from carbonedge.node_agent.stats import ExecStats

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import redis
 
-from carbonedge.carbon.intensity import IntensityReading
+from carbonedge.carbon.providers import IntensityReading
+from carbonedge.cgroups import CgroupAccounting
 from carbonedge.errors import (
     CarbonEdgeError,
     InferenceFailed,
@@ -21,7 +22,6 @@ from carbonedge.errors import (
 )
 from carbonedge.node_agent.backend import ModelBackend
 from carbonedge.node_agent.bookkeeping import TaskBookkeeper
-from carbonedge.node_agent.cgroup import CgroupAccounting
 from carbonedge.node_agent.charging import ChargeMeter, Stretch
 from carbonedge.node_agent.config import AgentConfig
 from carbonedge.node_agent.energy import EnergyAccountant, charge_fields, ledger_row, stretch_row
@@ -69,7 +69,7 @@ class AgentRuntime:
         self.stats = stats
         self._bookkeeper = bookkeeper
         self._redis = redis_client
-        self._limits = TensorLimits(max_elements=settings.max_tensor_elements)
+        self.limits = TensorLimits(max_elements=settings.max_tensor_elements)
         self._warm: set[str] = set()
         self.meter = meter or ChargeMeter(accounting.cpu_usage_s, config.cpu_quota)
 
@@ -129,10 +129,10 @@ class AgentRuntime:
                 result = run(payload, started_at)
             except CarbonEdgeError as e:
                 log.warning("request %s failed: %s", req_id, e)
-                result = self._error(payload, req_id, e, started_at)
+                result = self.error_result(payload, req_id, e, started_at)
             except Exception as e:  # a model crash must become an error result, not a dead worker
                 log.exception("request %s crashed", req_id)
-                result = self._error(payload, req_id,
+                result = self.error_result(payload, req_id,
                                      InferenceFailed(f"{type(e).__name__}: {e}"), started_at)
         finally:
             self._account(payload, req_id, result, started_at, reading, sample)
@@ -174,14 +174,14 @@ class AgentRuntime:
     def _infer(self, payload: dict[str, Any], started_at: float) -> dict[str, Any]:
         name = require(payload, "model", str)
         served = self.models.get(name)
-        tensor = self._input(payload)
+        tensor = self.read_input(payload)
         if isinstance(tensor, dict) and tensor.get("dtype") not in FLOAT_DTYPES:
             raise InvalidTensor(
                 f"input.dtype {tensor.get('dtype')!r} is not a float type; a model takes "
                 f"normalised float input ({', '.join(FLOAT_DTYPES)})",
                 field="input.dtype",
             )
-        x = decode_tensor(tensor, self._limits, expect_shape=served.input_shapes)
+        x = decode_tensor(tensor, self.limits, expect_shape=served.input_shapes)
         if x.dtype != np.float32:
             raise InvalidTensor(f"input dtype must be float32, got {x.dtype.name}",
                                 field="input.dtype")
@@ -193,7 +193,7 @@ class AgentRuntime:
         t1 = time.perf_counter()
         cpu_s = max(time.process_time() - cpu0, 0.0)
         ids, scores = top_k(logits, 5)
-        result = self._ok(payload, started_at, (t1 - t0) * 1e3, cpu_s)
+        result = self.ok_result(payload, started_at, (t1 - t0) * 1e3, cpu_s)
         result.update(
             model=name,
             output={"top5_ids": ids, "top5_scores": scores},
@@ -233,7 +233,7 @@ class AgentRuntime:
         cpu_ms = timings["cpu_s"] * 1e3
         return cpu_ms / self.config.cpu_quota if cpu_ms > 0 else timings["exec_ms"]
 
-    def _input(self, payload: dict[str, Any]) -> Any:
+    def read_input(self, payload: dict[str, Any]) -> Any:
         """The request's tensor map: inline, or fetched from its ``ce:input:<id>`` key."""
         if payload.get("input_ref") is not True:
             return payload.get("input")
@@ -245,12 +245,13 @@ class AgentRuntime:
         return unpack(raw, max_bytes=self.settings.max_payload_bytes)
 
     def _ping(self, payload: dict[str, Any], started_at: float) -> dict[str, Any]:
-        return self._ok(payload, started_at, 0.0, 0.0)
+        return self.ok_result(payload, started_at, 0.0, 0.0)
 
-    def _ok(
+    def ok_result(
         self, payload: dict[str, Any], started_at: float, exec_ms: float, cpu_s: float
     ) -> dict[str, Any]:
-        """A success result; energy and carbon are added once the whole task is measured."""
+        """A success result of this node; energy and carbon are added once the whole task is
+        measured."""
         return {
             "v": PROTOCOL_VERSION,
             "id": payload["id"],
@@ -280,9 +281,10 @@ class AgentRuntime:
             "cpu_s": cpu_s,
         }
 
-    def _error(
+    def error_result(
         self, payload: Any, req_id: str, error: CarbonEdgeError, started_at: float
     ) -> dict[str, Any]:
+        """The error result of this node for ``payload``, naming ``error``."""
         extra: dict[str, Any] = {"kind": "infer", "timings": {"started_at": started_at}}
         if isinstance(payload, dict):
             extra.update(model=payload.get("model"), mode=payload.get("mode"),

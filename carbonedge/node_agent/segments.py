@@ -28,7 +28,6 @@ import numpy as np
 import redis
 from celery import Celery
 
-from carbonedge.broker.publish import encode_task_message
 from carbonedge.errors import (
     CarbonEdgeError,
     DispatchFailed,
@@ -37,10 +36,12 @@ from carbonedge.errors import (
     InvalidTensor,
 )
 from carbonedge.partitioner.outputs import top_k
-from carbonedge.partitioner.routes import Route, RouteSegment
 from carbonedge.protocol import keys
 from carbonedge.protocol.codec import decode_tensor, encode_tensor
+from carbonedge.protocol.lua import LuaScript
 from carbonedge.protocol.messages import PROTOCOL_VERSION, pack, require, unpack
+from carbonedge.protocol.routes import Route, RouteSegment
+from carbonedge.transport.publish import encode_task_message
 
 if TYPE_CHECKING:
     from carbonedge.node_agent.runtime import AgentRuntime
@@ -48,22 +49,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PROFILE_REPEATS = 3
-HAND_ON_LUA = """
--- KEYS: this node's assigned hash, the next node's, the activation, the next queue, in-flight
--- ARGV: request id, counted '1'/'0', activation, expiry s, task message, next node id
--- A dispatched request moves to the next node's registry with its task (if that node dies,
--- the request is re-dispatched); one taken from this node meanwhile is not handed on.
-if ARGV[2] == '1' then
-  local request = redis.call('HGET', KEYS[1], ARGV[1])
-  if not request then return 0 end
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('HSET', KEYS[2], ARGV[1], request)
-  redis.call('HINCRBY', KEYS[5], ARGV[6], 1)
-end
-redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
-redis.call('LPUSH', KEYS[4], ARGV[5])
-return 1
-"""
+HAND_ON = LuaScript(__package__, "hand_on.lua")
+"""Stores the activation and queues the next segment, moving the request's registry entry
+to the next node, in one step (see hand_on.lua)."""
 _ACTIVATION = "_activation"
 """Result-map slot of the output tensor between running a segment and handing it on."""
 
@@ -71,12 +59,12 @@ _ACTIVATION = "_activation"
 class SegmentExecutor:
     """Runs segments for one agent and keeps its flattened models and their profiles."""
 
-    def __init__(self, runtime: AgentRuntime, app: Celery) -> None:
+    def __init__(self, runtime: AgentRuntime, app: Celery, client: redis.Redis) -> None:
         self.runtime = runtime
         self.app = app
+        self._redis = client
         self._profiled: dict[str, int] = {}
         """Models profiled here, with their block count (0: served whole only)."""
-        self._hand_on = runtime._redis.register_script(HAND_ON_LUA)
 
     # -- profiles ----------------------------------------------------------------------
 
@@ -121,7 +109,7 @@ class SegmentExecutor:
             "blocks": blocks,
         }
         try:
-            self.runtime._redis.set(keys.block_profile_key(model, cfg.node_id), pack(record))
+            self._redis.set(keys.block_profile_key(model, cfg.node_id), pack(record))
         except redis.RedisError as e:
             log.warning("could not store the block profile of %s: %s", model, e)
         log.info("profiled %s: %d blocks, %.1f ms in all", model, len(blocks),
@@ -159,7 +147,7 @@ class SegmentExecutor:
         except Exception as e:  # a crash in the blocks is the segment's error, named
             raise InferenceFailed(f"segment {index} [{seg.start}, {seg.stop}) on node {node}: "
                                   f"{type(e).__name__}: {e}") from e
-        result = self.runtime._ok(payload, started_at, exec_ms, cpu_s)
+        result = self.runtime.ok_result(payload, started_at, exec_ms, cpu_s)
         served = self.runtime.models.get(name)
         result.update(model=name, segment=index, in_bytes=in_bytes,
                       random_init=served.random_init, weights_source=served.weights_source)
@@ -176,7 +164,7 @@ class SegmentExecutor:
         rt = self.runtime
         if index == 0:
             shapes = rt.models.get(model).input_shapes
-            tensor = rt._input(payload)
+            tensor = rt.read_input(payload)
             if payload.pop("input_ref", None) is True:
                 # the input stays until the request ends (not deleted after this task): a
                 # request re-dispatched when a later node dies starts again from it
@@ -184,17 +172,17 @@ class SegmentExecutor:
             if isinstance(tensor, dict) and tensor.get("dtype") != "float32":
                 raise InvalidTensor(f"input.dtype {tensor.get('dtype')!r}: a split model takes "
                                     "float32 input", field="input.dtype")
-            arr = decode_tensor(tensor, rt._limits, expect_shape=shapes)
+            arr = decode_tensor(tensor, rt.limits, expect_shape=shapes)
             return arr.reshape(shapes[0]), len(tensor["data"])
         key = _activation_key(payload, index)
-        raw = rt._redis.getdel(key)
+        raw = self._redis.getdel(key)
         if raw is None:
             raise InvalidRequest(f"its input activation {key} is not in Redis (expired after "
                                  f"{rt.settings.input_ttl_s} s, or already used)",
                                  field="activation")
         tensor = unpack(raw, max_bytes=rt.settings.max_payload_bytes)
         expected = rt.models.block_input_shape(model, seg.start)
-        arr = decode_tensor(tensor, rt._limits, expect_shape=[expected], field="activation")
+        arr = decode_tensor(tensor, rt.limits, expect_shape=[expected], field="activation")
         return arr, len(raw)
 
     # -- handing on --------------------------------------------------------------------
@@ -219,7 +207,7 @@ class SegmentExecutor:
         except (redis.RedisError, CarbonEdgeError) as e:
             error = DispatchFailed(f"segment {index} on node {route[index].node} could not hand "
                                    f"on to node {route[index + 1].node}: {e}", field="route")
-            return self._failed(payload, self.runtime._error(payload, payload["id"], error,
+            return self._failed(payload, self.runtime.error_result(payload, payload["id"], error,
                                                              result["timings"]["started_at"]))
         return None
 
@@ -241,25 +229,13 @@ class SegmentExecutor:
                        _activation_key(payload, index), queue, keys.IN_FLIGHT]
         args = [request_id, "1" if counted else "0", pack(encode_tensor(activation)),
                 int(self.runtime.settings.input_ttl_s), message, node]
-        return bool(self._hand_on(keys=script_keys, args=args))
+        return bool(HAND_ON(self._redis, script_keys, args))
 
     def discard(self, payload: Any) -> None:
         """Drop the activation of a segment that will not run (its request was taken from
         this node and re-dispatched; the input stays for the new route)."""
         if isinstance(payload, dict):
             self._release(payload, payload.get("segment"), input_too=False)
-
-    def owns(self, request_id: str, payload: Any) -> bool:
-        """Whether a dispatched (``counted``) segment is still assigned to this node: a
-        request re-dispatched while its task waited here must not run twice."""
-        if not isinstance(payload, dict) or payload.get("counted") is not True:
-            return True
-        node = self.runtime.config.node_id
-        try:
-            return bool(self.runtime._redis.hexists(keys.assigned_key(node), request_id))
-        except redis.RedisError as e:  # cannot tell: running it is safe, delivery is guarded
-            log.warning("could not check ownership of %s: %s", request_id, e)
-            return True
 
     def _failed(self, payload: Any, result: dict[str, Any]) -> dict[str, Any]:
         if isinstance(payload, dict):
@@ -280,7 +256,7 @@ class SegmentExecutor:
             stale.append(_activation_key(payload, index))
         if stale:
             try:
-                self.runtime._redis.delete(*stale)
+                self._redis.delete(*stale)
             except redis.RedisError as e:
                 log.warning("could not delete %s: %s", ", ".join(stale), e)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from celery import Celery
 
 from carbonedge.errors import InvalidMessage
@@ -20,7 +21,7 @@ from carbonedge.protocol import keys
 
 
 def register_tasks(app: Celery, runtime: AgentRuntime, guard: DeliveryGuard,
-                   poison: PoisonHandler) -> SegmentExecutor:
+                   poison: PoisonHandler, client: redis.Redis) -> SegmentExecutor:
     """Bind the agent's tasks to ``runtime`` (one runtime per worker process); returns the
     executor of partitioned requests."""
 
@@ -36,13 +37,13 @@ def register_tasks(app: Celery, runtime: AgentRuntime, guard: DeliveryGuard,
         payload = _payload(task, args, kwargs, poison)
         return payload is not _REFUSED and guard.run(task.request.id, payload, runtime.ping)
 
-    return register_segment_task(app, runtime, guard, poison)
+    return register_segment_task(app, runtime, guard, poison, client)
 
 
 def register_segment_task(app: Celery, runtime: AgentRuntime, guard: DeliveryGuard,
-                          poison: PoisonHandler) -> SegmentExecutor:
+                          poison: PoisonHandler, client: redis.Redis) -> SegmentExecutor:
     """The task of partitioned requests (the executor profiles the models at start-up)."""
-    executor = SegmentExecutor(runtime, app)
+    executor = SegmentExecutor(runtime, app, client)
 
     @app.task(name=keys.TASK_INFER_SEGMENT, bind=True, acks_late=True,
               reject_on_worker_lost=True, ignore_result=True)
@@ -50,7 +51,7 @@ def register_segment_task(app: Celery, runtime: AgentRuntime, guard: DeliveryGua
         payload = _payload(task, args, kwargs, poison)
         if payload is _REFUSED:
             return False
-        if not executor.owns(task.request.id, payload):
+        if not guard.may_run(task.request.id, payload):
             executor.discard(payload)
             return False
         outcome = executor.finish(payload, runtime.infer_segment(payload, executor.run))

@@ -10,27 +10,28 @@ from typing import Any
 
 from celery.signals import worker_ready
 
-from carbonedge.broker.allowlist import check_agent_allowed
-from carbonedge.broker.celery_app import make_celery_app
-from carbonedge.broker.recovery import hand_back, release_previous_life
 from carbonedge.carbon.device import DevicePower, cpu_watts_per_core
+from carbonedge.cgroups import CgroupAccounting
 from carbonedge.connections import redis_client
-from carbonedge.node_agent.backend import open_backend
 from carbonedge.node_agent.bookkeeping import TaskBookkeeper
-from carbonedge.node_agent.cgroup import CgroupAccounting
 from carbonedge.node_agent.charging import ChargeMeter
 from carbonedge.node_agent.config import AgentConfig, work_group
-from carbonedge.node_agent.consumer import AgentConsumer
 from carbonedge.node_agent.energy import EnergyAccountant
 from carbonedge.node_agent.guard import DeliveryGuard
 from carbonedge.node_agent.heartbeat import HeartbeatPublisher
-from carbonedge.node_agent.poison import PoisonHandler, install_queue_guard
+from carbonedge.node_agent.loading import open_backend
+from carbonedge.node_agent.poison import PoisonHandler
 from carbonedge.node_agent.runtime import AgentRuntime
 from carbonedge.node_agent.stats import ExecStats
 from carbonedge.node_agent.tasks import register_tasks
 from carbonedge.partitioner.catalog import Catalogue, default_catalogue
 from carbonedge.protocol import keys
 from carbonedge.settings import Settings
+from carbonedge.transport.allowlist import check_agent_allowed
+from carbonedge.transport.celery_app import make_celery_app
+from carbonedge.transport.consumer import GuardedConsumer
+from carbonedge.transport.handback import hand_back, release_previous_life
+from carbonedge.transport.queue_guard import install_queue_guard
 
 log = logging.getLogger(__name__)
 
@@ -75,19 +76,19 @@ def run_agent(
     for name in backend.names:  # before the first heartbeat: no task is routed here until warm
         log.info("warmed up %s: %.1f ms per inference here", name, runtime.warm_up(name))
     install_queue_guard()
-    app = make_celery_app(settings, worker_consumer="carbonedge.node_agent.consumer:AgentConsumer")
+    app = make_celery_app(settings, worker_consumer=f"{GuardedConsumer.__module__}:{GuardedConsumer.__name__}")
     guard = DeliveryGuard(client, config.node_id, expires_s=int(app.conf.result_expires or 3600),
                           retry_for_s=settings.result_timeout_s)
     poison = PoisonHandler(client, config.node_id, guard)
-    AgentConsumer.poison = poison
-    segments = register_tasks(app, runtime, guard, poison)
+    GuardedConsumer.poison = poison
+    segments = register_tasks(app, runtime, guard, poison, client)
     segments.profile_all()  # block profiles for partition plans, before any task
     heartbeat = HeartbeatPublisher(config, client, accounting=accounting, energy=energy,
                                    stats=stats, interval_s=settings.heartbeat_interval_s,
                                    ttl_s=settings.heartbeat_ttl_s, host_id=settings.host_id,
                                    on_beat=lambda: runtime.flush_idle(IDLE_ROW_S),
                                    work_group=work_group(backend.runtime))
-    AgentConsumer.on_message = meter.message_received
+    GuardedConsumer.on_message = meter.message_received
     stats.on_first_sample = heartbeat.nudge
     queue = keys.node_queue(config.node_id)
     worker = app.Worker(
@@ -104,7 +105,7 @@ def run_agent(
     )
     # What a previous life of this node was running (or had queued) is re-dispatched.
     release_previous_life(client, config.node_id)
-    AgentConsumer.on_reconnect = functools.partial(hand_back, client, config.node_id,
+    GuardedConsumer.on_reconnect = functools.partial(hand_back, client, config.node_id,
                                                    "agent reconnected to Redis")
     # Whatever waits in our queue is our in-flight work; a previous life's count is not.
     client.hset(keys.IN_FLIGHT, config.node_id, client.llen(queue))

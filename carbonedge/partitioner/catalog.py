@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from carbonedge.errors import ConfigError, UnknownModel
+from carbonedge.errors import ConfigError, InvalidRequest, UnknownModel
 
 __all__ = [
     "BUILTINS",
@@ -44,6 +44,7 @@ __all__ = [
     "Catalogue",
     "ModelSpec",
     "Preprocess",
+    "candidates",
     "default_catalogue",
     "find_weights",
     "load_catalogue",
@@ -190,6 +191,37 @@ class Catalogue:
     def select(self, names: Sequence[str]) -> Catalogue:
         """The sub-catalogue of ``names`` (each must be declared)."""
         return Catalogue(tuple(self.get(n) for n in names))
+
+
+def candidates(models: Catalogue, *, family: str | None = None,
+               min_accuracy: float | None = None,
+               input_shape: Sequence[int] | None = None) -> list[ModelSpec]:
+    """The declared models a request may get; InvalidRequest naming the constraint that
+    leaves none (and what the declared models offer)."""
+    specs = list(models)
+    if input_shape is not None:
+        shape = tuple(input_shape)[-3:]
+        specs = [s for s in specs if s.input_shape == shape]
+        if not specs:
+            raise InvalidRequest(f"no declared model takes input of shape {list(shape)}",
+                                 field="input_shape")
+    if family is not None:
+        specs = [s for s in specs if s.family == family]
+        if not specs:
+            known = sorted({s.family for s in models if s.family})
+            raise InvalidRequest(f"no declared model of family {family!r}; families: "
+                                 f"{', '.join(known) or 'none'}", field="family")
+    if min_accuracy is not None:
+        rated = [s for s in specs if s.top1 is not None]
+        specs = [s for s in rated if s.top1 is not None and s.top1 >= min_accuracy]
+        if not specs:
+            best = max((s.top1 for s in rated if s.top1 is not None), default=None)
+            raise InvalidRequest(
+                f"no declared model{' of family ' + repr(family) if family else ''} reaches "
+                f"{min_accuracy:g}% ImageNet top-1"
+                + (f" (the best is {best:g}%)" if best is not None else
+                   " (none has a published top-1)"), field="min_accuracy")
+    return specs
 
 
 def default_catalogue() -> Catalogue:

@@ -38,7 +38,10 @@ from dataclasses import dataclass
 from itertools import combinations, permutations
 from typing import Any, Protocol
 
+from carbonedge.carbon.power import carbon_grams
+from carbonedge.carbon.units import kwh_from_joules
 from carbonedge.errors import ConfigError, InvalidMessage, InvalidRequest
+from carbonedge.protocol.routes import Route, RouteSegment
 from carbonedge.registry import Registry
 
 __all__ = [
@@ -59,7 +62,6 @@ __all__ = [
 ]
 
 WIRE_VERSION = 1
-J_PER_KWH = 3.6e6
 MAX_PERMUTED_SEGMENTS = 3
 """Up to this many segments every node order is tried; beyond it, the given order."""
 MAX_ORDERS = 20_000
@@ -235,6 +237,10 @@ class Plan:
             carbon_g=sum(s.carbon_g for s in segments),
         )
 
+    def route(self) -> Route:
+        """What runs the plan: each segment's node and block range, as it travels."""
+        return Route(tuple(RouteSegment(s.node_id, s.start, s.stop) for s in self.segments))
+
     def to_wire(self) -> dict[str, Any]:
         """The plan as a versioned map of builtins (msgpack-able)."""
         wire: dict[str, Any] = {"version": WIRE_VERSION}
@@ -292,13 +298,13 @@ class _Model:
     def segment(self, node: PlanNode, start: int, stop: int) -> Segment:
         compute_ms = (self.prefix[stop] - self.prefix[start]) / node.speed
         compute_j = node.power_w * compute_ms / 1000.0
-        carbon = compute_j / J_PER_KWH * node.carbon_intensity * node.pue
+        carbon = carbon_grams(kwh_from_joules(compute_j), node.carbon_intensity, node.pue)
         transfer_ms = transfer_j = 0.0
         if stop < self.n:
             nbytes = self.out_bytes[stop - 1]
             transfer_ms = self.link.transfer_ms(nbytes)
             transfer_j = nbytes * self.link.energy_j_per_byte
-            carbon += transfer_j / J_PER_KWH * node.carbon_intensity
+            carbon += carbon_grams(kwh_from_joules(transfer_j), node.carbon_intensity)
         energy = compute_j + transfer_j
         return Segment(node.node_id, start, stop, compute_ms, transfer_ms, energy, carbon)
 

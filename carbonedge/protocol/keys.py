@@ -127,7 +127,7 @@ def input_key(request_id: str) -> str:
     return f"{PREFIX}:input:{request_id}"
 
 
-# -- delivery guarantees (see carbonedge.broker.recovery and carbonedge.broker.delivery) ----
+# -- delivery guarantees (see carbonedge.dispatcher.recovery and carbonedge.transport.delivery) ----
 
 ATTEMPTS = f"{PREFIX}:attempts"
 """Hash request id -> how many times it was re-dispatched after its node died."""

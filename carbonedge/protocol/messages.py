@@ -7,22 +7,28 @@ malformed message raises :class:`~carbonedge.errors.InvalidMessage` naming the f
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import msgpack
 
 from carbonedge.errors import CarbonEdgeError, InvalidMessage, InvalidRequest
-from carbonedge.partitioner.routes import Route, check_partition
 from carbonedge.protocol import keys
+from carbonedge.protocol.routes import Route, check_partition
 from carbonedge.protocol.telemetry import FORECASTER_RE
-from carbonedge.scheduler.budgets import valid_tenant
 
 PROTOCOL_VERSION = 1
 MAX_WEIGHT_SUM = 1e300
 """Custom weights are divided by their sum: it must not overflow to infinity."""
 KINDS = ("infer", "ping")
 """``infer`` runs a model; ``ping`` runs nothing and measures the path itself."""
+_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def valid_tenant(tenant: object) -> bool:
+    """Whether ``tenant`` is a tenant name: 1 to 64 letters, digits, '.', '_' or '-'."""
+    return isinstance(tenant, str) and bool(_TENANT_RE.match(tenant))
 
 
 def pack(obj: Mapping[str, Any]) -> bytes:

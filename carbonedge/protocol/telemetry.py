@@ -1,8 +1,8 @@
 """Node heartbeats: the ``ce:node:<id>`` hash an agent refreshes every interval.
 
 Values are plain strings so that ``redis-cli HGETALL`` is readable. Decoding validates
-every field (finite, within :data:`PLAUSIBLE`, not from the future) and produces the
-scheduler's :class:`~carbonedge.scheduler.NodeSnapshot`. The bounds are wide enough for
+every field (finite, within :data:`PLAUSIBLE`, not from the future); the dispatcher turns
+a valid one into the scheduler's view. The bounds are wide enough for
 any real edge node and narrow enough that a forged or broken value cannot win every
 decision by itself (an ``exec_ms`` of 1e308, a quota of 1e9 cores).
 """
@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from carbonedge.errors import InvalidMessage
-from carbonedge.scheduler import NodeSnapshot
 
 EXEC_PREFIX = "exec_ms."
 FORECAST_FIELD = "ci_forecast"
@@ -176,26 +175,6 @@ class Heartbeat:
             work_group=work_group,
             **texts,
             **values,  # type: ignore[arg-type]
-        )
-
-    def to_snapshot(self, in_flight: int | None = None) -> NodeSnapshot:
-        """The scheduler's view; ``in_flight`` is the dispatcher's count when known."""
-        return NodeSnapshot(
-            node_id=self.node_id,
-            cpu_quota=self.cpu_quota,
-            mem_limit_bytes=self.mem_limit_bytes,
-            mem_used_bytes=self.mem_used_bytes,
-            # the node's own tasks are counted by in_flight (S_L, S_B); S_R asks what else
-            # competes for the CPU, or a node that just served looks busy when it is idle
-            cpu_util=min(self.background_util, 1.0),
-            power_w=self.power_w,
-            active_power_w=self.active_power_w,
-            carbon_intensity=self.carbon_intensity,
-            in_flight=self.in_flight if in_flight is None else max(in_flight, 0),
-            exec_ms=self.exec_ms,
-            heartbeat_ts=self.ts,
-            pue=self.pue,
-            work_group=self.work_group,
         )
 
 

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from carbonedge.protocol import keys
+from carbonedge.protocol.lua import LuaScript
 
 MAX_CAUSES = 10_000
 """Bad causes remembered (to log each once) before the oldest are forgotten."""
@@ -158,15 +159,8 @@ def _printable(what: object, limit: int = 80) -> str:
 
 CORRUPT_TTL_S = 86_400
 """How long a key moved aside is kept for inspection."""
-
-MOVE_ASIDE_LUA = """
--- KEYS: the key, where to move it; ARGV: the type it should have, seconds to keep it
-local kind = redis.call('TYPE', KEYS[1])['ok']
-if kind == 'none' or kind == ARGV[1] then return false end
-redis.call('RENAME', KEYS[1], KEYS[2])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-return kind
-"""
+MOVE_ASIDE = LuaScript(__package__, "move_aside.lua")
+"""KEYS: the key, where to move it; ARGV: the type it should have, seconds to keep it."""
 
 
 def is_wrong_type(error: BaseException) -> bool:
@@ -190,7 +184,7 @@ async def move_aside(r: Any, key: str, expected: str, rejections: Rejections) ->
     (kept :data:`CORRUPT_TTL_S`), atomically, only while it is still of another type.
     Returns the type it had, or None when nothing was moved."""
     aside = keys.corrupt_key(key, time.time())
-    kind = await r.eval(MOVE_ASIDE_LUA, 2, key, aside, expected, CORRUPT_TTL_S)
+    kind = await MOVE_ASIDE(r, [key, aside], [expected, CORRUPT_TTL_S])
     return _moved(kind, key, expected, aside, rejections)
 
 
@@ -198,5 +192,5 @@ def move_aside_sync(client: Any, key: str, expected: str,
                     rejections: Rejections) -> str | None:
     """:func:`move_aside` on a blocking client."""
     aside = keys.corrupt_key(key, time.time())
-    kind = client.eval(MOVE_ASIDE_LUA, 2, key, aside, expected, CORRUPT_TTL_S)
+    kind = MOVE_ASIDE(client, [key, aside], [expected, CORRUPT_TTL_S])
     return _moved(kind, key, expected, aside, rejections)

@@ -10,20 +10,15 @@ Requests without a tenant, and tenants without a budget, are not limited.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from carbonedge.errors import CarbonBudgetExceeded, ConfigError
+from carbonedge.protocol.messages import valid_tenant
 
-__all__ = ["BudgetVerdict", "judge", "parse_budgets", "period_index", "valid_tenant"]
+__all__ = ["BudgetVerdict", "judge", "parse_budgets", "period_index"]
 
 NEAR_SHARE = 0.8
-_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def valid_tenant(tenant: object) -> bool:
-    return isinstance(tenant, str) and bool(_TENANT_RE.match(tenant))
 
 
 def parse_budgets(text: str) -> dict[str, float]:

@@ -28,10 +28,11 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from carbonedge.carbon.power import carbon_grams
+from carbonedge.carbon.units import kwh_from_watt_ms
 from carbonedge.scheduler.snapshot import MIN_QUOTA
 
 __all__ = [
-    "MS_W_PER_KWH",
     "balance_score",
     "balance_scores",
     "carbon_g",
@@ -51,16 +52,13 @@ __all__ = [
 
 Array = npt.NDArray[np.float64]
 
-MS_W_PER_KWH = 3.6e9
-"""Watt-milliseconds in one kilowatt-hour."""
-
-
 # --- scalar forms ---------------------------------------------------------------------
 
 
 def carbon_g(intensity: float, pue: float, active_power_w: float, t_ms: float) -> float:
-    """Grams of CO2 of one task of ``t_ms`` at ``active_power_w`` on a grid of ``intensity``."""
-    return intensity * pue * active_power_w * t_ms / MS_W_PER_KWH
+    """Grams of CO2 of one task of ``t_ms`` at ``active_power_w`` on a grid of ``intensity``
+    (the carbon accounting's own formula: floats here, arrays in the vectorised path)."""
+    return carbon_grams(kwh_from_watt_ms(active_power_w, t_ms), intensity, pue)
 
 
 def resource_score(cpu_util: float, mem_free_bytes: float, mem_need_bytes: float) -> float:

@@ -285,7 +285,7 @@ class ClusterView:
         refs = self.references
         arr = self._vectors()
         t_ms = np.array(self.service_ms(model), dtype=np.float64)
-        grams = arr.intensity * arr.pue * arr.active_power_w * t_ms / comp.MS_W_PER_KWH
+        grams = comp.carbon_g(arr.intensity, arr.pue, arr.active_power_w, t_ms)
         p = None
         if paper:
             r = arr.r_fixed

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import redis
 
-from carbonedge.broker.client import Client
 from carbonedge.cli import _COMMANDS
+from carbonedge.client import Client
 from carbonedge.compose.topology import load_topology
 from carbonedge.errors import NoNodeAvailable
 from carbonedge.protocol import keys

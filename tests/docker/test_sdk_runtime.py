@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from carbonedge.broker.client import Client
+from carbonedge.client import Client
 from carbonedge.compose.docker_runner import NANO, DockerRuntime, docker_client
 from carbonedge.compose.topology import load_topology
 from carbonedge.protocol import keys
@@ -19,6 +19,7 @@ from tests.conftest import SMALL_RUNTIME_URL, _redis_or_fail
 from tests.docker.conftest import cgroup_limits
 from tests.docker.engine import ROOT, VENV, Engine
 from tests.integration.conftest import SMALL_TOPOLOGY
+from tests.polling import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -31,6 +32,7 @@ def test_docker_sdk_runtime(engine: Engine, tmp_path: Path) -> None:
     settings = Settings.load(env={}, redis_url=SMALL_RUNTIME_URL, run_dir=str(tmp_path / "run"),
                              result_timeout_s=120.0)
     runtime = DockerRuntime(load_topology(compose), settings, scale={"node-b": 2},
+                            carbon_service=True,
                             image=engine.test_image, project=f"cesdk{os.getpid()}",
                             volumes={str(ROOT): {"bind": "/src", "mode": "ro"},
                                      # .venv may be a symbolic link out of /src
@@ -42,7 +44,7 @@ def test_docker_sdk_runtime(engine: Engine, tmp_path: Path) -> None:
         for container in runtime.containers():
             container.reload()
             host = container.attrs["HostConfig"]
-            if container.labels["org.carbonedge.node"] == "dispatcher":
+            if container.labels["org.carbonedge.node"] in ("dispatcher", "carbon"):
                 assert host["NanoCpus"] == 0
                 continue
             assert host["NanoCpus"] == round(0.5 * NANO) and host["Memory"] == 768 << 20
@@ -55,6 +57,14 @@ def test_docker_sdk_runtime(engine: Engine, tmp_path: Path) -> None:
                           if c.labels["org.carbonedge.node"] == "dispatcher")
         assert "CARBONEDGE_NODE_ALLOWLIST=node-a,node-b-1,node-b-2" in dispatcher.attrs[
             "Config"]["Env"]
+        # the carbon service runs as it does locally: host power published (up waited for
+        # it), the agents' ledger rows reach its CSV in the run dir
+        assert {c.labels["org.carbonedge.node"] for c in runtime.containers()} == {
+            "carbon", "dispatcher", "node-a", "node-b-1", "node-b-2"}
+        assert redis.Redis.from_url(SMALL_RUNTIME_URL).exists(keys.host_power_key(""))
+        wait_until(lambda: runtime.emissions_csv.is_file()
+                   and "node-b-2" in runtime.emissions_csv.read_text(), 120,
+                   "node-b-2's rows in the carbon service's CSV")
         # `carbonedge down`, another process, stops what the state file records
         down = subprocess.run([sys.executable, "-m", "carbonedge.cli", "down"],
                               env={**os.environ, "CARBONEDGE_RUN_DIR": settings.run_dir},

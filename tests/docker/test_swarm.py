@@ -17,7 +17,7 @@ import pytest
 import redis
 import yaml
 
-from carbonedge.broker.client import Client
+from carbonedge.client import Client
 from carbonedge.compose.topology import load_topology, zone_constraint
 from carbonedge.protocol import keys
 from carbonedge.settings import Settings

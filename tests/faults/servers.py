@@ -121,7 +121,7 @@ def with_tls_acl(directory: Path, passwords: dict[str, str],
     """TLS only, on each of ``addresses``, with one ACL user per CarbonEdge role (the ACL
     file ``carbonedge acl`` writes) and the default user off. ``url`` is the dispatcher's
     at the first address; :func:`role_url` gives the others."""
-    from carbonedge.broker.acl import acl_file
+    from carbonedge.ops.acl import acl_file
 
     directory.mkdir(parents=True, exist_ok=True)
     ca_cert, cert, key = make_certificates(directory, addresses)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import redis
 
-from carbonedge.broker.client import build_request
-from carbonedge.compose.cgroups import NodeCgroup
+from carbonedge.cgroups import NodeCgroup
+from carbonedge.client.requests import build_request
 from carbonedge.compose.local_runner import LocalRuntime, process_alive
 from carbonedge.experiments.accounting import OutcomeLedger
 from carbonedge.protocol import keys

@@ -10,21 +10,21 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from carbonedge.broker.celery_app import make_celery_app
-from carbonedge.broker.delivery import deliver
-from carbonedge.broker.listener import result_key
-from carbonedge.broker.publish import encode_task_message
-from carbonedge.broker.recovery import (
-    ORPHANS_LUA,
-    TAKE_LUA,
-    Watchdog,
+from carbonedge.dispatcher.recovery import Watchdog
+from carbonedge.node_agent.guard import DeliveryGuard
+from carbonedge.protocol import keys
+from carbonedge.settings import Settings
+from carbonedge.transport.celery_app import make_celery_app
+from carbonedge.transport.delivery import deliver
+from carbonedge.transport.handback import (
+    ORPHANS,
+    TAKE,
     orphans_call,
     release_previous_life,
     take_call,
 )
-from carbonedge.node_agent.guard import DeliveryGuard
-from carbonedge.protocol import keys
-from carbonedge.settings import Settings
+from carbonedge.transport.listener import result_key
+from carbonedge.transport.publish import encode_task_message
 
 pytestmark = pytest.mark.integration
 
@@ -74,10 +74,10 @@ def test_take_moves_a_dead_nodes_requests_back_to_the_stream(redis_client: redis
     r.hset(keys.node_key("node-x"), "ts", "1")
 
     script_keys, args = take_call("node-x", "test")
-    assert r.eval(TAKE_LUA, len(script_keys), *script_keys, *args) == [0, 0, 0]  # still alive
+    assert TAKE(r, script_keys, args) == [0, 0, 0]  # still alive
     r.delete(keys.node_key("node-x"))
-    assert r.eval(TAKE_LUA, len(script_keys), *script_keys, *args) == [3, 1, 1]
-    assert r.eval(TAKE_LUA, len(script_keys), *script_keys, *args) == [0, 0, 0]  # only once
+    assert TAKE(r, script_keys, args) == [3, 1, 1]
+    assert TAKE(r, script_keys, args) == [0, 0, 0]  # only once
 
     entries = r.xrange(keys.REQUEST_STREAM)
     assert sorted(f[b"p"] for _, f in entries) == [b"request-0", b"request-1", b"request-2"]
@@ -117,9 +117,9 @@ def test_a_live_nodes_orphaned_request_is_re_dispatched(redis_client: redis.Redi
     r.hset(keys.node_key("node-x"), "ts", "1")  # alive: recover_nodes leaves it alone
 
     script_keys, args = orphans_call("node-x", "find")
-    assert r.eval(ORPHANS_LUA, len(script_keys), *script_keys, *args) == [b"orphan"]
+    assert ORPHANS(r, script_keys, args) == [b"orphan"]
     script_keys, args = orphans_call("node-x", "move", ["queued", "running"])
-    assert r.eval(ORPHANS_LUA, len(script_keys), *script_keys, *args) == 0  # held: stay
+    assert ORPHANS(r, script_keys, args) == 0  # held: stay
 
     async def sweep(watchdog: Watchdog) -> int:
         client = aioredis.Redis.from_url(redis_url)

@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from carbonedge.broker.client import build_request
+from carbonedge.client.requests import build_request
 from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.compose.processes import ProcessSpec
 from carbonedge.experiments.accounting import OutcomeLedger
@@ -31,7 +31,7 @@ def _first_dispatches(url: str) -> int:
 
 
 def _start_dispatcher(runtime: LocalRuntime) -> None:
-    runtime._start(ProcessSpec("dispatcher", ("dispatcher",)))  # the runner's own start path
+    runtime._start([ProcessSpec("dispatcher", ("dispatcher",))])  # the runner's own start path
 
 
 def test_entries_read_by_a_dead_dispatcher_are_reclaimed(small: LocalRuntime,

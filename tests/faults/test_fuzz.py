@@ -29,14 +29,15 @@ import numpy as np
 import pytest
 import redis
 
-from carbonedge.broker.client import Client, build_request
-from carbonedge.broker.metrics import RedisStateCollector
-from carbonedge.broker.publish import encode_task_message
-from carbonedge.broker.status import collect_cluster
+from carbonedge.client import Client
+from carbonedge.client.requests import build_request
 from carbonedge.compose.local_runner import LocalRuntime, process_alive
+from carbonedge.ops.metrics import RedisStateCollector
+from carbonedge.ops.status import collect_cluster
 from carbonedge.protocol import keys
 from carbonedge.protocol.codec import encode_tensor
 from carbonedge.protocol.messages import pack
+from carbonedge.transport.publish import encode_task_message
 from tests.conftest import TEST_REDIS
 from tests.faults.conftest import wait_until
 from tests.integration.conftest import SMALL_TOPOLOGY, start_runtime

@@ -23,8 +23,7 @@ import numpy as np
 import pytest
 import redis
 
-from carbonedge.broker.client import Client
-from carbonedge.broker.publish import encode_task_message
+from carbonedge.client import Client
 from carbonedge.compose.local_runner import LocalRuntime, process_alive
 from carbonedge.errors import (
     CarbonEdgeError,
@@ -40,6 +39,7 @@ from carbonedge.protocol import keys
 from carbonedge.protocol.codec import encode_tensor
 from carbonedge.protocol.messages import pack
 from carbonedge.protocol.telemetry import Heartbeat
+from carbonedge.transport.publish import encode_task_message
 from tests.conftest import TEST_REDIS
 from tests.faults.conftest import pid_of
 from tests.integration.conftest import SMALL_TOPOLOGY, start_runtime

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from carbonedge.broker.client import Client
+from carbonedge.client import Client
 from carbonedge.compose.local_runner import LocalRuntime, process_alive
 from carbonedge.errors import CarbonEdgeError, RuntimeUnavailable
 from carbonedge.experiments.accounting import OutcomeLedger

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import redis
 
-from carbonedge.broker.client import Client
+from carbonedge.client import Client
 from carbonedge.compose.local_runner import LocalRuntime
 from tests.faults.servers import RedisServer, with_acl_user, with_password, with_tls
 from tests.integration.conftest import start_runtime

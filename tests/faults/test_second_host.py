@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from carbonedge.broker.client import Client
+from carbonedge.client import Client
 from carbonedge.connections import redis_client
 from carbonedge.experiments.multihost_load import Fault, run_multihost_load
 from carbonedge.protocol import keys

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from carbonedge.broker.client import Client
+from carbonedge.client import Client
 from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.compose.topology import load_topology
 from carbonedge.connections import redis_client

@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from carbonedge.broker.client import Client
-from carbonedge.compose.cgroups import NodeCgroup
+from carbonedge.cgroups import NodeCgroup
+from carbonedge.client import Client
 from carbonedge.compose.local_runner import RuntimeState, process_alive
 from carbonedge.compose.processes import ProcessSpec
 from carbonedge.compose.supervisor import Supervisor
+from carbonedge.errors import NoNodeAvailable
+from carbonedge.ops.status import collect_cluster
 from carbonedge.protocol import keys
 from carbonedge.settings import Settings
 from tests.conftest import CGROUP_PARENT, TEST_REDIS, _redis_or_fail
@@ -33,6 +35,14 @@ URL = f"{TEST_REDIS}/10"
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "carbonedge.cli", *args], env=env,
                           capture_output=True, text=True, timeout=200)
+
+
+def _serves(client: Client, node: str) -> bool:
+    """Whether a request pinned to ``node`` is served there (not refused as not alive)."""
+    try:
+        return client.ping(node=node).result(90).node == node
+    except NoNodeAvailable:
+        return False
 
 
 def _processes(r: redis.Redis) -> dict[str, dict]:
@@ -71,7 +81,8 @@ def test_killed_processes_come_back_and_serve(tmp_path: Path) -> None:
             wait_until(lambda: _restarted(r, "node-b", agent), 60, "node-b to restart")
             assert all(h.result(90).node in ("node-a", "node-b") for h in meanwhile)
             wait_until(lambda: r.exists(keys.node_key("node-b")), 90, "node-b's heartbeat")
-            assert client.ping(node="node-b").result(90).node == "node-b"
+            # a dispatcher sees the new heartbeat at its next view refresh (view_refresh_s)
+            wait_until(lambda: _serves(client, "node-b"), 30, "node-b to serve again")
             # the dispatcher too: requests wait in the stream, then are routed
             dispatcher = procs["dispatcher"]["pid"]
             os.kill(dispatcher, signal.SIGKILL)
@@ -88,6 +99,9 @@ def test_killed_processes_come_back_and_serve(tmp_path: Path) -> None:
         assert {n: p["restarts"] for n, p in procs.items()} == {
             "carbon": 1, "dispatcher": 1, "node-a": 0, "node-b": 1}
         assert "killed by SIGKILL" in procs["node-b"]["last_exit"]
+        # the killed dispatcher's last beat counts as alive until it is stale (seconds)
+        wait_until(lambda: len(collect_cluster(r, heartbeat_ttl_s=settings.heartbeat_ttl_s)
+                               .live_dispatchers) == 1, 30, "the killed dispatcher's beat")
         status = _cli("status", env=env)
         assert status.returncode == 0, status.stderr
         lines = {line.split()[0]: line for line in status.stdout.splitlines()

@@ -22,11 +22,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from carbonedge.broker.acl import ROLES
-from carbonedge.compose.cgroups import NodeCgroup
+from carbonedge.cgroups import NodeCgroup
 from carbonedge.compose.local_runner import LocalRuntime, process_alive
 from carbonedge.compose.topology import load_topology
 from carbonedge.connections import redis_client
+from carbonedge.ops.acl import ROLES
 from carbonedge.protocol import keys
 from carbonedge.settings import Settings
 from tests.faults.netns import SecondHost

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import redis
 
-from carbonedge.broker.client import Client
+from carbonedge.client import Client
 from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.errors import (
     CarbonEdgeError,

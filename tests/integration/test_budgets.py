@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from carbonedge.broker.client import Client
+from carbonedge.client import Client
 from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.compose.topology import load_topology
 from carbonedge.errors import CarbonBudgetExceeded

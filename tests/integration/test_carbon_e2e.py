@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from carbonedge.broker.client import Client
 from carbonedge.carbon.emissions_csv import read_rows
 from carbonedge.carbon.ledger import LedgerRow
 from carbonedge.carbon.report import summarise
+from carbonedge.client import Client
 from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.compose.topology import load_topology
 from carbonedge.experiments.workload import synthetic_images

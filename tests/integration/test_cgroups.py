@@ -18,15 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from carbonedge.compose.cgroups import NodeCgroup, cgroups_available
+from carbonedge.cgroups import CgroupAccounting, NodeCgroup, cgroups_available, read_cgroup_mounts
+from carbonedge.cgroups.mounts import CGROUP_V1, CGROUP_V2, PROCESS
 from carbonedge.errors import ConfigError
-from carbonedge.node_agent.cgroup import (
-    CGROUP_V1,
-    CGROUP_V2,
-    PROCESS,
-    CgroupAccounting,
-    read_cgroup_mounts,
-)
 
 pytestmark = [pytest.mark.integration, pytest.mark.cgroups]
 
@@ -36,7 +30,7 @@ TEST_PARENT = os.environ.get("CARBONEDGE_CGROUP_PARENT", "carbonedge") + "-test"
 # Busy-loops for the given wall time, then reports how it sees its own cgroup.
 BUSY_CHILD = textwrap.dedent("""
     import json, sys, time
-    from carbonedge.node_agent.cgroup import CgroupAccounting
+    from carbonedge.cgroups import CgroupAccounting
     end = time.monotonic() + float(sys.argv[1])
     n = 0
     while time.monotonic() < end:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from carbonedge.compose.cgroups import NodeCgroup
+from carbonedge.cgroups import NodeCgroup
 from carbonedge.protocol import keys
 from tests.conftest import CGROUP_PARENT, SMALL_RUNTIME_URL, _redis_or_fail
 from tests.integration.conftest import SMALL_TOPOLOGY

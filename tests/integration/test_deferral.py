@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from carbonedge.broker.client import Client
+from carbonedge.client import Client
 from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.errors import InvalidRequest
 from carbonedge.protocol import keys

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from carbonedge.broker.client import build_request
-from carbonedge.broker.dispatcher import Dispatcher
+from carbonedge.client.requests import build_request
 from carbonedge.compose.redis_server import ensure_redis
+from carbonedge.dispatcher.dispatcher import Dispatcher
 from carbonedge.protocol import keys
 from carbonedge.protocol.messages import pack
 from carbonedge.protocol.telemetry import Heartbeat

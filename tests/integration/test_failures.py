@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from carbonedge.broker.client import Client
+from carbonedge.client import Client
 from carbonedge.compose.local_runner import LocalRuntime, process_alive
 from carbonedge.errors import NoNodeAvailable, ResultTimeout
 from tests.integration.conftest import live_nodes

@@ -20,7 +20,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from carbonedge.broker.client import Client
+from carbonedge.client import Client
 from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.protocol import keys
 from carbonedge.scheduler.budgets import period_index

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from carbonedge.node_agent.segments import HAND_ON_LUA
+from carbonedge.node_agent.segments import HAND_ON
 from carbonedge.protocol import keys
 
 ACT = keys.activation_key("r1", 1)
@@ -12,10 +12,9 @@ QUEUE = keys.node_queue("b")
 
 
 def _hand_on(client: redis.Redis, counted: bool) -> int:
-    script = client.register_script(HAND_ON_LUA)
-    return int(script(keys=[keys.assigned_key("a"), keys.assigned_key("b"), ACT, QUEUE,
-                            keys.IN_FLIGHT],
-                      args=["r1", "1" if counted else "0", b"\x00activation", 60, b"task", "b"]))
+    return int(HAND_ON(client, [keys.assigned_key("a"), keys.assigned_key("b"), ACT, QUEUE,
+                                keys.IN_FLIGHT],
+                       ["r1", "1" if counted else "0", b"\x00activation", 60, b"task", "b"]))
 
 
 def test_an_owned_request_moves_with_its_task(redis_client: redis.Redis) -> None:

@@ -18,8 +18,7 @@ import pytest
 import redis
 import torch
 
-from carbonedge.broker.client import Client
-from carbonedge.broker.publish import encode_task_message
+from carbonedge.client import Client
 from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.errors import InferenceFailed, InvalidRequest, InvalidTensor, NoNodeAvailable
 from carbonedge.partitioner.blocks import flatten_model
@@ -27,6 +26,7 @@ from carbonedge.partitioner.models import create_model, run_inference
 from carbonedge.protocol import keys
 from carbonedge.protocol.codec import encode_tensor
 from carbonedge.protocol.messages import PROTOCOL_VERSION, pack, unpack
+from carbonedge.transport.publish import encode_task_message
 from tests.conftest import TEST_REDIS
 from tests.integration.conftest import start_runtime
 

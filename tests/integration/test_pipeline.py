@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import redis
 
-from carbonedge.broker.client import AsyncClient, Client
-from carbonedge.compose.cgroups import NodeCgroup
+from carbonedge.cgroups import NodeCgroup
+from carbonedge.client import AsyncClient, Client
 from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.experiments.workload import synthetic_images
 from carbonedge.protocol import keys
@@ -150,7 +150,7 @@ def test_status_shows_every_node_with_its_carbon_so_far(
     import subprocess
     import sys
 
-    from carbonedge.broker.status import collect_status, format_status
+    from carbonedge.ops.status import collect_status, format_status
 
     r = redis.Redis.from_url(default_runtime.settings.redis_url)
     deadline = time.monotonic() + 10  # carbon totals are added off the task's path

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import redis
 
-from carbonedge.broker.client import Client
-from carbonedge.compose.cgroups import NodeCgroup
+from carbonedge.cgroups import NodeCgroup
+from carbonedge.client import Client
 from carbonedge.compose.local_runner import LocalRuntime, process_alive
 from carbonedge.errors import InvalidRequest
 from carbonedge.partitioner.catalog import DEFAULT_MODELS

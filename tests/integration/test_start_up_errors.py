@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from carbonedge.broker.client import build_request
+from carbonedge.client.requests import build_request
 from carbonedge.protocol import keys
 from carbonedge.protocol.messages import pack
 

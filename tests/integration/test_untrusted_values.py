@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from carbonedge.broker.client import build_request
-from carbonedge.broker.dispatcher import Dispatcher
-from carbonedge.broker.metrics import RedisStateCollector
-from carbonedge.broker.recovery import Watchdog
-from carbonedge.broker.status import collect_cluster, format_cluster
 from carbonedge.carbon.emissions_csv import EmissionsCsv
 from carbonedge.carbon.host_tracker import HostReading
 from carbonedge.carbon.ledger import LedgerRow
 from carbonedge.carbon.service import CarbonService
+from carbonedge.client.requests import build_request
+from carbonedge.dispatcher.dispatcher import Dispatcher
+from carbonedge.dispatcher.recovery import Watchdog
+from carbonedge.ops.metrics import RedisStateCollector
+from carbonedge.ops.status import collect_cluster, format_cluster
 from carbonedge.protocol import keys
 from carbonedge.protocol.messages import pack
 from carbonedge.protocol.telemetry import Heartbeat

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from carbonedge.broker.results import InferenceResult, parse_result
+from carbonedge.client.results import InferenceResult, parse_result
 from carbonedge.compose.topology import load_topology
 from carbonedge.experiments.arrivals import make_arrivals
 from carbonedge.experiments.blocks import TaskRecord

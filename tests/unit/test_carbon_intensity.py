@@ -9,13 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from carbonedge.carbon.intensity import (
-    IntensityProvider,
-    create_provider,
-    known_providers,
-    packaged_traces,
-    register_provider,
-)
+from carbonedge.carbon.intensity import create_provider, known_providers
+from carbonedge.carbon.providers import IntensityProvider, register_provider
+from carbonedge.carbon.trace import packaged_traces
 from carbonedge.carbon.units import CarbonIntensity
 from carbonedge.errors import ConfigError, InvalidRequest
 

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from carbonedge.carbon.units import CarbonIntensity, Emissions, Energy, Power, emissions
+from carbonedge.carbon.power import emissions
+from carbonedge.carbon.units import CarbonIntensity, Emissions, Energy, Power
 from carbonedge.errors import InvalidRequest
 
 

@@ -10,8 +10,6 @@ import pytest
 import redis
 from redis.sentinel import SentinelConnectionPool
 
-from carbonedge.broker.allowlist import check_agent_allowed
-from carbonedge.broker.celery_app import make_celery_app
 from carbonedge.cli import main
 from carbonedge.connections import (
     async_redis_client,
@@ -22,6 +20,8 @@ from carbonedge.connections import (
 )
 from carbonedge.errors import ConfigError, RuntimeUnavailable
 from carbonedge.settings import Settings
+from carbonedge.transport.allowlist import check_agent_allowed
+from carbonedge.transport.celery_app import make_celery_app
 from tests.faults.servers import make_certificates
 
 

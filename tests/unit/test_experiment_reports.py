@@ -9,12 +9,9 @@ import pytest
 
 from carbonedge.errors import ConfigError
 from carbonedge.experiments.paper import PaperOptions, sweep_weights
-from carbonedge.experiments.paper_report import build_report, write_outputs
-from carbonedge.experiments.temporal_report import (
-    build_temporal_report,
-    format_temporal,
-    write_temporal_outputs,
-)
+from carbonedge.experiments.paper_report import build_report
+from carbonedge.experiments.temporal_report import build_temporal_report, format_temporal
+from carbonedge.experiments.writing import write_outputs, write_temporal_outputs
 from tests.experiment_checks import check_paper_outputs, check_temporal_outputs
 from tests.unit.experiment_fakes import G_PER_INF, paper_run, temporal_run
 

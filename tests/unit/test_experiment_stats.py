@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from carbonedge.broker.results import parse_result
+from carbonedge.client.results import parse_result
 from carbonedge.experiments.blocks import TaskRecord, summarise_arms
 from carbonedge.experiments.stats import bootstrap_mean_ci, mean_ci, t_quantile
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from carbonedge.broker.flower import check_basic_auth, flower_argv
 from carbonedge.errors import ConfigError
+from carbonedge.ops.flower import check_basic_auth, flower_argv
 
 
 @pytest.mark.parametrize("value", ["", "admin", "admin:", ":pw", "a b:pw", "admin:pw,oops"])

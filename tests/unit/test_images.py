@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carbonedge.broker.images import preprocess_image
+from carbonedge.client.images import preprocess_image
 from carbonedge.errors import InvalidRequest
 
 
@@ -117,7 +117,7 @@ def test_wrong_type() -> None:
 def test_does_not_import_torch() -> None:
     code = (
         "import sys, io; from PIL import Image; "
-        "from carbonedge.broker.images import preprocess_image; "
+        "from carbonedge.client.images import preprocess_image; "
         "buf = io.BytesIO(); Image.new('RGB', (300, 250)).save(buf, 'PNG'); "
         "assert preprocess_image(buf.getvalue()).shape == (1, 3, 224, 224); "
         "assert 'torch' not in sys.modules and 'torchvision' not in sys.modules"
@@ -160,7 +160,7 @@ def test_the_254_byte_bomb_fails_fast_in_little_memory() -> None:
     code = (
         "import io\n"
         "from PIL import Image\n"
-        "from carbonedge.broker.images import preprocess_image\n"
+        "from carbonedge.client.images import preprocess_image\n"
         "from carbonedge.errors import InvalidRequest\n"
         "buf = io.BytesIO(); Image.new('RGB', (60000, 1)).save(buf, format='PNG')\n"
         "def peak_kib():  # VmHWM: our own peak (ru_maxrss keeps the parent's, from fork)\n"

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from carbonedge.broker.client import Client, build_request
+from carbonedge.client import Client
+from carbonedge.client.requests import build_request
 from carbonedge.errors import InvalidMessage, InvalidRequest, InvalidTensor
 from carbonedge.protocol.codec import encode_tensor
 from carbonedge.protocol.messages import request_label, unpack, unpack_entry, validate_request

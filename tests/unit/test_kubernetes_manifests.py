@@ -14,10 +14,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from carbonedge.broker.allowlist import node_allowed
 from carbonedge.cli import _parser
 from carbonedge.compose.topology import load_topology
 from carbonedge.protocol import keys
+from carbonedge.transport.allowlist import node_allowed
 from tests.unit.keda_schema import SCHEMAS
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from carbonedge.broker.client import build_request
-from carbonedge.broker.model_choice import candidates, choose_model, wants_choice
+from carbonedge.client.requests import build_request
+from carbonedge.dispatcher.model_choice import choose_model, wants_choice
 from carbonedge.errors import InvalidMessage, InvalidRequest
-from carbonedge.partitioner.catalog import default_catalogue
+from carbonedge.partitioner.catalog import candidates, default_catalogue
 from carbonedge.protocol.messages import validate_request
 from carbonedge.scheduler import ClusterView, NodeSnapshot, select, weights_for
 

@@ -1,6 +1,6 @@
 """Which node ids a dispatcher believes heartbeats from."""
 
-from carbonedge.broker.allowlist import node_allowed
+from carbonedge.transport.allowlist import node_allowed
 
 
 def test_empty_allowlist_allows_every_node() -> None:

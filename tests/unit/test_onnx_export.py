@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from carbonedge.errors import ConfigError
-from carbonedge.node_agent.backend import open_backend, prepare_graphs, threads_for_quota
+from carbonedge.node_agent.backend import threads_for_quota
+from carbonedge.node_agent.loading import open_backend, prepare_graphs
 from carbonedge.node_agent.onnx_backend import OnnxBackend
 from carbonedge.node_agent.torch_backend import TorchBackend
 from carbonedge.partitioner import graphs
@@ -210,7 +211,7 @@ def test_an_onnxruntime_backend_never_loads_torch(paper_backend: OnnxBackend) ->
     and no libtorch mapped."""
     code = textwrap.dedent(f"""
         import sys, numpy as np
-        from carbonedge.node_agent.backend import open_backend
+        from carbonedge.node_agent.loading import open_backend
         from carbonedge.partitioner.catalog import default_catalogue
         from carbonedge.settings import Settings
         backend = open_backend("onnxruntime", default_catalogue(),

@@ -7,18 +7,13 @@ import time
 import numpy as np
 import pytest
 
-from carbonedge.broker.client import build_request
-from carbonedge.broker.partition_route import PartitionRouter
+from carbonedge.client.requests import build_request
+from carbonedge.dispatcher.partition_route import PartitionRouter
 from carbonedge.errors import InvalidRequest, NoNodeAvailable
 from carbonedge.partitioner.plans import BlockCost, Link, PlanNode, monolithic_plan
-from carbonedge.partitioner.routes import (
-    AUTO_CARBON_MARGIN,
-    Route,
-    RouteSegment,
-    check_partition,
-    choose_route,
-)
+from carbonedge.partitioner.routing import AUTO_CARBON_MARGIN, choose_route
 from carbonedge.protocol.codec import encode_tensor
+from carbonedge.protocol.routes import Route, RouteSegment, check_partition
 from carbonedge.scheduler import NodeSnapshot
 
 LINK = Link(bandwidth_bytes_per_ms=1e6, latency_ms=0.5)
@@ -197,7 +192,7 @@ def test_wants() -> None:
 
 
 def test_the_dispatcher_spots_partitioned_requests_without_decoding_them() -> None:
-    from carbonedge.broker.partition_route import _MARKERS
+    from carbonedge.dispatcher.partition_route import _MARKERS
     from carbonedge.protocol.messages import pack
 
     tensor = encode_tensor(np.zeros((1, 3, 224, 224), np.float32))

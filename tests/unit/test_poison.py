@@ -8,7 +8,7 @@ import json
 import pytest
 from kombu.transport.virtual import Message
 
-from carbonedge.node_agent.poison import (
+from carbonedge.transport.queue_guard import (
     PROBLEM_HEADER,
     UNDECODABLE_CONTENT_TYPE,
     GuardedMessage,

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from carbonedge.broker.quarantine import Quarantine
+from carbonedge.dispatcher.quarantine import Quarantine
 from carbonedge.protocol.telemetry import Heartbeat
 
 NOW = 1_800_000_000.0

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from carbonedge.dispatcher.telemetry import snapshot_of
 from carbonedge.errors import InvalidMessage
 from carbonedge.protocol.telemetry import Heartbeat
 
@@ -25,10 +26,10 @@ def test_fields_round_trip() -> None:
 
 
 def test_snapshot_uses_dispatcher_in_flight_when_given() -> None:
-    snap = _beat().to_snapshot(in_flight=4)
+    snap = snapshot_of(_beat(), in_flight=4)
     assert snap.in_flight == 4 and snap.exec_ms == {"mobilenetv2": 80.5}
     assert snap.work_group == "b5970930f305:torch"
-    assert _beat().to_snapshot().in_flight == 1
+    assert snapshot_of(_beat()).in_flight == 1
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,590 @@
+"""The dispatcher: reads requests from the stream, asks the scheduler, publishes to a node.
+
+A stream entry is acknowledged (and deleted) only after its task was published or its
+error result stored, so a dispatcher killed mid-batch leaves its entries pending for the
+next one to reclaim. Node telemetry is re-read every ``view_refresh_s``; between refreshes
+each dispatch bumps the chosen node's in-flight count locally so bursts spread out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from celery import Celery
+
+from carbonedge.carbon.forecast import DEFAULT_FORECASTER, get_forecaster
+from carbonedge.connections import async_redis_client
+from carbonedge.dispatcher.deferral import DeferralReleaser, plan_for, wants_deferral
+from carbonedge.dispatcher.model_choice import choose_model, wants_choice
+from carbonedge.dispatcher.partition_route import PartitionRouter
+from carbonedge.dispatcher.quarantine import Quarantine, Quarantined
+from carbonedge.dispatcher.recovery import Watchdog
+from carbonedge.dispatcher.telemetry import TelemetryReader
+from carbonedge.errors import (
+    CarbonEdgeError,
+    DispatchFailed,
+    InvalidMessage,
+    NoNodeAvailable,
+    UnknownNode,
+)
+from carbonedge.partitioner.catalog import Catalogue, candidates, load_catalogue
+from carbonedge.protocol import keys
+from carbonedge.protocol.messages import (
+    error_result,
+    pack,
+    request_label,
+    unpack_entry,
+    validate_request,
+)
+from carbonedge.protocol.telemetry import ORACLE_FORECAST
+from carbonedge.protocol.untrusted import (
+    Rejections,
+    is_wrong_type,
+    move_aside,
+    parse_amount,
+    parse_count,
+    printable,
+    text,
+)
+from carbonedge.scheduler import ClusterView, Decision, NodeSnapshot, select, weights_for
+from carbonedge.scheduler.budgets import BudgetVerdict, judge, parse_budgets, period_index
+from carbonedge.scheduler.slo import apply_latency_slo
+from carbonedge.settings import Settings
+from carbonedge.transport.allowlist import node_allowed
+from carbonedge.transport.celery_app import make_celery_app
+from carbonedge.transport.delivery import DELIVER, delivery_call
+from carbonedge.transport.publish import encode_task_message
+from carbonedge.transport.repair import is_not_a_number, reset_field, reset_in_flight
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Dispatcher", "node_allowed", "run_dispatcher"]
+
+MAX_ANSWERED_ID = 1024
+"""Longer request ids are not worth an error result (a key named after them): the entry
+is dead-lettered instead."""
+
+CLAIM_IDLE_MS = 30_000
+"""Entries pending this long on another consumer are taken over (that consumer died)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Routed:
+    node: str
+    mode: str
+    message: bytes
+    request_id: str
+    request: bytes
+    """The request as submitted: what is re-dispatched if the node dies."""
+    first: bool
+    """Its first dispatch (a re-dispatch after a node died is not a new decision)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Deferred:
+    request_id: str
+    request: bytes
+    """The request to put back on the stream at ``release_at``."""
+    release_at: float
+    input_key: str | None
+    """Its detached input, which must outlive the wait."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejected:
+    request_id: str
+    error: CarbonEdgeError
+
+
+@dataclass(frozen=True, slots=True)
+class _DeadLetter:
+    entry_id: bytes
+    error: CarbonEdgeError
+    """An entry without a readable request id: nobody can be answered."""
+
+
+_EXPECTED_TYPES = {"LPUSH": "list", "HSET": "hash", "HINCRBY": "hash", "ZADD": "zset",
+                   "INCR": "string", "XADD": "stream", "XACK": "stream", "XDEL": "stream"}
+"""The type each command of a dispatch MULTI needs its key to have."""
+
+
+class Dispatcher:
+    """One dispatcher process (several may share the consumer group)."""
+
+    def __init__(self, settings: Settings, *, app: Celery | None = None,
+                 name: str | None = None, models: Catalogue | None = None) -> None:
+        self.settings = settings
+        self.models = models or load_catalogue(settings.compose_path())
+        """The declared models (the compose file's): a request for another is UnknownModel."""
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.app = app or make_celery_app(settings)
+        self._view: ClusterView | None = None
+        self._view_at = 0.0
+        self._known_nodes: set[str] = set()
+        self._snapshots: dict[str, NodeSnapshot] = {}
+        self._quarantined: dict[str, Quarantined] = {}
+        self._forecasts: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {}
+        """Each live node's published intensity steps, by forecaster name."""
+        self.rejections = Rejections(f"dispatcher {self.name}", log)
+        """Malformed values read from Redis, logged once per cause and counted."""
+        self.telemetry = TelemetryReader(
+            self.rejections, allowlist=settings.node_allowlist,
+            quarantine=Quarantine(hold_s=settings.quarantine_s,
+                                  factor=settings.telemetry_jump_factor))
+        self.releaser = DeferralReleaser(rejections=self.rejections)
+        self._budgets = parse_budgets(settings.carbon_budgets)
+        self._spent: dict[str, float] = {}
+        self._spent_at = 0.0
+        self.dispatched = 0
+        self.rejected = 0
+        self.partitions = PartitionRouter(max_payload_bytes=settings.max_payload_bytes,
+                                          models=self.models.names)
+        self.on_decision: Callable[[str, float], None] | None = None
+        """Called with (mode, seconds) after each decision (the metrics histogram)."""
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set."""
+        r = async_redis_client(self.settings.redis_url, socket_timeout=10)
+        try:
+            await self._reclaim(r)
+            beat = asyncio.create_task(self._beat(r, stop))
+            watchdog = asyncio.create_task(Watchdog(self.settings, self.name, self.handle,
+                                                    self.rejections).run(r, stop))
+            releaser = asyncio.create_task(self.releaser.run(r, stop))
+            try:
+                await self._serve(r, stop)
+            finally:
+                beat.cancel()
+                watchdog.cancel()
+                releaser.cancel()
+                with contextlib.suppress(redis.RedisError):
+                    await r.hdel(keys.DISPATCHER_ALIVE, self.name)
+        finally:
+            await r.aclose()
+
+    async def _serve(self, r: aioredis.Redis, stop: asyncio.Event) -> None:
+        """Dispatch until stopped; ride out Redis outages (pending entries are reclaimed)."""
+        reclaim = False
+        failing: str | None = None
+        while not stop.is_set():
+            try:
+                if reclaim:
+                    await self._reclaim(r)
+                    reclaim = False
+                await self.step(r, block_ms=500)
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                log.warning("Redis unavailable (%s); retrying in 1 s", e)
+                reclaim = True
+                await asyncio.sleep(1.0)
+            except Exception as e:  # e.g. ACLs, a script killed, a bug: serve on
+                reason = f"{type(e).__name__}: {e}"[:200]
+                if isinstance(e, redis.ResponseError) and is_wrong_type(e):
+                    # a key replaced by one of another type between a read and a write:
+                    # the next read repairs it; the batch, still pending, is reclaimed
+                    self.rejections.reject("dispatch", "a key", f"changed type: {reason}")
+                elif reason != failing:
+                    log.exception("dispatching failed; retrying every second (logged once "
+                                  "per cause)")
+                failing, reclaim = reason, True
+                await asyncio.sleep(1.0)
+            else:
+                if failing:
+                    log.info("dispatching works again")
+                failing = None
+
+    async def step(self, r: aioredis.Redis, *, block_ms: int = 0) -> int:
+        """Read one batch of new requests and dispatch it; returns how many were handled."""
+        try:
+            reply = await r.xreadgroup(keys.DISPATCH_GROUP, self.name, {keys.REQUEST_STREAM: ">"},
+                                       count=self.settings.dispatch_batch, block=block_ms or None)
+        except redis.ResponseError as e:
+            if is_wrong_type(e):  # no request can be in a key that is not a stream
+                await move_aside(r, keys.REQUEST_STREAM, "stream", self.rejections)
+            elif "NOGROUP" not in str(e) and "UNBLOCKED" not in str(e):
+                raise  # (UNBLOCKED: the stream was deleted while we waited on it)
+            await self._ensure_group(r)
+            return 0
+        entries = reply[0][1] if reply else []
+        if entries:
+            await self.handle(r, entries)
+        return len(entries)
+
+    # -- dispatching -------------------------------------------------------------------
+
+    async def handle(self, r: aioredis.Redis, entries: Iterable[tuple[bytes, dict]]) -> None:
+        """Route a batch, then publish, count and acknowledge it in one round trip.
+
+        Entries are acknowledged in the same MULTI as their tasks are pushed, recorded in
+        their node's ``ce:assigned`` registry (for re-dispatch if it dies) and errors are
+        delivered: either all of that happened, or none did and the entries stay pending
+        for a dispatcher to reclaim.
+        """
+        entries = list(entries)
+        # A re-dispatched request (field "a") comes from a node the watchdog just found
+        # dead; a view older than that could send it straight back there.
+        await self._refresh_view(r, force=any(b"a" in fields for _, fields in entries))
+        await self._sync_in_flight(r)
+        await self._refresh_spend(r)
+        await self.partitions.prepare(r, entries, sorted(self._snapshots))
+        pipe = r.pipeline(transaction=True)
+        writes: list[tuple[str, str | None, str | None]] = []
+        """Per command of the MULTI: its key, the type it needs and the hash field it adds
+        to (to repair what a failed command found there)."""
+
+        def write(command: str, key: str, *args: Any, field: str | None = None,
+                  **options: Any) -> None:
+            getattr(pipe, command.lower())(key, *args, **options)
+            writes.append((key, _EXPECTED_TYPES.get(command), field))
+
+        outcomes = [self._route(entry_id, fields) for entry_id, fields in entries]
+        if any(_for_want_of_a_node(o) for o in outcomes):
+            # the view is up to view_refresh_s old: a node that came back within that time
+            # (a restarted agent) would be refused; read the telemetry again, route again
+            await self._refresh_view(r, force=True)
+            await self._sync_in_flight(r)
+            self.rejected -= sum(map(_for_want_of_a_node, outcomes))  # counted once, below
+            outcomes = [self._route(entry_id, fields) if _for_want_of_a_node(o) else o
+                        for (entry_id, fields), o in zip(entries, outcomes, strict=True)]
+        ids = []
+        for (entry_id, _), outcome in zip(entries, outcomes, strict=True):
+            ids.append(entry_id)
+            if isinstance(outcome, _Routed):
+                write("LPUSH", keys.node_queue(outcome.node), outcome.message)
+                write("HSET", keys.assigned_key(outcome.node), outcome.request_id,
+                      outcome.request)
+                write("HINCRBY", keys.IN_FLIGHT, outcome.node, 1, field=outcome.node)
+                if outcome.first:
+                    decided = f"{outcome.node}|{outcome.mode}"
+                    write("HINCRBY", keys.DECISIONS, decided, 1, field=decided)
+            elif isinstance(outcome, _Deferred):
+                write("ZADD", keys.DEFERRED, {outcome.request: outcome.release_at})
+                write("INCR", keys.DEFERRED_TOTAL)
+                if outcome.input_key is not None:
+                    wait_s = max(outcome.release_at - time.time(), 0.0)
+                    write("EXPIRE", outcome.input_key,
+                          int(wait_s + self.settings.input_ttl_s))
+            elif isinstance(outcome, _Rejected):
+                script_keys, args = delivery_call(
+                    outcome.request_id, error_result(outcome.request_id, outcome.error),
+                    expires_s=int(self.app.conf.result_expires or 3600))
+                await DELIVER(pipe, script_keys, args)  # queued: EVALSHA in the MULTI
+                writes.append((f"the result of {outcome.request_id}", None, None))
+            elif isinstance(outcome, _DeadLetter):
+                write("XADD", keys.DEAD_LETTER_STREAM,
+                      {"ts": repr(time.time()), "source": "request stream",
+                       "entry": outcome.entry_id, "error": outcome.error.message},
+                      maxlen=10_000, approximate=True)
+        write("XACK", keys.REQUEST_STREAM, keys.DISPATCH_GROUP, *ids)
+        write("XDEL", keys.REQUEST_STREAM, *ids)
+        replies = await pipe.execute(raise_on_error=False)
+        failed = [(w, e) for w, e in zip(writes, replies, strict=True)
+                  if isinstance(e, Exception)]
+        for (key, expected, field), error in failed:
+            await self._repair(r, key, expected, field, error)
+
+    async def _repair(self, r: aioredis.Redis, key: str, expected: str | None,
+                      field: str | None, error: Exception) -> None:
+        """A command of the dispatch MULTI failed on what someone left in its key (the
+        others were applied: MULTI does not roll back). Repair it for the next batch."""
+        if is_wrong_type(error) and expected is not None:
+            await move_aside(r, key, expected, self.rejections)
+        elif is_not_a_number(error) and field is not None:
+            bad = await r.hget(key, field)
+            if bad is None:
+                return
+            if key == keys.IN_FLIGHT:
+                await reset_in_flight(r, field, bad, self.rejections)
+            else:
+                await reset_field(r, key, field, bad, "", self.rejections, "counter")
+        else:
+            self.rejections.reject("dispatch-write", key, str(error)[:200])
+
+    def _route(self, entry_id: bytes,
+               fields: dict) -> _Routed | _Deferred | _Rejected | _DeadLetter:
+        """Where an entry goes, or the error to answer it with (or to dead-letter it with,
+        when it has no request id to answer)."""
+        req_id = None
+        try:
+            raw, request = unpack_entry(fields, max_bytes=self.settings.max_payload_bytes)
+            req_id = request.get("id") if isinstance(request.get("id"), str) else None
+            validate_request(request)
+            verdict = self._budget_verdict(request)
+            if wants_deferral(request):
+                deferred = self._defer(request)
+                if deferred is not None:
+                    return deferred
+            attempt = _attempt(fields, self.settings.max_attempts)
+            started = time.perf_counter()
+            decision = self._decide(request)
+            mode = request_label(request, self.settings.default_mode)
+            if self.on_decision is not None:
+                self.on_decision(mode, time.perf_counter() - started)
+            slo = None
+            if request.get("latency_slo_ms") is not None:
+                decision, slo = apply_latency_slo(decision, float(request["latency_slo_ms"]))
+            wire = decision.to_wire(explain=decision.candidates <= self.settings.explain_max_nodes)
+            if "model_choice" in request:
+                wire["model_choice"] = request.pop("model_choice")
+            if slo is not None:
+                wire["slo"] = slo
+            if verdict is not None:
+                wire["budget"] = verdict.to_wire()
+            request.update(node=decision.node_id, dispatched_at=time.time(), decision=wire,
+                           counted=True, mode=mode, attempt=attempt)
+            node, task = decision.node_id, keys.TASK_BY_KIND[request.get("kind", "infer")]
+            if PartitionRouter.wants(request):  # split across nodes: the first segment's
+                first = self.partitions.apply(request, self._live_snapshots(), node)
+                if first is not None:
+                    node, task = first, keys.TASK_INFER_SEGMENT
+            message = encode_task_message(self.app, task, request, task_id=request["id"],
+                                          queue=keys.node_queue(node))
+        except Exception as e:  # one bad request must not take the dispatcher down
+            error = e if isinstance(e, CarbonEdgeError) else DispatchFailed(
+                f"{type(e).__name__}: {e}")
+            shown = printable(req_id or entry_id)  # ids are the sender's text: escaped
+            if not isinstance(e, CarbonEdgeError):
+                log.exception("request %s could not be dispatched", shown)
+            self.rejected += 1
+            log.warning("request %s rejected: %s", shown, printable(error, 300))
+            if req_id is None or not 0 < len(req_id) <= MAX_ANSWERED_ID:
+                return _DeadLetter(entry_id, error)
+            return _Rejected(req_id, error)
+        self._view.add_in_flight(node, 1)  # type: ignore[union-attr]
+        self.dispatched += 1
+        return _Routed(node, mode, message, request["id"], raw, first=attempt == 1)
+
+    def _budget_verdict(self, request: dict[str, Any]) -> BudgetVerdict | None:
+        """Refuse a tenant over its carbon budget; route one near it in Green mode."""
+        period = self.settings.carbon_budget_period_s
+        verdict = judge(request.get("tenant"), self._budgets, self._spent,
+                        period_ends_at=(period_index(time.time(), period) + 1) * period)
+        if verdict is not None and verdict.force_green:
+            request["mode"] = "green"
+            request.pop("weights", None)
+        return verdict
+
+    async def _refresh_spend(self, r: aioredis.Redis) -> None:
+        """Tenants' spend this period, re-read as often as the node view."""
+        now = time.time()
+        if not self._budgets or now - self._spent_at < self.settings.view_refresh_s:
+            return
+        key = keys.budget_spend_key(period_index(now, self.settings.carbon_budget_period_s))
+        try:
+            raw = await r.hgetall(key)
+        except redis.ResponseError as e:
+            if not is_wrong_type(e):
+                raise
+            await move_aside(r, key, "hash", self.rejections)
+            raw = {}
+        spent = {}
+        for raw_tenant, raw_grams in raw.items():
+            tenant, grams = text(raw_tenant), parse_amount(raw_grams)
+            if tenant is None:
+                self.rejections.reject("budget", raw_tenant, "tenant name is not UTF-8")
+            elif grams is None:  # agents cannot add to it either: start it again
+                await reset_field(r, key, raw_tenant, raw_grams, "", self.rejections, "budget")
+            else:
+                spent[tenant] = grams
+        self._spent = spent
+        self._spent_at = now
+
+    def _defer(self, request: dict[str, Any]) -> _Deferred | None:
+        """Hold ``request`` for a lower-carbon slot before its deadline, if there is one."""
+        live = self._live_snapshots()
+        forecaster = request.get("forecast") or DEFAULT_FORECASTER
+        get_forecaster(forecaster)  # an unknown name is refused, listing the known ones
+        plan = plan_for(request, time.time(),
+                        {s.node_id: self._forecasts.get(s.node_id, {}).get(forecaster, ())
+                         for s in live},
+                        {s.node_id: s.carbon_intensity for s in live},
+                        settle_s=self.settings.heartbeat_interval_s + self.settings.view_refresh_s)
+        if not plan.deferred:
+            return None
+        held = {**request, "deferred_until": plan.release_at,
+                "deferral": {"now_g_per_kwh": plan.now_g_per_kwh,
+                             "release_g_per_kwh": plan.release_g_per_kwh,
+                             "forecast": forecaster}}
+        log.info("request %s deferred %.0f s: %.0f -> %.0f g/kWh", request["id"],
+                 plan.release_at - time.time(), plan.now_g_per_kwh, plan.release_g_per_kwh)
+        input_key = keys.input_key(request["id"]) if request.get("input_ref") is True else None
+        return _Deferred(request["id"], pack(held), plan.release_at, input_key)
+
+    def _live_snapshots(self) -> list[NodeSnapshot]:
+        view = self._view
+        return [self._snapshots[n] for n in view.node_ids] if view is not None else []
+
+    def _decide(self, request: dict[str, Any]) -> Decision:
+        choosing = wants_choice(request)
+        if request.get("kind", "infer") == "infer" and not choosing:
+            self.models.get(request["model"])  # UnknownModel listing the declared ones
+        weights = weights_for(request.get("mode"), request.get("weights"),
+                              default_mode=self.settings.default_mode)
+        view = self._view
+        if view is None or len(view) == 0:
+            raise NoNodeAvailable("no live node agent: every heartbeat has expired or none "
+                                  "was ever received (is `carbonedge up` running?)")
+        pinned = request.get("node")
+        if pinned is not None:
+            if pinned not in view.node_ids:
+                held = self._quarantined.get(pinned)
+                if held is not None:
+                    raise NoNodeAvailable(f"node {pinned!r} is quarantined until "
+                                          f"{time.strftime('%H:%M:%S', time.localtime(held.until))}"
+                                          f": {held.reason}", field="node")
+                if pinned in self._known_nodes:
+                    raise NoNodeAvailable(f"node {pinned!r} is not alive (heartbeat expired)",
+                                          field="node")
+                raise UnknownNode(f"unknown node {pinned!r}; live nodes: {view.node_ids}",
+                                  field="node")
+            view = ClusterView.build([self._snapshots[pinned]], now=self._view_at,
+                                     ttl_s=self.settings.heartbeat_ttl_s)
+        normalisation = request.get("normalisation") or self.settings.normalisation
+        if choosing:  # the model too: least carbon under the accuracy floor and the SLO
+            choice = choose_model(
+                view, candidates(self.models, family=request.get("family"),
+                                 min_accuracy=request.get("min_accuracy"),
+                                 input_shape=request.get("input_shape")),
+                weights, normalisation, slo_ms=request.get("latency_slo_ms"))
+            request.update(model=choice.model, model_choice=choice.explanation)
+            return choice.decision
+        return select(view, request.get("model") or "", weights, normalisation)
+
+    # -- telemetry ---------------------------------------------------------------------
+
+    async def _refresh_view(self, r: aioredis.Redis, *, force: bool = False) -> None:
+        now = time.time()
+        if not force and self._view is not None and now - self._view_at < self.settings.view_refresh_s:
+            return
+        telemetry = await self.telemetry.read(r, now)
+        snapshots = telemetry.snapshots()
+        self._known_nodes.update(telemetry.known)
+        self._snapshots = {s.node_id: s for s in snapshots}
+        self._forecasts = {n: {ORACLE_FORECAST: b.ci_forecast, **b.forecasts}
+                           for n, b in telemetry.beats.items()}
+        self._quarantined = telemetry.quarantined
+        self._view = ClusterView.build(snapshots, now=now, ttl_s=self.settings.heartbeat_ttl_s)
+        self._view_at = now
+
+    async def _sync_in_flight(self, r: aioredis.Redis) -> None:
+        """Re-read in-flight counts for every batch.
+
+        A producer that waits for each result submits its next request within a
+        millisecond; agents release their count before they publish a result, so a
+        count read now is exact, where one cached for even a few milliseconds would
+        show the last request still running and push the next one elsewhere.
+        """
+        try:
+            raw = await r.hgetall(keys.IN_FLIGHT)
+        except redis.ResponseError as e:
+            raw = e
+        counts = await self.telemetry.counts(r, raw)
+        view = self._view
+        if view is None:
+            return
+        for node_id, count in counts.items():
+            if node_id in view:
+                view.add_in_flight(node_id, max(count, 0) - view.in_flight(node_id))
+
+    # -- housekeeping ------------------------------------------------------------------
+
+    async def _ensure_group(self, r: aioredis.Redis) -> None:
+        try:
+            await r.xgroup_create(keys.REQUEST_STREAM, keys.DISPATCH_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if is_wrong_type(e):  # no request can be in a key that is not a stream
+                await move_aside(r, keys.REQUEST_STREAM, "stream", self.rejections)
+                await self._ensure_group(r)
+            elif "BUSYGROUP" not in str(e):
+                raise
+
+    async def _reclaim(self, r: aioredis.Redis) -> None:
+        """Dispatch entries left pending by this name or by a consumer idle too long."""
+        await self._ensure_group(r)  # a restarted Redis may have lost the group
+        own = await r.xreadgroup(keys.DISPATCH_GROUP, self.name, {keys.REQUEST_STREAM: "0"},
+                                 count=10_000)
+        entries = [e for e in (own[0][1] if own else []) if e[1]]
+        start = "0-0"
+        while True:
+            start, claimed, *_ = await r.xautoclaim(keys.REQUEST_STREAM, keys.DISPATCH_GROUP,
+                                                    self.name, CLAIM_IDLE_MS, start, count=1000)
+            entries.extend(e for e in claimed if e[1])
+            if start in (b"0-0", "0-0"):
+                break
+        if entries:
+            log.info("reclaiming %d pending request(s)", len(entries))
+            await self.handle(r, entries)
+
+    async def _beat(self, r: aioredis.Redis, stop: asyncio.Event) -> None:
+        """Beat (for watchdogs and `carbonedge status`) and publish the rejection counts."""
+        while not stop.is_set():
+            try:
+                await self._beat_once(r)
+            except redis.RedisError as e:
+                log.warning("dispatcher heartbeat failed: %s", e)
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+
+    async def _beat_once(self, r: aioredis.Redis, *, again: bool = True) -> None:
+        pipe = r.pipeline(transaction=False)
+        pipe.hset(keys.DISPATCHER_ALIVE, self.name, repr(time.time()))
+        pending = self.rejections.take_pending()
+        for field, n in pending.items():
+            pipe.hincrby(keys.REJECTED, field, n)
+        replies = await pipe.execute(raise_on_error=False)
+        written = [keys.DISPATCHER_ALIVE, *[keys.REJECTED] * len(pending)]
+        wrong = {k for k, reply in zip(written, replies, strict=True)
+                 if isinstance(reply, redis.ResponseError) and is_wrong_type(reply)}
+        for key in wrong:
+            await move_aside(r, key, "hash", self.rejections)
+        if wrong and again:  # beat now, not an interval late
+            await self._beat_once(r, again=False)
+
+
+def _attempt(fields: dict, max_attempts: int) -> int:
+    """Which dispatch of the request this is (1 unless its node died while holding it)."""
+    count = parse_count(fields.get(b"a", b"0"))
+    if count is None or count < 0:
+        raise InvalidMessage("stream entry field 'a' (attempt) must be an integer",
+                             field="a")
+    attempt = count + 1
+    if attempt > max_attempts:
+        raise DispatchFailed(f"request given up after {attempt - 1} node(s) died while "
+                             f"holding it (max_attempts={max_attempts})")
+    return attempt
+
+
+def _for_want_of_a_node(outcome: object) -> bool:
+    """Whether ``outcome`` refused its request because no (or not its pinned) node was
+    live in the dispatcher's view."""
+    return isinstance(outcome, _Rejected) and isinstance(outcome.error,
+                                                        (NoNodeAvailable, UnknownNode))
+
+
+def run_dispatcher(settings: Settings,
+                   setup: Callable[[Dispatcher], None] | None = None) -> None:
+    """Run one dispatcher until SIGINT/SIGTERM."""
+    import signal
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        dispatcher = Dispatcher(settings)
+        if setup is not None:  # e.g. metrics hooks
+            setup(dispatcher)
+        log.info("dispatcher %s reading %s", dispatcher.name, keys.REQUEST_STREAM)
+        await dispatcher.run(stop)
+
+    asyncio.run(main())
