@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from carbonedge.compose.topology import NodeSpec
-from tests.docker.engine import Engine, EngineUnavailable, provision
+from tests.conftest import session_export_dir
+from tests.docker.engine import ROOT, Engine, EngineUnavailable, provision
+
+COMPOSE = ROOT / "compose" / "docker-compose.yml"
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +28,17 @@ def engine() -> Iterator[Engine]:
         pytest.skip(f"no Docker engine for the container tests: {e}")
     yield engine
     engine.stop()
+
+
+@pytest.fixture(scope="session")
+def exported_models() -> Path:
+    """The topology's ONNX graphs, exported once on the host for every container test: the
+    containers run this virtualenv (same versions) and mount the store, since their source
+    tree is read-only and an export on 0.4 CPU would outlast the tests' patience."""
+    subprocess.run([sys.executable, "-m", "carbonedge.cli", "models", "export", "--compose",
+                    str(COMPOSE)], env={**os.environ, "CARBONEDGE_EXPORT_DIR":
+                                        str(session_export_dir())}, check=True, timeout=600)
+    return session_export_dir()
 
 
 def assert_limits_applied(container: dict[str, Any], spec: NodeSpec) -> None:

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -27,14 +25,12 @@ from carbonedge.errors import NoNodeAvailable
 from carbonedge.protocol import keys
 from carbonedge.protocol.telemetry import Heartbeat
 from carbonedge.settings import Settings
-from tests.conftest import session_export_dir
-from tests.docker.conftest import assert_limits_applied, cgroup_limits
+from tests.docker.conftest import COMPOSE, assert_limits_applied, cgroup_limits
 from tests.docker.engine import ROOT, VENV, Engine
 from tests.integration.test_monitoring import free_port, scrape
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.timeout(900)]
 
-COMPOSE = ROOT / "compose" / "docker-compose.yml"
 OVERRIDE = ROOT / "tests" / "docker" / "compose.test.yml"
 NODE_CLASSES = ("node-high", "node-medium", "node-green")
 MODEL = "mobilenetv2"
@@ -43,7 +39,7 @@ MODEL = "mobilenetv2"
 class Project:
     """One compose project of the test: the base file, the test override, an env file."""
 
-    def __init__(self, engine: Engine, tmp: Path) -> None:
+    def __init__(self, engine: Engine, exports: Path, tmp: Path) -> None:
         self.engine = engine
         self.name = f"cetest{secrets.token_hex(3)}"
         self.password = secrets.token_urlsafe(16)
@@ -59,7 +55,7 @@ class Project:
             f"CE_TEST_REDIS_PORT={self.redis_port}", f"CE_TEST_METRICS_PORT={self.metrics_port}",
             f"CE_TEST_FLOWER_PORT={self.flower_port}",
             f"CE_TEST_CARBON_METRICS_PORT={self.carbon_metrics_port}",
-            f"CE_TEST_EXPORTS={session_export_dir()}", ""]))
+            f"CE_TEST_EXPORTS={exports}", ""]))
         self.redis_url = f"redis://:{self.password}@127.0.0.1:{self.redis_port}/0"
         # the carbon service joins once the `carbonedge carbon` command exists
         self.services = ["redis", "dispatcher", "flower", *NODE_CLASSES]
@@ -120,12 +116,9 @@ def http_get(url: str, auth: str | None = None) -> tuple[int, bytes]:
 
 
 @pytest.fixture(scope="module")
-def project(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
-    p = Project(engine, tmp_path_factory.mktemp("compose"))
-    # the agents' graphs, exported here (the containers run this virtualenv: same versions)
-    subprocess.run([sys.executable, "-m", "carbonedge.cli", "models", "export", "--compose",
-                    str(COMPOSE)], env={**os.environ, "CARBONEDGE_EXPORT_DIR":
-                                        str(session_export_dir())}, check=True, timeout=600)
+def project(engine: Engine, exported_models: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
+    p = Project(engine, exported_models, tmp_path_factory.mktemp("compose"))
     try:
         p.compose("up", "-d", "--no-build", *p.services)
         yield p

@@ -21,14 +21,13 @@ from carbonedge.client import Client
 from carbonedge.compose.topology import load_topology, zone_constraint
 from carbonedge.protocol import keys
 from carbonedge.settings import Settings
-from tests.docker.conftest import assert_limits_applied
+from tests.docker.conftest import COMPOSE, assert_limits_applied
 from tests.docker.engine import ROOT, VENV, Engine
 from tests.docker.test_containers import NODE_CLASSES, live_ids, wait_until
 from tests.integration.test_monitoring import free_port
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.timeout(900)]
 
-COMPOSE = ROOT / "compose" / "docker-compose.yml"
 OVERRIDE = ROOT / "tests" / "docker" / "swarm.test.yml"
 
 
@@ -44,14 +43,14 @@ def docker(*args: str, timeout: float = 120, env: dict[str, str] | None = None,
 class Stack:
     """One stack of the test on the swarm: the compose file merged with the test override."""
 
-    def __init__(self, engine: Engine, tmp: Path) -> None:
+    def __init__(self, engine: Engine, exports: Path, tmp: Path) -> None:
         self.name = f"cestack{secrets.token_hex(3)}"
         self.password = secrets.token_urlsafe(16)
         self.redis_port = free_port()
         self.env = {"CARBONEDGE_REDIS_PASSWORD": self.password,
                     "CARBONEDGE_FLOWER_BASIC_AUTH": f"ops:{secrets.token_urlsafe(8)}",
                     "CE_TEST_IMAGE": engine.test_image, "CE_TEST_SRC": str(ROOT),
-                    "CE_TEST_VENV": str(VENV),
+                    "CE_TEST_VENV": str(VENV), "CE_TEST_EXPORTS": str(exports),
                     "CE_TEST_REDIS_PORT": str(self.redis_port),
                     "CE_TEST_FLOWER_PORT": str(free_port())}
         self.redis_url = f"redis://:{self.password}@127.0.0.1:{self.redis_port}/0"
@@ -118,12 +117,13 @@ def swarm(engine: Engine) -> Iterator[str]:
             docker("swarm", "leave", "--force", check=False)
 
 
-def test_stack_deploy_then_service_scale(engine: Engine, swarm: str, tmp_path: Path) -> None:
+def test_stack_deploy_then_service_scale(engine: Engine, swarm: str, exported_models: Path,
+                                         tmp_path: Path) -> None:
     topology = load_topology(COMPOSE)
     zones = {spec.name: spec.zone for spec in topology.nodes}
     labels = [f"--label-add=carbonedge.zone.{z}=true" for z in zones.values()]
     docker("node", "update", *labels, swarm)
-    stack = Stack(engine, tmp_path)
+    stack = Stack(engine, exported_models, tmp_path)
     try:
         merged = stack.deploy()
         for name in NODE_CLASSES:  # the stack keeps the file's limits and zone placement
