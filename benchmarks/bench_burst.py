@@ -13,6 +13,7 @@ node per mode, and the outcome ledger (lost and duplicated must be 0).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -80,6 +81,7 @@ def main() -> int:
         with Client(rt.settings) as client:
             warm_up(client, rt.node_ids, MODEL, images, per_node=15, timeout=120)
         service = _service_ms(rt.settings.redis_url, rt.node_ids)
+        quotas = sum(spec.cpus for spec in rt.topology.nodes)
         ledger = OutcomeLedger(rt.settings.redis_url)
         done: list[tuple[str, str, str]] = []
         ids: list[str] = []
@@ -115,6 +117,15 @@ def main() -> int:
         total = sum(shares[mode].values()) or 1
         print(f"  {mode:<12} " + "  ".join(f"{node} {100 * shares[mode][node] / total:5.1f}%"
                                            for node in service))
+    if not args.green_slo_ms and shares["green"]:
+        # Without an SLO, Green keeps Table V routing: its requests queue on its node alone,
+        # which bounds the drain from below whatever the other modes do.
+        node, _ = shares["green"].most_common(1)[0]
+        floor = sum(shares["green"].values()) * service[node] / 1000.0
+        print(f"Green's requests on {node} alone need {floor:.1f} s: the best drain without "
+              f"an SLO is {max(floor, ideal) / ideal:.2f}x (--green-slo-ms lifts it)")
+    print(f"the nodes' quotas sum to {quotas:.1f} CPUs on a {os.cpu_count()}-CPU host, "
+          "which also runs the dispatcher, Redis and the producers")
     print(f"outcomes: {report.line()}")
     for request_id, outcomes in duplicates.items():
         print(f"  delivered twice: {request_id}: " + "; ".join(
