@@ -21,11 +21,10 @@ import numpy as np
 import redis
 import redis.asyncio as aioredis
 
-from carbonedge.client.requests import build_request, detach_input
+from carbonedge.client.requests import detach_input, make_request
 from carbonedge.dispatcher.dispatcher import Dispatcher
 from carbonedge.protocol import keys
 from carbonedge.protocol.codec import encode_tensor
-from carbonedge.protocol.messages import pack
 from carbonedge.protocol.telemetry import Heartbeat
 from carbonedge.settings import Settings
 
@@ -63,10 +62,10 @@ def run(kind: str, count: int, profile: str | None = None) -> None:
     settings = Settings.load(env={}, redis_url=URL)
     pipe = r.pipeline(transaction=False)
     for _ in range(count):
-        req = build_request(kind=kind, model="mobilenetv2" if tensor else None, tensor=tensor,
+        req = make_request(kind=kind, model="mobilenetv2" if tensor else None, tensor=tensor,
                             mode="balanced")
-        detach_input(req, pipe, settings)  # as Client.submit does: the tensor waits in a key
-        pipe.xadd(keys.REQUEST_STREAM, {keys.REQUEST_FIELD: pack(req)})
+        req = detach_input(req, pipe, settings)  # as Client.submit does: the tensor waits
+        pipe.xadd(keys.REQUEST_STREAM, {keys.REQUEST_FIELD: req.pack()})
     pipe.execute()
     _fake_heartbeats(r)  # fresh, after the (slow) request build
     profiler = cProfile.Profile() if profile else None

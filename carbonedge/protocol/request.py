@@ -139,6 +139,10 @@ class Request:
             out[name] = _thawed(value)
         return out
 
+    def input_map(self) -> dict[str, Any] | None:
+        """The input's wire map ``{dtype, shape, data}`` (what a claim check stores)."""
+        return None if self.input is None else _thawed(self.input)
+
     def pack(self) -> bytes:
         """The request as msgpack (what a producer adds to the stream)."""
         return pack(self.to_wire())
