@@ -12,9 +12,10 @@ from __future__ import annotations
 import base64
 import json
 import os
-import re
 import socket
 import uuid
+from binascii import b2a_base64
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 import msgpack
@@ -61,8 +62,8 @@ def encode_task_message(app: Celery, name: str, payload: dict[str, Any], *, task
     return json.dumps(envelope, separators=(",", ":")).encode()
 
 
-_quoted = json.JSONEncoder(ensure_ascii=True).encode
-"""A string as a JSON string (what ``json.dumps`` writes for one, without its set-up)."""
+_quoted = encode_basestring_ascii
+"""A string as a JSON string (what ``json.dumps`` writes for one)."""
 
 _SLOTS = ("body", "id", "argsrepr", "queue", "tag")
 """What differs between two messages of one task: placeholders in its JSON template."""
@@ -77,7 +78,8 @@ class TaskEncoder:
     def __init__(self, app: Celery, *, ignore_result: bool = True) -> None:
         self.app = app
         self.ignore_result = ignore_result
-        self._templates: dict[str, tuple[list[str], list[str], Any]] = {}
+        self._templates: dict[str, tuple[str, Any]] = {}
+        self._pack = msgpack.Packer(use_bin_type=True).pack  # kombu's msgpack settings
 
     def __call__(self, name: str, payload: dict[str, Any], *, task_id: str,
                  queue: str) -> bytes:
@@ -85,25 +87,19 @@ class TaskEncoder:
         template = self._templates.get(name)
         if template is None:
             template = self._templates[name] = self._template(name)
-        parts, order, embed = template
-        body = msgpack.packb(((payload,), {}, embed), use_bin_type=True)
-        quoted = _quoted
-        values = {  # base64 and hex need no JSON escaping; the sender's text does
-            "body": '"' + base64.b64encode(body).decode("ascii") + '"',
-            "id": quoted(task_id),
-            "argsrepr": quoted(f"<{payload.get('kind', 'infer')} "
-                               f"{payload.get('model') or ''} id={task_id}>"),
-            "queue": quoted(queue),
-            "tag": '"' + os.urandom(16).hex() + '"',  # unique, as kombu's uuid4 hex is
-        }
-        out = [parts[0]]
-        for slot, part in zip(order, parts[1:], strict=True):
-            out.append(values[slot])
-            out.append(part)
-        return "".join(out).encode()
+        text, embed = template
+        body = b2a_base64(self._pack(((payload,), {}, embed)), newline=False)
+        return (text % {  # base64 and hex need no JSON escaping; the sender's text does
+            "body": body.decode("ascii"),
+            "id": _quoted(task_id),
+            "argsrepr": _quoted(f"<{payload.get('kind', 'infer')} "
+                                f"{payload.get('model') or ''} id={task_id}>"),
+            "queue": _quoted(queue),
+            "tag": os.urandom(16).hex(),  # unique, as kombu's uuid4 hex is
+        }).encode()
 
-    def _template(self, name: str) -> tuple[list[str], list[str], Any]:
-        """Celery's message for ``name`` with placeholders, as JSON text split around them."""
+    def _template(self, name: str) -> tuple[str, Any]:
+        """Celery's message for ``name`` as JSON text with ``%(slot)s`` placeholders."""
         marks = {slot: f"@carbonedge:{slot}@" for slot in _SLOTS}
         message = self.app.amqp.as_task_v2(
             marks["id"], name, args=((),), kwargs={}, origin=ORIGIN,
@@ -123,7 +119,10 @@ class TaskEncoder:
                 "delivery_tag": marks["tag"],
             },
         }
-        text = json.dumps(envelope, separators=(",", ":"))
-        by_mark = {json.dumps(mark): slot for slot, mark in marks.items()}
-        pieces = re.split("(" + "|".join(map(re.escape, by_mark)) + ")", text)
-        return pieces[0::2], [by_mark[p] for p in pieces[1::2]], message.body[2]
+        text = json.dumps(envelope, separators=(",", ":")).replace("%", "%%")
+        for slot, mark in marks.items():
+            quoted = json.dumps(mark)
+            # the body and tag are written inside their quotes; the others bring their own
+            text = text.replace(quoted, f'"%({slot})s"' if slot in ("body", "tag")
+                                else f"%({slot})s")
+        return text, message.body[2]

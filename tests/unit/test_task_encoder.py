@@ -23,8 +23,8 @@ def test_the_template_gives_celerys_message() -> None:
     encode = TaskEncoder(APP)
     for task, payload, task_id, queue in (
         (keys.TASK_PING, {"v": 1, "id": "a", "kind": "ping"}, "a", keys.node_queue("n1")),
-        (keys.TASK_INFER, {"v": 1, "id": 'q"\\é\n', "model": "m", "input": {"data": b"\0\xff"},
-                           "decision": {"x": [1.5, None, True]}}, 'q"\\é\n', "ce:q:<n>"),
+        (keys.TASK_INFER, {"v": 1, "id": 'q"\\é\n%s%', "model": "m", "input": {"data": b"\0\xff"},
+                           "decision": {"x": [1.5, None, True]}}, 'q"\\é\n%s%', "ce:q:%d"),
         (keys.TASK_INFER_SEGMENT, {"kind": "infer", "segment": 0}, "s", keys.node_queue("n2")),
     ):
         ours = encode(task, payload, task_id=task_id, queue=queue)
