@@ -101,9 +101,8 @@ class Dispatcher:
         self.steps: list[Step] = default_steps(
             settings, models=self.models, app=self.app, partitions=self.partitions,
             budgets=self._budgets, on_decision=lambda: self.on_decision)
-        """Routing, in order: a policy plugs in by inserting a step (before
-        :meth:`run`)."""
-        self._pipeline: Pipeline | None = None
+        """Routing, in order (see :mod:`carbonedge.dispatcher.steps`): a policy plugs in
+        by inserting a step; a change applies from the next batch."""
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -201,14 +200,15 @@ class Dispatcher:
             getattr(pipe, command.lower())(key, *args, **options)
             writes.append((key, _EXPECTED_TYPES.get(command), field))
 
-        outcomes = [self._route(entry_id, fields) for entry_id, fields in entries]
+        pipeline = Pipeline(self.steps)
+        outcomes = [self._route(pipeline, entry_id, fields) for entry_id, fields in entries]
         if any(for_want_of_a_node(o) for o in outcomes):
             # the view is up to view_refresh_s old: a node that came back within that time
             # (a restarted agent) would be refused; read the telemetry again, route again
             await self._refresh_view(r, force=True)
             await self._sync_in_flight(r)
             self.rejected -= sum(map(for_want_of_a_node, outcomes))  # counted once, below
-            outcomes = [self._route(entry_id, fields) if for_want_of_a_node(o) else o
+            outcomes = [self._route(pipeline, entry_id, fields) if for_want_of_a_node(o) else o
                         for (entry_id, fields), o in zip(entries, outcomes, strict=True)]
         ids = [entry_id for entry_id, _ in entries]
         # one command per node and key, not per request: the MULTI's cost is per command
@@ -216,6 +216,7 @@ class Dispatcher:
         assigned: dict[str, dict[str, bytes]] = {}
         decided: dict[str, int] = {}
         deferred: dict[bytes, float] = {}
+        held = 0
         for outcome in outcomes:
             if isinstance(outcome, Routed):
                 queued.setdefault(outcome.node, []).append(outcome.message)
@@ -225,6 +226,7 @@ class Dispatcher:
                     decided[label] = decided.get(label, 0) + 1
             elif isinstance(outcome, Deferred):
                 deferred[outcome.request] = outcome.release_at
+                held += 1
                 if outcome.input_key is not None:
                     wait_s = max(outcome.release_at - time.time(), 0.0)
                     write("EXPIRE", outcome.input_key,
@@ -248,7 +250,7 @@ class Dispatcher:
             write("HINCRBY", keys.DECISIONS, label, n, field=label)
         if deferred:
             write("ZADD", keys.DEFERRED, deferred)
-            write("INCRBY", keys.DEFERRED_TOTAL, len(deferred))
+            write("INCRBY", keys.DEFERRED_TOTAL, held)
         write("XACK", keys.REQUEST_STREAM, keys.DISPATCH_GROUP, *ids)
         write("XDEL", keys.REQUEST_STREAM, *ids)
         replies = await pipe.execute(raise_on_error=False)
@@ -274,12 +276,9 @@ class Dispatcher:
         else:
             self.rejections.reject("dispatch-write", key, str(error)[:200])
 
-    def _route(self, entry_id: bytes, fields: dict) -> Outcome:
+    def _route(self, pipeline: Pipeline, entry_id: bytes, fields: dict) -> Outcome:
         """Where an entry goes, or the error to answer it with (or to dead-letter it with,
         when it has no request id to answer)."""
-        pipeline = self._pipeline
-        if pipeline is None or pipeline.steps != tuple(self.steps):
-            pipeline = self._pipeline = Pipeline(self.steps, name=self.name)
         outcome = pipeline.route(entry_id, fields, self.cluster)
         if isinstance(outcome, Routed):
             self.dispatched += 1

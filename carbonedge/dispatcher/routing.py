@@ -151,9 +151,8 @@ class Step(Protocol):
 class Pipeline:
     """Runs an entry through its steps; turns an exception into the refusal it earns."""
 
-    def __init__(self, steps: Sequence[Step], *, name: str = "dispatcher") -> None:
+    def __init__(self, steps: Sequence[Step]) -> None:
         self.steps = tuple(steps)
-        self.name = name
 
     def route(self, entry_id: bytes, fields: Mapping[Any, Any], cluster: Cluster) -> Outcome:
         routing = Routing(entry_id, fields)
