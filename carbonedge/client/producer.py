@@ -17,9 +17,9 @@ import redis
 from carbonedge.client.requests import (
     IMAGE_TYPES,
     RequestOptions,
-    build_request,
     check_timeout,
     detach_input,
+    make_request,
     to_tensor_map,
 )
 from carbonedge.client.results import InferenceResult, parse_result
@@ -41,7 +41,7 @@ from carbonedge.ops.status import collect_cluster
 from carbonedge.partitioner.catalog import Catalogue, Preprocess, candidates, load_catalogue
 from carbonedge.protocol import keys
 from carbonedge.protocol.codec import TensorLimits
-from carbonedge.protocol.messages import pack
+from carbonedge.protocol.request import Request
 from carbonedge.settings import Settings
 from carbonedge.transport.celery_app import make_celery_app
 from carbonedge.transport.listener import ResultListener, decode_meta, result_key
@@ -155,14 +155,14 @@ class Client(_Producer):
         model as well as the node (the result's ``model`` and ``decision["model_choice"]``).
         """
         tensor = self._tensor(model, image_or_tensor, options)
-        request = build_request(model=model, tensor=tensor, **options)
+        request = make_request(model=model, tensor=tensor, **options)
         return self._send(request)
 
     def ping(self, *, mode: str | None = None, node: str | None = None,
              deadline_s: float | None = None, forecast: str | None = None,
              tenant: str | None = None) -> InferenceHandle:
         """A request that runs no model: measures the routing path itself."""
-        return self._send(build_request(kind="ping", mode=mode, node=node,
+        return self._send(make_request(kind="ping", mode=mode, node=node,
                                         deadline_s=deadline_s, forecast=forecast,
                                         tenant=tenant))
 
@@ -180,14 +180,14 @@ class Client(_Producer):
             raise NoNodeAvailable(f"node {node!r} has no live heartbeat: nothing would serve "
                                   "its queue", field="node")
         tensor = self._tensor(model, image_or_tensor, {})
-        request = build_request(model=model, tensor=tensor, mode="direct", node=node)
+        request = make_request(model=model, tensor=tensor, mode="direct", node=node)
         return self._send(request, queue=keys.node_queue(node))
 
     def submit_raw(self, payload: bytes) -> None:
         """Add raw bytes to the request stream (for tests of malformed requests)."""
         self._redis.xadd(keys.REQUEST_STREAM, {keys.REQUEST_FIELD: payload})
 
-    def _send(self, request: dict[str, Any], queue: str | None = None) -> InferenceHandle:
+    def _send(self, request: Request, queue: str | None = None) -> InferenceHandle:
         """Store a large input under its own key, then queue the request, in one round trip.
 
         With ``queue`` the request goes straight to that Celery queue (no dispatcher).
@@ -198,23 +198,23 @@ class Client(_Producer):
         except (redis.ConnectionError, redis.TimeoutError) as e:
             raise RuntimeUnavailable(
                 f"Redis at {_where(self.settings.redis_url)} is unreachable ({e}): request "
-                f"{request['id']} was not submitted, or its submission not confirmed") from e
+                f"{request.id} was not submitted, or its submission not confirmed") from e
 
-    def _send_once(self, request: dict[str, Any], queue: str | None) -> InferenceHandle:
-        self._listener.watch(request["id"])
+    def _send_once(self, request: Request, queue: str | None) -> InferenceHandle:
+        self._listener.watch(request.id)
         pipe = self._redis.pipeline(transaction=True)
-        detach_input(request, pipe, self.settings)
+        request = detach_input(request, pipe, self.settings)
         if queue is None:
-            pipe.xadd(keys.REQUEST_STREAM, {keys.REQUEST_FIELD: pack(request)})
+            pipe.xadd(keys.REQUEST_STREAM, {keys.REQUEST_FIELD: request.pack()})
         else:
-            pipe.lpush(queue, encode_task_message(self._app, keys.TASK_INFER, request,
-                                                  task_id=request["id"], queue=queue))
+            pipe.lpush(queue, encode_task_message(self._app, keys.TASK_INFER, request.to_wire(),
+                                                  task_id=request.id, queue=queue))
         if self._listener.to_delete:  # results already read: delete them on the way
             pipe.delete(*self._listener.to_delete)
             self._listener.to_delete.clear()
         pipe.execute()
-        confirm_replicated(self._redis, self.settings.redis_url, f"request {request['id']}")
-        return InferenceHandle(self, request["id"], float(request.get("deadline_s") or 0.0))
+        confirm_replicated(self._redis, self.settings.redis_url, f"request {request.id}")
+        return InferenceHandle(self, request.id, float(request.deadline_s or 0.0))
 
     def result_for(self, request_id: str, timeout: float | None = None) -> InferenceResult:
         """The result of any request id (e.g. one sent raw), as :meth:`InferenceHandle.result`."""
@@ -259,11 +259,11 @@ class AsyncClient(_Producer):
                     **options: Unpack[RequestOptions]) -> InferenceResult:
         """Submit one request and wait for its result (``model=None``: see Client.submit)."""
         tensor = self._tensor(model, image_or_tensor, options)
-        request = build_request(model=model, tensor=tensor, **options)
+        request = make_request(model=model, tensor=tensor, **options)
         return await self._roundtrip(request, timeout)
 
     async def ping(self, *, timeout: float | None = None, **options: Any) -> InferenceResult:
-        return await self._roundtrip(build_request(kind="ping", **options), timeout)
+        return await self._roundtrip(make_request(kind="ping", **options), timeout)
 
     async def map(self, model: str | None, inputs: Iterable[Any], *,
                   timeout: float | None = None,
@@ -271,34 +271,34 @@ class AsyncClient(_Producer):
         return list(await asyncio.gather(*(self.infer(model, x, timeout=timeout, **options)
                                            for x in inputs)))
 
-    async def _roundtrip(self, request: dict[str, Any], timeout: float | None) -> InferenceResult:
+    async def _roundtrip(self, request: Request, timeout: float | None) -> InferenceResult:
         try:
             return await self._roundtrip_once(request, timeout)
         except (redis.ConnectionError, redis.TimeoutError) as e:
             raise RuntimeUnavailable(
                 f"Redis at {_where(self.settings.redis_url)} is unreachable ({e}) for request "
-                f"{request['id']}: it was not submitted, or its result may still come "
+                f"{request.id}: it was not submitted, or its result may still come "
                 "(stored under its id)") from e
 
-    async def _roundtrip_once(self, request: dict[str, Any],
+    async def _roundtrip_once(self, request: Request,
                               timeout: float | None) -> InferenceResult:
         timeout = check_timeout(timeout)
         timeout = self.settings.result_timeout_s if timeout is None else timeout
-        key = result_key(request["id"])
+        key = result_key(request.id)
         async with self._redis.pubsub() as pubsub:
             await pubsub.subscribe(key)  # before sending, so the publish cannot be missed
             pipe = self._redis.pipeline(transaction=True)
-            detach_input(request, pipe, self.settings)
-            pipe.xadd(keys.REQUEST_STREAM, {keys.REQUEST_FIELD: pack(request)})
+            request = detach_input(request, pipe, self.settings)
+            pipe.xadd(keys.REQUEST_STREAM, {keys.REQUEST_FIELD: request.pack()})
             await pipe.execute()
             await confirm_replicated_async(self._redis, self.settings.redis_url,
-                                           f"request {request['id']}")
+                                           f"request {request.id}")
             try:
                 raw = await asyncio.wait_for(self._await_meta(pubsub, key), timeout)
             except TimeoutError:
                 sync = redis_client(self.settings.redis_url)
                 try:
-                    reason = diagnose(sync, request["id"], timeout, self.settings.heartbeat_ttl_s)
+                    reason = diagnose(sync, request.id, timeout, self.settings.heartbeat_ttl_s)
                 finally:
                     sync.close()
                 raise ResultTimeout(reason) from None

@@ -7,6 +7,7 @@ import math
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -17,11 +18,12 @@ from carbonedge.errors import InvalidRequest
 from carbonedge.partitioner.catalog import Preprocess
 from carbonedge.protocol import keys
 from carbonedge.protocol.codec import TensorLimits, encode_tensor, tensor_header
-from carbonedge.protocol.messages import PROTOCOL_VERSION, pack, validate_request
+from carbonedge.protocol.messages import PROTOCOL_VERSION, pack
+from carbonedge.protocol.request import Request
 from carbonedge.settings import Settings
 
 __all__ = ["IMAGE_TYPES", "RequestOptions", "build_request", "check_timeout", "detach_input",
-           "to_tensor_map"]
+           "make_request", "to_tensor_map"]
 
 IMAGE_TYPES = (str, Path, bytes, bytearray, Image.Image)
 
@@ -56,7 +58,13 @@ class RequestOptions(TypedDict, total=False):
     min_accuracy: float
 
 
-def build_request(
+def build_request(**options: Any) -> dict[str, Any]:
+    """The wire map of :func:`make_request` (what goes on the stream, for callers that
+    send maps of their own)."""
+    return make_request(**options).to_wire()
+
+
+def make_request(
     *,
     kind: str = "infer",
     model: str | None = None,
@@ -74,8 +82,8 @@ def build_request(
     forecast: str | None = None,
     tenant: str | None = None,
     latency_slo_ms: float | None = None,
-) -> dict[str, Any]:
-    """A validated request map with a fresh id.
+) -> Request:
+    """A validated request with a fresh id.
 
     ``deadline_s`` lets the request wait, up to that many seconds after submission, for
     the lowest-carbon slot the nodes' intensity forecasts show (carbon-aware deferral);
@@ -118,8 +126,7 @@ def build_request(
         request["deadline_s"] = deadline_s
     if latency_slo_ms is not None:
         request["latency_slo_ms"] = latency_slo_ms
-    validate_request(request)
-    return request
+    return Request.from_wire(request)
 
 
 def _weights(weights: Any) -> list[float]:
@@ -145,16 +152,16 @@ def check_timeout(timeout: float | None) -> float | None:
     return float(timeout)
 
 
-def detach_input(request: dict[str, Any], pipe: Any, settings: Settings) -> None:
-    """Move a large input out of the request into ``ce:input:<id>`` (claim check).
+def detach_input(request: Request, pipe: Any, settings: Settings) -> Request:
+    """The request with a large input moved out into ``ce:input:<id>`` (claim check),
+    queued on ``pipe``; a small one as it is.
 
     The request then stays small through the stream, the dispatcher and the Celery
     message (whose Redis transport would base64 the tensor: +33%), and the agent reads
     the raw bytes once.
     """
-    tensor = request.get("input")
+    tensor = request.input
     if tensor is None or len(tensor["data"]) <= settings.inline_input_max_bytes:
-        return
-    pipe.set(keys.input_key(request["id"]), pack(request.pop("input")),
-             ex=settings.input_ttl_s)
-    request["input_ref"] = True
+        return request
+    pipe.set(keys.input_key(request.id), pack(request.input_map()), ex=settings.input_ttl_s)
+    return replace(request, input=None, input_ref=True)

@@ -14,13 +14,13 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 
 from carbonedge.protocol import keys
 from carbonedge.protocol.lua import LuaScript
+from carbonedge.protocol.request import Request
 from carbonedge.protocol.untrusted import Rejections, is_wrong_type, move_aside
 from carbonedge.scheduler.deferral import DeferralPlan, plan_deferral
 
@@ -32,12 +32,7 @@ RELEASE_BATCH = 500
 RELEASE = LuaScript(__package__, "release_deferred.lua")
 
 
-def wants_deferral(request: Mapping[str, Any]) -> bool:
-    """A request with a deadline that has not been deferred (and released) already."""
-    return request.get("deadline_s") is not None and request.get("deferred_until") is None
-
-
-def plan_for(request: Mapping[str, Any], now: float, forecasts: Mapping[str, Sequence],
+def plan_for(request: Request, now: float, forecasts: Mapping[str, Sequence],
              current: Mapping[str, float], *, settle_s: float = 0.0) -> DeferralPlan:
     """The request's release plan over the live nodes' forecasts.
 
@@ -45,7 +40,7 @@ def plan_for(request: Mapping[str, Any], now: float, forecasts: Mapping[str, Seq
     heartbeats (and the dispatcher's view of them) report a new intensity up to a beat
     late, and the request should be routed on the new one.
     """
-    deadline = float(request["submitted_at"]) + float(request["deadline_s"]) - DEFERRAL_MARGIN_S
+    deadline = float(request.submitted_at) + float(request.deadline_s or 0.0) - DEFERRAL_MARGIN_S
     plan = plan_deferral(now, max(deadline, now), forecasts, current)
     if plan.deferred:
         plan = replace(plan, release_at=min(plan.release_at + settle_s, max(deadline, now)))

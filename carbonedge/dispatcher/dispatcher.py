@@ -15,106 +15,59 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 from celery import Celery
 
-from carbonedge.carbon.forecast import DEFAULT_FORECASTER, get_forecaster
 from carbonedge.connections import async_redis_client
-from carbonedge.dispatcher.deferral import DeferralReleaser, plan_for, wants_deferral
-from carbonedge.dispatcher.model_choice import choose_model, wants_choice
+from carbonedge.dispatcher.deferral import DeferralReleaser
 from carbonedge.dispatcher.partition_route import PartitionRouter
-from carbonedge.dispatcher.quarantine import Quarantine, Quarantined
+from carbonedge.dispatcher.quarantine import Quarantine
 from carbonedge.dispatcher.recovery import Watchdog
+from carbonedge.dispatcher.routing import (
+    Cluster,
+    DeadLetter,
+    Deferred,
+    Outcome,
+    Pipeline,
+    Rejected,
+    Routed,
+    Step,
+    for_want_of_a_node,
+)
+from carbonedge.dispatcher.steps import default_steps
 from carbonedge.dispatcher.telemetry import TelemetryReader
-from carbonedge.errors import (
-    CarbonEdgeError,
-    DispatchFailed,
-    InvalidMessage,
-    NoNodeAvailable,
-    UnknownNode,
-)
-from carbonedge.partitioner.catalog import Catalogue, candidates, load_catalogue
+from carbonedge.partitioner.catalog import Catalogue, load_catalogue
 from carbonedge.protocol import keys
-from carbonedge.protocol.messages import (
-    error_result,
-    pack,
-    request_label,
-    unpack_entry,
-    validate_request,
-)
+from carbonedge.protocol.messages import error_result
 from carbonedge.protocol.telemetry import ORACLE_FORECAST
 from carbonedge.protocol.untrusted import (
     Rejections,
     is_wrong_type,
     move_aside,
     parse_amount,
-    parse_count,
-    printable,
     text,
 )
-from carbonedge.scheduler import ClusterView, Decision, NodeSnapshot, select, weights_for
-from carbonedge.scheduler.budgets import BudgetVerdict, judge, parse_budgets, period_index
-from carbonedge.scheduler.slo import apply_latency_slo
+from carbonedge.scheduler import ClusterView
+from carbonedge.scheduler.budgets import parse_budgets, period_index
 from carbonedge.settings import Settings
 from carbonedge.transport.allowlist import node_allowed
 from carbonedge.transport.celery_app import make_celery_app
 from carbonedge.transport.delivery import DELIVER, delivery_call
-from carbonedge.transport.publish import encode_task_message
 from carbonedge.transport.repair import is_not_a_number, reset_field, reset_in_flight
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Dispatcher", "node_allowed", "run_dispatcher"]
 
-MAX_ANSWERED_ID = 1024
-"""Longer request ids are not worth an error result (a key named after them): the entry
-is dead-lettered instead."""
-
 CLAIM_IDLE_MS = 30_000
 """Entries pending this long on another consumer are taken over (that consumer died)."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Routed:
-    node: str
-    mode: str
-    message: bytes
-    request_id: str
-    request: bytes
-    """The request as submitted: what is re-dispatched if the node dies."""
-    first: bool
-    """Its first dispatch (a re-dispatch after a node died is not a new decision)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Deferred:
-    request_id: str
-    request: bytes
-    """The request to put back on the stream at ``release_at``."""
-    release_at: float
-    input_key: str | None
-    """Its detached input, which must outlive the wait."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Rejected:
-    request_id: str
-    error: CarbonEdgeError
-
-
-@dataclass(frozen=True, slots=True)
-class _DeadLetter:
-    entry_id: bytes
-    error: CarbonEdgeError
-    """An entry without a readable request id: nobody can be answered."""
-
-
 _EXPECTED_TYPES = {"LPUSH": "list", "HSET": "hash", "HINCRBY": "hash", "ZADD": "zset",
-                   "INCR": "string", "XADD": "stream", "XACK": "stream", "XDEL": "stream"}
+                   "INCRBY": "string", "XADD": "stream", "XACK": "stream", "XDEL": "stream"}
 """The type each command of a dispatch MULTI needs its key to have."""
 
 
@@ -128,13 +81,8 @@ class Dispatcher:
         """The declared models (the compose file's): a request for another is UnknownModel."""
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.app = app or make_celery_app(settings)
-        self._view: ClusterView | None = None
-        self._view_at = 0.0
-        self._known_nodes: set[str] = set()
-        self._snapshots: dict[str, NodeSnapshot] = {}
-        self._quarantined: dict[str, Quarantined] = {}
-        self._forecasts: dict[str, dict[str, tuple[tuple[float, float], ...]]] = {}
-        """Each live node's published intensity steps, by forecaster name."""
+        self.cluster = Cluster()
+        """The batch's view of the nodes and tenants' spend, which routing steps read."""
         self.rejections = Rejections(f"dispatcher {self.name}", log)
         """Malformed values read from Redis, logged once per cause and counted."""
         self.telemetry = TelemetryReader(
@@ -143,7 +91,6 @@ class Dispatcher:
                                   factor=settings.telemetry_jump_factor))
         self.releaser = DeferralReleaser(rejections=self.rejections)
         self._budgets = parse_budgets(settings.carbon_budgets)
-        self._spent: dict[str, float] = {}
         self._spent_at = 0.0
         self.dispatched = 0
         self.rejected = 0
@@ -151,6 +98,11 @@ class Dispatcher:
                                           models=self.models.names)
         self.on_decision: Callable[[str, float], None] | None = None
         """Called with (mode, seconds) after each decision (the metrics histogram)."""
+        self.steps: list[Step] = default_steps(
+            settings, models=self.models, app=self.app, partitions=self.partitions,
+            budgets=self._budgets, on_decision=lambda: self.on_decision)
+        """Routing, in order (see :mod:`carbonedge.dispatcher.steps`): a policy plugs in
+        by inserting a step; a change applies from the next batch."""
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -237,7 +189,7 @@ class Dispatcher:
         await self._refresh_view(r, force=any(b"a" in fields for _, fields in entries))
         await self._sync_in_flight(r)
         await self._refresh_spend(r)
-        await self.partitions.prepare(r, entries, sorted(self._snapshots))
+        await self.partitions.prepare(r, entries, sorted(self.cluster.snapshots))
         pipe = r.pipeline(transaction=True)
         writes: list[tuple[str, str | None, str | None]] = []
         """Per command of the MULTI: its key, the type it needs and the hash field it adds
@@ -248,44 +200,57 @@ class Dispatcher:
             getattr(pipe, command.lower())(key, *args, **options)
             writes.append((key, _EXPECTED_TYPES.get(command), field))
 
-        outcomes = [self._route(entry_id, fields) for entry_id, fields in entries]
-        if any(_for_want_of_a_node(o) for o in outcomes):
+        pipeline = Pipeline(self.steps)
+        outcomes = [self._route(pipeline, entry_id, fields) for entry_id, fields in entries]
+        if any(for_want_of_a_node(o) for o in outcomes):
             # the view is up to view_refresh_s old: a node that came back within that time
             # (a restarted agent) would be refused; read the telemetry again, route again
             await self._refresh_view(r, force=True)
             await self._sync_in_flight(r)
-            self.rejected -= sum(map(_for_want_of_a_node, outcomes))  # counted once, below
-            outcomes = [self._route(entry_id, fields) if _for_want_of_a_node(o) else o
+            self.rejected -= sum(map(for_want_of_a_node, outcomes))  # counted once, below
+            outcomes = [self._route(pipeline, entry_id, fields) if for_want_of_a_node(o) else o
                         for (entry_id, fields), o in zip(entries, outcomes, strict=True)]
-        ids = []
-        for (entry_id, _), outcome in zip(entries, outcomes, strict=True):
-            ids.append(entry_id)
-            if isinstance(outcome, _Routed):
-                write("LPUSH", keys.node_queue(outcome.node), outcome.message)
-                write("HSET", keys.assigned_key(outcome.node), outcome.request_id,
-                      outcome.request)
-                write("HINCRBY", keys.IN_FLIGHT, outcome.node, 1, field=outcome.node)
+        ids = [entry_id for entry_id, _ in entries]
+        # one command per node and key, not per request: the MULTI's cost is per command
+        queued: dict[str, list[bytes]] = {}
+        assigned: dict[str, dict[str, bytes]] = {}
+        decided: dict[str, int] = {}
+        deferred: dict[bytes, float] = {}
+        held = 0
+        for outcome in outcomes:
+            if isinstance(outcome, Routed):
+                queued.setdefault(outcome.node, []).append(outcome.message)
+                assigned.setdefault(outcome.node, {})[outcome.request_id] = outcome.request
                 if outcome.first:
-                    decided = f"{outcome.node}|{outcome.mode}"
-                    write("HINCRBY", keys.DECISIONS, decided, 1, field=decided)
-            elif isinstance(outcome, _Deferred):
-                write("ZADD", keys.DEFERRED, {outcome.request: outcome.release_at})
-                write("INCR", keys.DEFERRED_TOTAL)
+                    label = f"{outcome.node}|{outcome.mode}"
+                    decided[label] = decided.get(label, 0) + 1
+            elif isinstance(outcome, Deferred):
+                deferred[outcome.request] = outcome.release_at
+                held += 1
                 if outcome.input_key is not None:
                     wait_s = max(outcome.release_at - time.time(), 0.0)
                     write("EXPIRE", outcome.input_key,
                           int(wait_s + self.settings.input_ttl_s))
-            elif isinstance(outcome, _Rejected):
+            elif isinstance(outcome, Rejected):
                 script_keys, args = delivery_call(
                     outcome.request_id, error_result(outcome.request_id, outcome.error),
                     expires_s=int(self.app.conf.result_expires or 3600))
                 await DELIVER(pipe, script_keys, args)  # queued: EVALSHA in the MULTI
                 writes.append((f"the result of {outcome.request_id}", None, None))
-            elif isinstance(outcome, _DeadLetter):
+            elif isinstance(outcome, DeadLetter):
                 write("XADD", keys.DEAD_LETTER_STREAM,
                       {"ts": repr(time.time()), "source": "request stream",
                        "entry": outcome.entry_id, "error": outcome.error.message},
                       maxlen=10_000, approximate=True)
+        for node, messages in queued.items():
+            write("LPUSH", keys.node_queue(node), *messages)  # in order: consumers pop right
+            write("HSET", keys.assigned_key(node), mapping=assigned[node])
+            write("HINCRBY", keys.IN_FLIGHT, node, len(messages), field=node)
+        for label, n in decided.items():
+            write("HINCRBY", keys.DECISIONS, label, n, field=label)
+        if deferred:
+            write("ZADD", keys.DEFERRED, deferred)
+            write("INCRBY", keys.DEFERRED_TOTAL, held)
         write("XACK", keys.REQUEST_STREAM, keys.DISPATCH_GROUP, *ids)
         write("XDEL", keys.REQUEST_STREAM, *ids)
         replies = await pipe.execute(raise_on_error=False)
@@ -311,69 +276,15 @@ class Dispatcher:
         else:
             self.rejections.reject("dispatch-write", key, str(error)[:200])
 
-    def _route(self, entry_id: bytes,
-               fields: dict) -> _Routed | _Deferred | _Rejected | _DeadLetter:
+    def _route(self, pipeline: Pipeline, entry_id: bytes, fields: dict) -> Outcome:
         """Where an entry goes, or the error to answer it with (or to dead-letter it with,
         when it has no request id to answer)."""
-        req_id = None
-        try:
-            raw, request = unpack_entry(fields, max_bytes=self.settings.max_payload_bytes)
-            req_id = request.get("id") if isinstance(request.get("id"), str) else None
-            validate_request(request)
-            verdict = self._budget_verdict(request)
-            if wants_deferral(request):
-                deferred = self._defer(request)
-                if deferred is not None:
-                    return deferred
-            attempt = _attempt(fields, self.settings.max_attempts)
-            started = time.perf_counter()
-            decision = self._decide(request)
-            mode = request_label(request, self.settings.default_mode)
-            if self.on_decision is not None:
-                self.on_decision(mode, time.perf_counter() - started)
-            slo = None
-            if request.get("latency_slo_ms") is not None:
-                decision, slo = apply_latency_slo(decision, float(request["latency_slo_ms"]))
-            wire = decision.to_wire(explain=decision.candidates <= self.settings.explain_max_nodes)
-            if "model_choice" in request:
-                wire["model_choice"] = request.pop("model_choice")
-            if slo is not None:
-                wire["slo"] = slo
-            if verdict is not None:
-                wire["budget"] = verdict.to_wire()
-            request.update(node=decision.node_id, dispatched_at=time.time(), decision=wire,
-                           counted=True, mode=mode, attempt=attempt)
-            node, task = decision.node_id, keys.TASK_BY_KIND[request.get("kind", "infer")]
-            if PartitionRouter.wants(request):  # split across nodes: the first segment's
-                first = self.partitions.apply(request, self._live_snapshots(), node)
-                if first is not None:
-                    node, task = first, keys.TASK_INFER_SEGMENT
-            message = encode_task_message(self.app, task, request, task_id=request["id"],
-                                          queue=keys.node_queue(node))
-        except Exception as e:  # one bad request must not take the dispatcher down
-            error = e if isinstance(e, CarbonEdgeError) else DispatchFailed(
-                f"{type(e).__name__}: {e}")
-            shown = printable(req_id or entry_id)  # ids are the sender's text: escaped
-            if not isinstance(e, CarbonEdgeError):
-                log.exception("request %s could not be dispatched", shown)
+        outcome = pipeline.route(entry_id, fields, self.cluster)
+        if isinstance(outcome, Routed):
+            self.dispatched += 1
+        elif isinstance(outcome, (Rejected, DeadLetter)):
             self.rejected += 1
-            log.warning("request %s rejected: %s", shown, printable(error, 300))
-            if req_id is None or not 0 < len(req_id) <= MAX_ANSWERED_ID:
-                return _DeadLetter(entry_id, error)
-            return _Rejected(req_id, error)
-        self._view.add_in_flight(node, 1)  # type: ignore[union-attr]
-        self.dispatched += 1
-        return _Routed(node, mode, message, request["id"], raw, first=attempt == 1)
-
-    def _budget_verdict(self, request: dict[str, Any]) -> BudgetVerdict | None:
-        """Refuse a tenant over its carbon budget; route one near it in Green mode."""
-        period = self.settings.carbon_budget_period_s
-        verdict = judge(request.get("tenant"), self._budgets, self._spent,
-                        period_ends_at=(period_index(time.time(), period) + 1) * period)
-        if verdict is not None and verdict.force_green:
-            request["mode"] = "green"
-            request.pop("weights", None)
-        return verdict
+        return outcome
 
     async def _refresh_spend(self, r: aioredis.Redis) -> None:
         """Tenants' spend this period, re-read as often as the node view."""
@@ -397,85 +308,27 @@ class Dispatcher:
                 await reset_field(r, key, raw_tenant, raw_grams, "", self.rejections, "budget")
             else:
                 spent[tenant] = grams
-        self._spent = spent
+        self.cluster.spent = spent
         self._spent_at = now
-
-    def _defer(self, request: dict[str, Any]) -> _Deferred | None:
-        """Hold ``request`` for a lower-carbon slot before its deadline, if there is one."""
-        live = self._live_snapshots()
-        forecaster = request.get("forecast") or DEFAULT_FORECASTER
-        get_forecaster(forecaster)  # an unknown name is refused, listing the known ones
-        plan = plan_for(request, time.time(),
-                        {s.node_id: self._forecasts.get(s.node_id, {}).get(forecaster, ())
-                         for s in live},
-                        {s.node_id: s.carbon_intensity for s in live},
-                        settle_s=self.settings.heartbeat_interval_s + self.settings.view_refresh_s)
-        if not plan.deferred:
-            return None
-        held = {**request, "deferred_until": plan.release_at,
-                "deferral": {"now_g_per_kwh": plan.now_g_per_kwh,
-                             "release_g_per_kwh": plan.release_g_per_kwh,
-                             "forecast": forecaster}}
-        log.info("request %s deferred %.0f s: %.0f -> %.0f g/kWh", request["id"],
-                 plan.release_at - time.time(), plan.now_g_per_kwh, plan.release_g_per_kwh)
-        input_key = keys.input_key(request["id"]) if request.get("input_ref") is True else None
-        return _Deferred(request["id"], pack(held), plan.release_at, input_key)
-
-    def _live_snapshots(self) -> list[NodeSnapshot]:
-        view = self._view
-        return [self._snapshots[n] for n in view.node_ids] if view is not None else []
-
-    def _decide(self, request: dict[str, Any]) -> Decision:
-        choosing = wants_choice(request)
-        if request.get("kind", "infer") == "infer" and not choosing:
-            self.models.get(request["model"])  # UnknownModel listing the declared ones
-        weights = weights_for(request.get("mode"), request.get("weights"),
-                              default_mode=self.settings.default_mode)
-        view = self._view
-        if view is None or len(view) == 0:
-            raise NoNodeAvailable("no live node agent: every heartbeat has expired or none "
-                                  "was ever received (is `carbonedge up` running?)")
-        pinned = request.get("node")
-        if pinned is not None:
-            if pinned not in view.node_ids:
-                held = self._quarantined.get(pinned)
-                if held is not None:
-                    raise NoNodeAvailable(f"node {pinned!r} is quarantined until "
-                                          f"{time.strftime('%H:%M:%S', time.localtime(held.until))}"
-                                          f": {held.reason}", field="node")
-                if pinned in self._known_nodes:
-                    raise NoNodeAvailable(f"node {pinned!r} is not alive (heartbeat expired)",
-                                          field="node")
-                raise UnknownNode(f"unknown node {pinned!r}; live nodes: {view.node_ids}",
-                                  field="node")
-            view = ClusterView.build([self._snapshots[pinned]], now=self._view_at,
-                                     ttl_s=self.settings.heartbeat_ttl_s)
-        normalisation = request.get("normalisation") or self.settings.normalisation
-        if choosing:  # the model too: least carbon under the accuracy floor and the SLO
-            choice = choose_model(
-                view, candidates(self.models, family=request.get("family"),
-                                 min_accuracy=request.get("min_accuracy"),
-                                 input_shape=request.get("input_shape")),
-                weights, normalisation, slo_ms=request.get("latency_slo_ms"))
-            request.update(model=choice.model, model_choice=choice.explanation)
-            return choice.decision
-        return select(view, request.get("model") or "", weights, normalisation)
 
     # -- telemetry ---------------------------------------------------------------------
 
     async def _refresh_view(self, r: aioredis.Redis, *, force: bool = False) -> None:
         now = time.time()
-        if not force and self._view is not None and now - self._view_at < self.settings.view_refresh_s:
+        cluster = self.cluster
+        if not force and cluster.view is not None and \
+                now - cluster.view_at < self.settings.view_refresh_s:
             return
         telemetry = await self.telemetry.read(r, now)
         snapshots = telemetry.snapshots()
-        self._known_nodes.update(telemetry.known)
-        self._snapshots = {s.node_id: s for s in snapshots}
-        self._forecasts = {n: {ORACLE_FORECAST: b.ci_forecast, **b.forecasts}
-                           for n, b in telemetry.beats.items()}
-        self._quarantined = telemetry.quarantined
-        self._view = ClusterView.build(snapshots, now=now, ttl_s=self.settings.heartbeat_ttl_s)
-        self._view_at = now
+        cluster = self.cluster
+        cluster.known_nodes.update(telemetry.known)
+        cluster.snapshots = {s.node_id: s for s in snapshots}
+        cluster.forecasts = {n: {ORACLE_FORECAST: b.ci_forecast, **b.forecasts}
+                             for n, b in telemetry.beats.items()}
+        cluster.quarantined = telemetry.quarantined
+        cluster.set_view(ClusterView.build(snapshots, now=now,
+                                           ttl_s=self.settings.heartbeat_ttl_s), now)
 
     async def _sync_in_flight(self, r: aioredis.Redis) -> None:
         """Re-read in-flight counts for every batch.
@@ -490,7 +343,7 @@ class Dispatcher:
         except redis.ResponseError as e:
             raw = e
         counts = await self.telemetry.counts(r, raw)
-        view = self._view
+        view = self.cluster.view
         if view is None:
             return
         for node_id, count in counts.items():
@@ -549,26 +402,6 @@ class Dispatcher:
             await move_aside(r, key, "hash", self.rejections)
         if wrong and again:  # beat now, not an interval late
             await self._beat_once(r, again=False)
-
-
-def _attempt(fields: dict, max_attempts: int) -> int:
-    """Which dispatch of the request this is (1 unless its node died while holding it)."""
-    count = parse_count(fields.get(b"a", b"0"))
-    if count is None or count < 0:
-        raise InvalidMessage("stream entry field 'a' (attempt) must be an integer",
-                             field="a")
-    attempt = count + 1
-    if attempt > max_attempts:
-        raise DispatchFailed(f"request given up after {attempt - 1} node(s) died while "
-                             f"holding it (max_attempts={max_attempts})")
-    return attempt
-
-
-def _for_want_of_a_node(outcome: object) -> bool:
-    """Whether ``outcome`` refused its request because no (or not its pinned) node was
-    live in the dispatcher's view."""
-    return isinstance(outcome, _Rejected) and isinstance(outcome.error,
-                                                        (NoNodeAvailable, UnknownNode))
 
 
 def run_dispatcher(settings: Settings,

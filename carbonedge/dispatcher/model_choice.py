@@ -24,7 +24,7 @@ from carbonedge.errors import InvalidRequest
 from carbonedge.partitioner.catalog import ModelSpec
 from carbonedge.scheduler import COMPONENTS, ClusterView, Decision, Weights, select
 
-__all__ = ["ModelChoice", "choose_model", "wants_choice"]
+__all__ = ["ModelChoice", "choose_model"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +34,6 @@ class ModelChoice:
     model: str
     decision: Decision
     explanation: dict[str, Any]
-
-
-def wants_choice(request: Mapping[str, Any]) -> bool:
-    """Whether a request leaves the model to the broker (``family`` or ``min_accuracy``)."""
-    return request.get("kind", "infer") == "infer" and "model" not in request and (
-        "family" in request or "min_accuracy" in request)
 
 
 def choose_model(view: ClusterView, specs: Sequence[ModelSpec], weights: Weights,

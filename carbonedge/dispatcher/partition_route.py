@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -25,12 +26,13 @@ from carbonedge.partitioner.plans import BlockCost, Link, Plan, PlanNode
 from carbonedge.partitioner.routing import choose_route
 from carbonedge.protocol import keys
 from carbonedge.protocol.messages import unpack
+from carbonedge.protocol.request import Request
 from carbonedge.protocol.routes import Route, check_partition
 from carbonedge.scheduler import NodeSnapshot
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PARTITION_LINK", "PartitionRouter"]
+__all__ = ["PARTITION_LINK", "PartitionOutcome", "PartitionRouter"]
 
 PARTITION_LINK = Link(bandwidth_bytes_per_ms=300_000.0, latency_ms=2.0)
 """What one cut costs through Redis on one host, measured by ``benchmarks/bench_partition.py``:
@@ -40,6 +42,16 @@ REFRESH_S = 2.0
 PLAN_CACHE_SIZE = 512
 _MARKERS = (b"\xa9partition", b"\xa5route")
 """The msgpack keys ``partition`` and ``route``: a request that has neither is not read."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionOutcome:
+    """Where a partitioned request starts, and what its task payload gains."""
+
+    first_node: str | None
+    """The first segment's node; None when the request is served whole."""
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    """``route``, ``segment`` and ``plan`` (or only ``plan``, saying why it is whole)."""
 
 
 def _valid_blocks(record: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -150,48 +162,42 @@ class PartitionRouter:
 
     # -- routing -----------------------------------------------------------------------
 
-    @staticmethod
-    def wants(request: Mapping[str, Any]) -> bool:
-        """Whether a request asks for a route (``route``, or ``partition`` other than none)."""
-        if request.get("kind", "infer") != "infer":
-            return False
-        return "route" in request or request.get("partition", "none") != "none"
-
-    def apply(self, request: dict[str, Any], snapshots: Sequence[NodeSnapshot],
-              selected: str) -> str | None:
-        """Route ``request`` (adds ``route``, ``segment`` and ``plan``) and return its
-        first node; None when it is served whole on ``selected``."""
-        model = request["model"]
+    def apply(self, request: Request, snapshots: Sequence[NodeSnapshot], selected: str, *,
+              model: str | None = None) -> PartitionOutcome:
+        """The route of ``request`` (of ``model``, by default its own) and its first node;
+        no first node when it is served whole on ``selected``."""
+        model = model or request.model or ""
         costs = self.block_costs(model)
         live = {s.node_id for s in snapshots}
-        if "route" in request:
+        if request.route is not None:
             if costs is None:
                 raise self._no_profile(model)
-            route = Route.from_wire(request["route"], len(costs))
+            route = Route.from_wire(request.route, len(costs))
             for seg in route.segments:
                 if seg.node not in live:
                     raise NoNodeAvailable(f"route node {seg.node!r} is not alive; live nodes: "
                                           f"{sorted(live)}", field="route")
             plan, reason = None, "route given by the request"
         else:
-            partition = check_partition(request.get("partition", "none"))
+            partition = check_partition(request.partition if request.partition is not None
+                                        else "none")
             if costs is None:
                 if partition == "auto":
-                    return None
+                    return PartitionOutcome(None)
                 raise self._no_profile(model)
             nodes = self.plan_nodes(model, snapshots)
             if partition == "auto" and selected not in {n.node_id for n in nodes}:
-                return None
+                return PartitionOutcome(None)
             # a request's latency SLO bounds its plan too, unless it gives a bound of its own
-            bound = request.get("latency_bound_ms", request.get("latency_slo_ms"))
+            bound = (request.latency_bound_ms if request.latency_bound_ms is not None
+                     else request.latency_slo_ms)
             plan, reason = self._plan(model, partition, costs, nodes, selected, bound)
             if plan is None:
-                request["plan"] = {"reason": reason}
-                return None
+                return PartitionOutcome(None, {"plan": {"reason": reason}})
             route = plan.route()
-        request.update(route=route.to_wire(), segment=0,
-                       plan={"reason": reason, **(plan.to_wire() if plan else {})})
-        return route[0].node
+        return PartitionOutcome(route[0].node, {
+            "route": route.to_wire(), "segment": 0,
+            "plan": {"reason": reason, **(plan.to_wire() if plan else {})}})
 
     def _plan(self, model: str, partition: str | int, costs: list[BlockCost],
               nodes: list[PlanNode], selected: str,

@@ -9,9 +9,11 @@ from carbonedge.protocol.messages import (
     unpack,
     validate_request,
 )
+from carbonedge.protocol.request import Request
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "Request",
     "TensorLimits",
     "decode_tensor",
     "encode_tensor",

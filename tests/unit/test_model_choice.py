@@ -7,10 +7,11 @@ import time
 import pytest
 
 from carbonedge.client.requests import build_request
-from carbonedge.dispatcher.model_choice import choose_model, wants_choice
+from carbonedge.dispatcher.model_choice import choose_model
 from carbonedge.errors import InvalidMessage, InvalidRequest
 from carbonedge.partitioner.catalog import candidates, default_catalogue
 from carbonedge.protocol.messages import validate_request
+from carbonedge.protocol.request import Request
 from carbonedge.scheduler import ClusterView, NodeSnapshot, select, weights_for
 
 EXEC_MS = {  # measured service time per model on each node (what heartbeats carry)
@@ -82,7 +83,7 @@ def test_family_and_impossible_constraints() -> None:
 def test_requests_that_leave_the_model_to_the_broker() -> None:
     tensor = {"dtype": "float32", "shape": [1, 3, 224, 224], "data": b""}
     request = build_request(tensor=tensor, min_accuracy=75.0, family="efficientnet")
-    assert wants_choice(request) and "model" not in request
+    assert Request.from_wire(request).wants_choice and "model" not in request
     assert request["input_shape"] == [1, 3, 224, 224]
     with pytest.raises(InvalidRequest, match="not both") as info:
         build_request(model="mobilenetv2", tensor=tensor, min_accuracy=75.0)

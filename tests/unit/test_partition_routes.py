@@ -13,6 +13,8 @@ from carbonedge.errors import InvalidRequest, NoNodeAvailable
 from carbonedge.partitioner.plans import BlockCost, Link, PlanNode, monolithic_plan
 from carbonedge.partitioner.routing import AUTO_CARBON_MARGIN, choose_route
 from carbonedge.protocol.codec import encode_tensor
+from carbonedge.protocol.messages import PROTOCOL_VERSION
+from carbonedge.protocol.request import Request
 from carbonedge.protocol.routes import Route, RouteSegment, check_partition
 from carbonedge.scheduler import NodeSnapshot
 
@@ -166,29 +168,38 @@ def test_node_speed_from_telemetry_else_own_profile() -> None:
     assert {n.node_id: n.speed for n in nodes} == {"a": 1 / 8.0, "b": 1 / 4.0}
 
 
+def _request(**fields: object) -> Request:
+    return Request.from_wire({"v": PROTOCOL_VERSION, "id": "r", "submitted_at": 1.0,
+                              "input": {}, **fields})
+
+
 def test_apply_adds_route_and_plan() -> None:
     router = _router({"a": [1.0] * 6, "b": [1.0] * 6})
     snaps = [_snapshot("a", {"m": 6.0}, 500), _snapshot("b", {"m": 6.0}, 100)]
-    request = {"model": "m", "partition": 2}
-    assert router.apply(request, snaps, "a") == request["route"][0]["node"]
-    assert request["segment"] == 0 and request["plan"]["strategy"] == "balanced"
-    assert Route.from_wire(request["route"], 6)
-    forced = {"model": "m", "route": [["b", 0, 2], ["a", 2, 6]]}
-    assert router.apply(forced, snaps, "a") == "b"
+    outcome = router.apply(_request(model="m", partition=2), snaps, "a")
+    assert outcome.first_node == outcome.fields["route"][0]["node"]
+    assert outcome.fields["segment"] == 0 and outcome.fields["plan"]["strategy"] == "balanced"
+    assert Route.from_wire(outcome.fields["route"], 6)
+    forced = _request(model="m", route=[["b", 0, 2], ["a", 2, 6]])
+    assert router.apply(forced, snaps, "a").first_node == "b"
     with pytest.raises(NoNodeAvailable):
-        router.apply({"model": "m", "route": [["b", 0, 2], ["x", 2, 6]]}, snaps, "a")
+        router.apply(_request(model="m", route=[["b", 0, 2], ["x", 2, 6]]), snaps, "a")
     with pytest.raises(InvalidRequest) as missing:
-        router.apply({"model": "n", "partition": 2}, snaps, "a")
+        router.apply(_request(model="n", partition=2), snaps, "a")
     assert "no block profile" in missing.value.message
-    assert router.apply({"model": "n", "partition": "auto"}, snaps, "a") is None
+    whole = router.apply(_request(model="n", partition="auto"), snaps, "a")
+    assert whole.first_node is None and not whole.fields
+    # a chosen model is planned, not the request's own
+    assert router.apply(_request(family="x", partition=2), snaps, "a",
+                        model="m").first_node is not None
 
 
 def test_wants() -> None:
-    assert PartitionRouter.wants({"partition": 2})
-    assert PartitionRouter.wants({"route": []})
-    assert not PartitionRouter.wants({"partition": "none"})
-    assert not PartitionRouter.wants({})
-    assert not PartitionRouter.wants({"kind": "ping", "partition": 2})
+    assert _request(model="m", partition=2).wants_route
+    assert _request(model="m", route=[["a", 0, 1]]).wants_route
+    assert not _request(model="m", partition="none").wants_route
+    assert not _request(model="m").wants_route
+    assert not _request(kind="ping", partition=2).wants_route
 
 
 def test_the_dispatcher_spots_partitioned_requests_without_decoding_them() -> None:
@@ -206,11 +217,11 @@ def test_the_dispatcher_spots_partitioned_requests_without_decoding_them() -> No
 def test_a_latency_slo_bounds_the_green_plan() -> None:
     router = _router({"a": [1.0] * 6, "b": [1.0] * 6})
     snaps = [_snapshot("a", {"m": 6.0}, 500), _snapshot("b", {"m": 12.0}, 100)]
-    loose = {"model": "m", "partition": "green", "latency_slo_ms": 100.0}
-    assert router.apply(loose, snaps, "a") == "b"  # the clean node alone meets 100 ms
-    tight = {"model": "m", "partition": "green", "latency_slo_ms": 100.0,
-             "latency_bound_ms": 7.0}
-    assert router.apply(tight, snaps, "a") == "a"  # its own bound wins: a alone (6 ms)
+    loose = _request(model="m", partition="green", latency_slo_ms=100.0)
+    assert router.apply(loose, snaps, "a").first_node == "b"  # the clean node alone: 100 ms
+    tight = _request(model="m", partition="green", latency_slo_ms=100.0,
+                     latency_bound_ms=7.0)
+    assert router.apply(tight, snaps, "a").first_node == "a"  # its own bound: a alone (6 ms)
     with pytest.raises(InvalidRequest) as info:
-        router.apply({"model": "m", "partition": "green", "latency_slo_ms": 1.0}, snaps, "a")
+        router.apply(_request(model="m", partition="green", latency_slo_ms=1.0), snaps, "a")
     assert info.value.field == "latency_bound_ms"
