@@ -424,10 +424,11 @@ def test_forged_heartbeats_are_ignored(client: Client, r: redis.Redis,
     r.sadd(keys.NODES, "node-evil")
     try:
         # positive control: a legitimate change made after the forgery (node-a's own beat
-        # saying 1 g/kWh, until its agent beats again) is picked up, so the dispatcher has
-        # re-read telemetry with the forgery in place, and still did not believe it
+        # saying 100 g/kWh, under node-b's 200 and too small a drop to be quarantined, until
+        # its agent beats again) is picked up: the dispatcher has re-read telemetry with the
+        # forgery in place, and still did not believe it
         def green_after_node_a_drops() -> str | None:
-            r.hset(keys.node_key("node-a"), mapping={"carbon_intensity": "1",
+            r.hset(keys.node_key("node-a"), mapping={"carbon_intensity": "100",
                                                      "ts": repr(time.time())})
             node = client.ping(mode="green").result(60).node
             assert node != "node-evil"
