@@ -1,4 +1,5 @@
-"""Shared fixtures: the real Redis on a dedicated database, flushed per test."""
+"""Shared fixtures (the real Redis on a dedicated database, flushed per test), and the
+suite's layout: each test directory is a marker, and the directories run cheapest first."""
 
 from __future__ import annotations
 
@@ -21,6 +22,37 @@ SMALL_RUNTIME_URL = f"{TEST_REDIS}/14"
 """Database of the per-test small topologies (they kill agents)."""
 CGROUP_PARENT = os.environ.get("CARBONEDGE_CGROUP_PARENT", "carbonedge")
 """Parent cgroup of test runtimes: two test sessions on one host each need their own."""
+
+
+SUITES: dict[str, tuple[str, ...]] = {
+    "unit": ("unit",),
+    "integration": ("integration",),
+    "faults": ("faults", "integration"),
+    "docker": ("docker",),
+}
+"""Test directory -> the markers its tests get, in the order the suite runs them: unit tests
+fail fastest and need nothing, docker tests are the slowest and need an engine."""
+_TESTS_DIR = Path(__file__).parent
+
+
+def _suite_of(item: pytest.Item) -> str | None:
+    try:
+        top = item.path.relative_to(_TESTS_DIR).parts[0]
+    except (ValueError, IndexError):
+        return None
+    return top if top in SUITES else None
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by these markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test by its directory, then run the directories in :data:`SUITES` order
+    (stable within one), so a package-wide runtime of one ends before the next starts."""
+    rank = {name: i for i, name in enumerate(SUITES)}
+    suites = {item.nodeid: _suite_of(item) for item in items}
+    for item in items:
+        for marker in SUITES.get(suites[item.nodeid] or "", ()):
+            item.add_marker(marker)
+    items.sort(key=lambda item: rank.get(suites[item.nodeid] or "", len(rank)))
 
 
 @functools.cache

@@ -25,11 +25,12 @@ from carbonedge.errors import NoNodeAvailable
 from carbonedge.protocol import keys
 from carbonedge.protocol.telemetry import Heartbeat
 from carbonedge.settings import Settings
+from tests import polling
 from tests.docker.conftest import COMPOSE, assert_limits_applied, cgroup_limits
 from tests.docker.engine import ROOT, VENV, Engine
 from tests.integration.test_monitoring import free_port, scrape
 
-pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.timeout(900)]
+pytestmark = pytest.mark.timeout(900)
 
 OVERRIDE = ROOT / "tests" / "docker" / "compose.test.yml"
 NODE_CLASSES = ("node-high", "node-medium", "node-green")
@@ -93,15 +94,9 @@ def live_ids(r: redis.Redis, node_class: str) -> set[str]:
 
 
 def wait_until(what: str, check: Any, timeout: float, on_fail: Any = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            detail = on_fail() if on_fail else ""
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{detail}")
-        time.sleep(0.5)
+    """:func:`tests.polling.wait_until` in this module's argument order, checking every half
+    second (each check runs `docker` or asks Redis across the engine)."""
+    return polling.wait_until(check, timeout, what, on_fail=on_fail, interval_s=0.5)
 
 
 def http_get(url: str, auth: str | None = None) -> tuple[int, bytes]:

@@ -21,7 +21,7 @@ from tests.docker.engine import ROOT, VENV, Engine
 from tests.integration.conftest import SMALL_TOPOLOGY
 from tests.polling import wait_until
 
-pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.timeout(900)]
+pytestmark = pytest.mark.timeout(900)
 
 
 def test_docker_sdk_runtime(engine: Engine, tmp_path: Path) -> None:

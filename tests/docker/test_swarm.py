@@ -26,7 +26,7 @@ from tests.docker.engine import ROOT, VENV, Engine
 from tests.docker.test_containers import NODE_CLASSES, live_ids, wait_until
 from tests.integration.test_monitoring import free_port
 
-pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.timeout(900)]
+pytestmark = pytest.mark.timeout(900)
 
 OVERRIDE = ROOT / "tests" / "docker" / "swarm.test.yml"
 

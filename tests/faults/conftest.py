@@ -19,8 +19,6 @@ from tests.conftest import TEST_REDIS
 from tests.integration.conftest import SMALL_TOPOLOGY, start_runtime
 from tests.polling import wait_until
 
-pytestmark = pytest.mark.integration
-
 FAULTS_URL = f"{TEST_REDIS}/9"
 """Database of the fault suite's runtimes (one at a time, flushed by each)."""
 

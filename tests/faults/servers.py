@@ -8,13 +8,13 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
 
 from carbonedge.compose.redis_server import find_redis_binary
+from tests.polling import wait_until
 
 
 def free_port() -> int:
@@ -44,20 +44,24 @@ class RedisServer:
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
         log.close()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            client = redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
-            try:
-                if client.ping():
-                    return self
-            except redis.RedisError:
-                pass
-            finally:
-                client.close()
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                tail = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"redis-server did not come up at {self.url}:\n{tail}")
-            time.sleep(0.05)
+        wait_until(self._answers, timeout_s, f"redis-server at {self.url}",
+                   on_fail=self._log_tail, interval_s=0.05)
+        return self
+
+    def _answers(self) -> bool:
+        client = redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            if self.proc.poll() is not None:  # callers tell a missing feature by this error
+                raise RuntimeError(f"redis-server did not come up at {self.url}:\n"
+                                   f"{self._log_tail()}") from None
+            return False
+        finally:
+            client.close()
+
+    def _log_tail(self) -> str:
+        return (self.directory / "redis.log").read_text(errors="replace")[-2000:]
 
     def kill(self) -> None:
         """kill -9: no shutdown save, connections cut."""
@@ -239,24 +243,18 @@ class SentinelGroup:
     def _wait_discovered(self, timeout_s: float) -> None:
         """Until every sentinel knows the replica and the two other sentinels (a failover
         needs a majority of them to agree)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            ready = 0
-            for s in self.sentinels:
-                client = redis.Redis(port=s.port, socket_timeout=1)
-                try:
-                    if (len(client.sentinel_sentinels(self.master_name)) >= 2
-                            and len(client.sentinel_slaves(self.master_name)) >= 1):
-                        ready += 1
-                except redis.RedisError:
-                    pass
-                finally:
-                    client.close()
-            if ready == len(self.sentinels):
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"sentinels did not discover each other in {timeout_s} s")
-            time.sleep(0.2)
+        def discovered(s: RedisServer) -> bool:
+            client = redis.Redis(port=s.port, socket_timeout=1)
+            try:
+                return (len(client.sentinel_sentinels(self.master_name)) >= 2
+                        and len(client.sentinel_slaves(self.master_name)) >= 1)
+            except redis.RedisError:
+                return False
+            finally:
+                client.close()
+
+        wait_until(lambda: all(discovered(s) for s in self.sentinels), timeout_s,
+                   "the sentinels to discover each other and the replica", interval_s=0.2)
 
     def primary_port(self) -> int:
         """The port the sentinels currently name as the primary's."""

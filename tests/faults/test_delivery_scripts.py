@@ -6,7 +6,6 @@ import asyncio
 import json
 
 import msgpack
-import pytest
 import redis
 import redis.asyncio as aioredis
 
@@ -25,8 +24,6 @@ from carbonedge.transport.handback import (
 )
 from carbonedge.transport.listener import result_key
 from carbonedge.transport.publish import encode_task_message
-
-pytestmark = pytest.mark.integration
 
 
 def _meta(r: redis.Redis, request_id: str) -> dict:

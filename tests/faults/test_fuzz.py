@@ -42,7 +42,7 @@ from tests.conftest import TEST_REDIS
 from tests.faults.conftest import wait_until
 from tests.integration.conftest import SMALL_TOPOLOGY, start_runtime
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = pytest.mark.timeout(240)
 
 URL = f"{TEST_REDIS}/7"
 SEED = int(os.environ.get("CARBONEDGE_FUZZ_SEED", "20151515"))

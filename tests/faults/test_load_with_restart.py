@@ -13,7 +13,7 @@ from carbonedge.experiments.fault_load import run_fault_load
 from tests.conftest import TEST_REDIS
 from tests.integration.conftest import start_runtime
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 LOAD_URL = f"{TEST_REDIS}/8"
 

@@ -20,7 +20,7 @@ from carbonedge.compose.local_runner import LocalRuntime
 from tests.faults.servers import RedisServer, with_acl_user, with_password, with_tls
 from tests.integration.conftest import start_runtime
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 ONE_NODE = """
 services:

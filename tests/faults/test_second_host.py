@@ -23,7 +23,7 @@ from tests.faults.netns import NetnsUnavailable
 from tests.faults.two_hosts import REMOTE_NODE, TwoHosts, two_hosts
 from tests.polling import wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 PROBE = """
 import sys, redis

@@ -25,8 +25,9 @@ from tests.conftest import CGROUP_PARENT
 from tests.faults.servers import SentinelGroup
 from tests.integration.conftest import SMALL_TOPOLOGY
 from tests.integration.test_monitoring import free_port, http_get, wait_for_port
+from tests.polling import wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+pytestmark = pytest.mark.timeout(420)
 
 
 @pytest.fixture
@@ -95,14 +96,13 @@ def _flower_sees_the_agents(url: str) -> None:
     try:
         wait_for_port(port, proc)
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:  # agents answer `inspect` between tasks
+        def workers() -> bool:
             status, body = http_get(base + "/api/workers?refresh=1", auth="ops:pw")
             names = {n.split("@")[0] for n in json.loads(body)} if status == 200 else set()
-            if names >= {"node-a", "node-b"} or time.monotonic() > deadline:
-                break
-            time.sleep(1)
-        assert names >= {"node-a", "node-b"}, (status, body[:300])
+            return names >= {"node-a", "node-b"}
+
+        # agents answer `inspect` between tasks
+        wait_until(workers, 60, "Flower listing both agents", interval_s=1)
         status, body = http_get(base + "/api/queues/length", auth="ops:pw")
         assert status == 200
         queues = {q["name"] for q in json.loads(body)["active_queues"]}

@@ -27,7 +27,7 @@ from tests.conftest import CGROUP_PARENT, TEST_REDIS, _redis_or_fail
 from tests.faults.conftest import wait_until
 from tests.integration.conftest import SMALL_TOPOLOGY
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 URL = f"{TEST_REDIS}/10"
 

@@ -31,6 +31,7 @@ from carbonedge.protocol import keys
 from carbonedge.settings import Settings
 from tests.faults.netns import SecondHost
 from tests.faults.servers import RedisServer, role_url, with_tls_acl
+from tests.polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST_A_TOPOLOGY = """
@@ -151,19 +152,18 @@ def two_hosts(directory: Path, *, cgroup_parent: str, ready_s: float = 180.0,
 
 def _wait_remote(hosts: TwoHosts, timeout_s: float) -> None:
     """Until node-r's heartbeat and host B's power reading are in Redis."""
-    import time
-
     client = redis_client(hosts.url("monitor"), socket_timeout=5)
-    deadline = time.monotonic() + timeout_s
+
+    def ready() -> bool:
+        for name, proc in hosts.remote.items():
+            if not process_alive(proc.pid) or proc.poll() is not None:
+                raise RuntimeError(f"host B's {name} exited:\n{hosts.remote_log(name)}")
+        return bool(client.exists(keys.node_key(REMOTE_NODE))
+                    and client.exists(keys.host_power_key("host-b")))
+
     try:
-        while not (client.exists(keys.node_key(REMOTE_NODE))
-                   and client.exists(keys.host_power_key("host-b"))):
-            for name, proc in hosts.remote.items():
-                if not process_alive(proc.pid) or proc.poll() is not None:
-                    raise RuntimeError(f"host B's {name} exited:\n{hosts.remote_log(name)}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"host B not ready in {timeout_s} s; agent log:\n"
-                                   f"{hosts.remote_log(REMOTE_NODE)}")
-            time.sleep(0.1)
+        wait_until(ready, timeout_s, "host B's agent and carbon service",
+                   on_fail=lambda: f"agent log:\n{hosts.remote_log(REMOTE_NODE)}",
+                   interval_s=0.1)
     finally:
         client.close()

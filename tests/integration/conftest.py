@@ -19,8 +19,6 @@ from tests.conftest import (
     session_export_dir,
 )
 
-pytestmark = pytest.mark.integration
-
 SMALL_TOPOLOGY = """
 services:
   node-a:
@@ -46,10 +44,11 @@ def start_runtime(tmp: Path, url: str, compose: Path | None = None,
     return runtime
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def default_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRuntime]:
     """The default topology (the paper's three nodes), MobileNetV2 preloaded, and the
-    carbon service."""
+    carbon service. Package-wide, not session-wide: it stops after the last integration
+    test, so its agents hold no CPU while the fault tests time their runtimes."""
     runtime = start_runtime(tmp_path_factory.mktemp("default"), DEFAULT_RUNTIME_URL,
                             preload=("mobilenetv2",), carbon_service=True)
     yield runtime

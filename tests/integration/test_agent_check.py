@@ -17,8 +17,6 @@ from carbonedge.protocol import keys
 from carbonedge.protocol.telemetry import Heartbeat
 from tests.conftest import SMALL_RUNTIME_URL
 
-pytestmark = pytest.mark.integration
-
 
 def _beat(node_id: str, ts: float) -> dict[str, str]:
     return Heartbeat(node_id=node_id, ts=ts, cpu_quota=0.4, mem_limit_bytes=512 << 20,

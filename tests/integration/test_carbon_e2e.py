@@ -21,7 +21,7 @@ from carbonedge.settings import Settings
 from tests.conftest import CGROUP_PARENT, SMALL_RUNTIME_URL, _redis_or_fail, session_export_dir
 from tests.integration.conftest import SMALL_TOPOLOGY
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(400)]
+pytestmark = pytest.mark.timeout(400)
 
 
 def test_ledger_rows_sum_to_the_reconciled_node_totals(tmp_path: Path) -> None:

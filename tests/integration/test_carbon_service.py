@@ -24,8 +24,6 @@ from carbonedge.protocol import keys
 from carbonedge.settings import Settings
 from tests.polling import wait_until
 
-pytestmark = pytest.mark.integration
-
 GB = 10**9
 PRICE_J_PER_CPU_S = (2.0 - 0.2) / 0.3
 """Each scripted sample: 2 J with 0.2 J of idle floor over 0.3 busy CPU-seconds."""

@@ -22,7 +22,7 @@ from carbonedge.cgroups import CgroupAccounting, NodeCgroup, cgroups_available, 
 from carbonedge.cgroups.mounts import CGROUP_V1, CGROUP_V2, PROCESS
 from carbonedge.errors import ConfigError
 
-pytestmark = [pytest.mark.integration, pytest.mark.cgroups]
+pytestmark = pytest.mark.cgroups
 
 MIB = 1 << 20
 TEST_PARENT = os.environ.get("CARBONEDGE_CGROUP_PARENT", "carbonedge") + "-test"

@@ -15,7 +15,7 @@ from carbonedge.protocol import keys
 from tests.conftest import CGROUP_PARENT, SMALL_RUNTIME_URL, _redis_or_fail
 from tests.integration.conftest import SMALL_TOPOLOGY
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+pytestmark = pytest.mark.timeout(180)
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

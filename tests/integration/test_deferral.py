@@ -18,7 +18,7 @@ from carbonedge.protocol import keys
 from tests.conftest import SMALL_RUNTIME_URL
 from tests.integration.conftest import start_runtime
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 HOUR_S = 4.0  # one trace hour every 4 s of wall time
 TRACE = ["600", "100"]

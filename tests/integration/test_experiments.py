@@ -11,7 +11,7 @@ from carbonedge.cli import main
 from tests.conftest import CGROUP_PARENT, SMALL_RUNTIME_URL, _redis_or_fail
 from tests.experiment_checks import check_paper_outputs, check_temporal_outputs
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+pytestmark = pytest.mark.timeout(420)
 
 
 @pytest.fixture

@@ -6,14 +6,11 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-import pytest
 import redis
 
 from carbonedge.protocol import keys
 from carbonedge.protocol.lua import LuaScript
 from carbonedge.protocol.untrusted import MOVE_ASIDE
-
-pytestmark = pytest.mark.integration
 
 PACKAGE = Path(__file__).resolve().parents[2] / "carbonedge"
 

@@ -26,8 +26,9 @@ from carbonedge.protocol import keys
 from carbonedge.scheduler.budgets import period_index
 from tests.conftest import SMALL_RUNTIME_URL
 from tests.integration.conftest import SMALL_TOPOLOGY, start_runtime
+from tests.polling import wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 MODEL = "mobilenetv2"
 CREDENTIALS = "ops:s3cret-pass"
@@ -60,14 +61,12 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listens() -> bool:
         assert proc.poll() is None, f"process exited with {proc.returncode}"
         with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"nothing listens on {port} after {timeout} s")
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(listens, timeout, f"a listener on port {port}", interval_s=0.2)
 
 
 @pytest.fixture(scope="module")
@@ -130,9 +129,8 @@ def test_exporter_reports_budget_spend_and_deferrals(monitored: tuple[LocalRunti
     runtime, _ = monitored
     r = redis.Redis.from_url(runtime.settings.redis_url)
     period = period_index(time.time(), runtime.settings.carbon_budget_period_s)
-    deadline = time.monotonic() + 30  # agents charge tenants in a batch after the result
-    while not r.hget(keys.budget_spend_key(period), "team-a") and time.monotonic() < deadline:
-        time.sleep(0.2)
+    # agents charge tenants in a batch after the result
+    wait_until(lambda: r.hget(keys.budget_spend_key(period), "team-a"), 30, "team-a's spend")
     spent = float(r.hget(keys.budget_spend_key(period), "team-a") or 0)
     assert spent > 0
     port = free_port()
@@ -207,33 +205,34 @@ def test_flower_shows_agents_and_their_queue_lengths(monitored: tuple[LocalRunti
                                                      ran: dict[str, int], flower: int) -> None:
     runtime, metrics_port = monitored
     base = f"http://127.0.0.1:{flower}"
-    deadline = time.monotonic() + 60
-    while True:  # agents answer `inspect` between tasks; retry until both have
+    def workers() -> dict:
         status, body = http_get(base + "/api/workers?refresh=1", auth=CREDENTIALS)
         assert status == 200
-        workers = json.loads(body)
-        queues = {q["name"] for w in workers.values() for q in (w.get("active_queues") or [])}
-        if {"ce.node.node-a", "ce.node.node-b"} <= queues or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert {name.split("@")[0] for name in workers} >= {"node-a", "node-b"}
-    assert {"ce.node.node-a", "ce.node.node-b"} <= queues
+        found = json.loads(body)
+        queues = {q["name"] for w in found.values() for q in (w.get("active_queues") or [])}
+        return found if {"ce.node.node-a", "ce.node.node-b"} <= queues else {}
+
+    # agents answer `inspect` between tasks; ask until both have
+    listed = wait_until(workers, 60, "Flower listing both agents' queues", interval_s=1)
+    assert {name.split("@")[0] for name in listed} >= {"node-a", "node-b"}
 
     # a burst at one node: its queue fills while the solo worker runs the first tasks
     x = np.random.default_rng(1).standard_normal((3, 224, 224)).astype(np.float32)
-    seen_flower = seen_metrics = 0
+    seen = {"flower": 0, "metrics": 0}
+
+    def both_saw_a_queue() -> bool:
+        status, body = http_get(base + "/api/queues/length", auth=CREDENTIALS)
+        assert status == 200
+        lengths = {q["name"]: q["messages"] for q in json.loads(body)["active_queues"]}
+        assert "ce.node.node-b" in lengths
+        seen["flower"] = max(seen["flower"], lengths.get("ce.node.node-a", 0))
+        seen["metrics"] = max(seen["metrics"], int(
+            scrape(metrics_port)[("ce_node_queue_length", (("node", "node-a"),))]))
+        return seen["flower"] >= 1 and seen["metrics"] >= 1
+
     with Client(runtime.settings) as client:
         handles = [client.submit_direct("node-a", "efficientnet_b0", x) for _ in range(6)]
-        deadline = time.monotonic() + 60
-        while not (seen_flower and seen_metrics) and time.monotonic() < deadline:
-            status, body = http_get(base + "/api/queues/length", auth=CREDENTIALS)
-            assert status == 200
-            lengths = {q["name"]: q["messages"] for q in json.loads(body)["active_queues"]}
-            assert "ce.node.node-b" in lengths
-            seen_flower = max(seen_flower, lengths.get("ce.node.node-a", 0))
-            seen_metrics = max(seen_metrics, int(
-                scrape(metrics_port)[("ce_node_queue_length", (("node", "node-a"),))]))
-            time.sleep(0.1)
+        wait_until(both_saw_a_queue, 60, "Flower and the exporter to see node-a's queue",
+                   on_fail=lambda: seen, interval_s=0.1)
         for h in handles:
             assert h.result(180).node == "node-a"
-    assert seen_flower >= 1 and seen_metrics >= 1

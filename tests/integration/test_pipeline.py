@@ -17,8 +17,9 @@ from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.experiments.workload import synthetic_images
 from carbonedge.protocol import keys
 from carbonedge.protocol.telemetry import Heartbeat
+from tests.polling import wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 MODEL = "mobilenetv2"
 
@@ -31,11 +32,9 @@ def warm_client(default_runtime: LocalRuntime):
     for node in default_runtime.node_ids:
         for image in images:
             assert client.submit(MODEL, image, node=node).result(60).node == node
-    deadline = time.monotonic() + 10  # every node's measurements reach its heartbeat
-    while not all(MODEL in _heartbeat(default_runtime, n).exec_ms
-                  for n in default_runtime.node_ids):
-        assert time.monotonic() < deadline, "heartbeats never reported the warm-up"
-        time.sleep(0.05)
+    wait_until(lambda: all(MODEL in _heartbeat(default_runtime, n).exec_ms
+                           for n in default_runtime.node_ids), 10,
+               "every node's heartbeat to report the warm-up")
     yield client
     client.close()
 
@@ -153,10 +152,9 @@ def test_status_shows_every_node_with_its_carbon_so_far(
     from carbonedge.ops.status import collect_status, format_status
 
     r = redis.Redis.from_url(default_runtime.settings.redis_url)
-    deadline = time.monotonic() + 10  # carbon totals are added off the task's path
-    while not all(row.carbon_g > 0 for row in collect_status(r)):
-        assert time.monotonic() < deadline, format_status(collect_status(r))
-        time.sleep(0.05)
+    # carbon totals are added off the task's path
+    wait_until(lambda: all(row.carbon_g > 0 for row in collect_status(r)), 10,
+               "every node's carbon total", on_fail=lambda: format_status(collect_status(r)))
     rows = {row.node_id: row for row in collect_status(r)}
     assert set(rows) == set(default_runtime.node_ids) and all(x.alive for x in rows.values())
     assert rows["node-green"].heartbeat.carbon_intensity == 380.0

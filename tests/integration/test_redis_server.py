@@ -20,8 +20,6 @@ from carbonedge.compose.redis_server import (
 )
 from carbonedge.errors import RuntimeUnavailable
 
-pytestmark = pytest.mark.integration
-
 EXISTING_URL = "redis://127.0.0.1:6379/0"
 
 

@@ -25,7 +25,7 @@ from tests import model_files
 from tests.conftest import TEST_REDIS
 from tests.integration.conftest import start_runtime
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 URL = f"{TEST_REDIS}/10"
 MIB = 1 << 20

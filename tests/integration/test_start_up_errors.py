@@ -16,7 +16,7 @@ from carbonedge.client.requests import build_request
 from carbonedge.protocol import keys
 from carbonedge.protocol.messages import pack
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = pytest.mark.timeout(120)
 
 
 def _run(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:

@@ -29,7 +29,7 @@ from carbonedge.protocol.messages import pack
 from carbonedge.protocol.telemetry import Heartbeat
 from carbonedge.settings import Settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = pytest.mark.timeout(120)
 
 NODES = {"node-x": 500.0, "node-y": 200.0}
 STARTED = time.time() - 60
