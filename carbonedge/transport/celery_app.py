@@ -8,13 +8,16 @@ from celery import Celery
 
 from carbonedge.connections import celery_connection
 from carbonedge.settings import Settings
+from carbonedge.transport.compat import check_supported
 
 SERIALIZER = "msgpack"
 
 
 def make_celery_app(settings: Settings, *, main: str = "carbonedge", **conf: Any) -> Celery:
     """A Celery app on the settings' Redis (plain, TLS or Sentinel: see
-    :mod:`carbonedge.connections`), accepting msgpack and nothing else (no pickle)."""
+    :mod:`carbonedge.connections`), accepting msgpack and nothing else (no pickle).
+    Refuses to make one on a Celery or kombu outside the checked versions."""
+    check_supported()
     connection = celery_connection(settings.redis_url)
     broker = connection.pop("broker_url")
     app = Celery(main, broker=broker, backend=connection.pop("result_backend"),
