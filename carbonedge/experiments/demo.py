@@ -75,16 +75,19 @@ def run_demo(settings: Settings, *, inferences: int = 50, model: str = "mobilene
         print(f"ready ({limits}; models run on {engine}); {blocks} blocks of {per_block} "
               f"{model} inferences per configuration, in a random order per block (seed "
               f"{seed})", file=sys.stderr)
+        arms = demo_arms(mono_node)
         with Client(runtime.settings) as client:
             warm_up(client, runtime.node_ids, model, images, per_node=WARMUP_PER_NODE,
                     timeout=settings.result_timeout_s)
-            records, _ = run_blocks(client, demo_arms(mono_node), model=model, images=images,
+            records, _ = run_blocks(client, arms, model=model, images=images,
                                     blocks=blocks, per_block=per_block, seed=seed,
                                     timeout=settings.result_timeout_s, label="demo")
         found = attach_measured(records, runtime.settings.redis_url, timeout=30.0)
         print(f"measured charges settled for {found} of {len(records)} inferences",
               file=sys.stderr)
-    rows = summarise_arms(records, "monolithic", seed=seed)
+    order = [arm.name for arm in arms]  # the table reads as the arms are declared
+    rows = sorted(summarise_arms(records, "monolithic", seed=seed),
+                  key=lambda row: order.index(row.name))
     print()
     if settings.inference_runtime:
         print(f"runtime: {settings.inference_runtime} on every node")
