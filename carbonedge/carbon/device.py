@@ -37,6 +37,7 @@ __all__ = [
     "DeviceCharge",
     "DevicePower",
     "cpu_watts_per_core",
+    "ram_watts",
 ]
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,11 @@ RAM_WATTS_PER_GB = 0.375
 CODECARBON_WATTS_PER_THREAD = 4.0
 """CodeCarbon's power per thread for a CPU missing from its TDP table."""
 _GB = 1e9
+
+
+def ram_watts(mem_limit_bytes: float) -> float:
+    """The paper's RAM power of a memory limit: 0.375 W per GB."""
+    return RAM_WATTS_PER_GB * mem_limit_bytes / _GB
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +94,7 @@ class DevicePower:
 
     @property
     def ram_w(self) -> float:
-        return RAM_WATTS_PER_GB * self.mem_limit_bytes / _GB
+        return ram_watts(self.mem_limit_bytes)
 
     @property
     def watts(self) -> float:

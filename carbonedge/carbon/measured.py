@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from carbonedge.carbon.device import RAM_WATTS_PER_GB
+from carbonedge.carbon.device import ram_watts
 from carbonedge.carbon.ledger import LedgerRow
 from carbonedge.carbon.power import carbon_grams
 from carbonedge.carbon.units import joules_from_kwh, kwh_from_joules
@@ -45,7 +45,6 @@ MIN_BUSY_CPUS = 0.05
 milliwatts of noise into a huge per-CPU price."""
 MIN_COVERAGE = 0.9
 """Share of a row's span that samples must cover for it to be settled."""
-_GB = 1e9
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +176,7 @@ class SampleLog:
 def ram_seconds(row: LedgerRow) -> float:
     """How long the row held its node's memory: the time the device method charged RAM
     for (a task: its busy time; an idle stretch: its wall time outside tasks)."""
-    ram_w = RAM_WATTS_PER_GB * row.mem_limit_bytes / _GB
+    ram_w = ram_watts(row.mem_limit_bytes)
     return joules_from_kwh(row.ram_kwh) / ram_w if ram_w > 0 else 0.0
 
 

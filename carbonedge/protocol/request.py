@@ -16,7 +16,7 @@ decides about a request (its node, decision, route) are separate values.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
@@ -32,12 +32,6 @@ __all__ = ["Request"]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
-# every field of the wire map this version types (the dataclass's fields but ``extra``)
-_KNOWN = ("v", "id", "kind", "submitted_at", "model", "family", "min_accuracy", "input_shape",
-          "input", "input_ref", "mode", "weights", "normalisation", "node", "tenant",
-          "partition", "route", "latency_bound_ms", "deadline_s", "forecast", "latency_slo_ms",
-          "deferred_until", "deferral")
-_KNOWN_SET = frozenset(_KNOWN)
 _CONTAINERS = (list, dict)
 
 
@@ -175,3 +169,8 @@ class Request:
             return False
         return self.route is not None or (self.partition is not None
                                           and self.partition != "none")
+
+
+_KNOWN = tuple(f.name for f in fields(Request) if f.name != "extra")
+"""Every field of the wire map this version types: the dataclass's, but ``extra``."""
+_KNOWN_SET = frozenset(_KNOWN)

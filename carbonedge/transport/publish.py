@@ -40,13 +40,23 @@ def encode_task_message(app: Celery, name: str, payload: dict[str, Any], *, task
     """
     message = app.amqp.as_task_v2(
         task_id, name, args=(payload,), kwargs={}, origin=ORIGIN, ignore_result=ignore_result,
-        # a repr of a tensor payload is slow and useless: describe the request instead
-        argsrepr=f"<{payload.get('kind', 'infer')} {payload.get('model') or ''} id={task_id}>",
-        kwargsrepr="{}",
-    )
+        argsrepr=_describe(payload, task_id), kwargsrepr="{}")
     content_type, encoding, body = dumps(message.body, serializer=SERIALIZER)
-    envelope = {
-        "body": base64.b64encode(body).decode("ascii"),
+    return _envelope(message, content_type, encoding, body=base64.b64encode(body).decode("ascii"),
+                     queue=queue, tag=uuid.uuid4().hex).encode()
+
+
+def _describe(payload: dict[str, Any], task_id: str) -> str:
+    """The task's argsrepr: a repr of a tensor payload is slow and useless, so the request
+    is described instead."""
+    return f"<{payload.get('kind', 'infer')} {payload.get('model') or ''} id={task_id}>"
+
+
+def _envelope(message: Any, content_type: str, encoding: str, *, body: str, queue: str,
+              tag: str) -> str:
+    """kombu's Redis-transport envelope of a Celery message, as compact JSON."""
+    return json.dumps({
+        "body": body,
         "content-encoding": encoding,
         "content-type": content_type,
         "headers": message.headers,
@@ -56,10 +66,9 @@ def encode_task_message(app: Celery, name: str, payload: dict[str, Any], *, task
             "delivery_info": {"exchange": "", "routing_key": queue},
             "priority": 0,
             "body_encoding": "base64",
-            "delivery_tag": uuid.uuid4().hex,
+            "delivery_tag": tag,
         },
-    }
-    return json.dumps(envelope, separators=(",", ":")).encode()
+    }, separators=(",", ":"))
 
 
 _quoted = encode_basestring_ascii
@@ -92,8 +101,7 @@ class TaskEncoder:
         return (text % {  # base64 and hex need no JSON escaping; the sender's text does
             "body": body.decode("ascii"),
             "id": _quoted(task_id),
-            "argsrepr": _quoted(f"<{payload.get('kind', 'infer')} "
-                                f"{payload.get('model') or ''} id={task_id}>"),
+            "argsrepr": _quoted(_describe(payload, task_id)),
             "queue": _quoted(queue),
             "tag": os.urandom(16).hex(),  # unique, as kombu's uuid4 hex is
         }).encode()
@@ -105,21 +113,8 @@ class TaskEncoder:
             marks["id"], name, args=((),), kwargs={}, origin=ORIGIN,
             ignore_result=self.ignore_result, argsrepr=marks["argsrepr"], kwargsrepr="{}")
         content_type, encoding, _ = dumps(message.body, serializer=SERIALIZER)
-        envelope = {
-            "body": marks["body"],
-            "content-encoding": encoding,
-            "content-type": content_type,
-            "headers": message.headers,
-            "properties": {
-                **message.properties,
-                "delivery_mode": 2,
-                "delivery_info": {"exchange": "", "routing_key": marks["queue"]},
-                "priority": 0,
-                "body_encoding": "base64",
-                "delivery_tag": marks["tag"],
-            },
-        }
-        text = json.dumps(envelope, separators=(",", ":")).replace("%", "%%")
+        text = _envelope(message, content_type, encoding, body=marks["body"],
+                         queue=marks["queue"], tag=marks["tag"]).replace("%", "%%")
         for slot, mark in marks.items():
             quoted = json.dumps(mark)
             # the body and tag are written inside their quotes; the others bring their own
