@@ -1,8 +1,10 @@
-"""Client-side image preprocessing with Pillow and numpy only (no torch).
+"""Client-side image preparation with Pillow and numpy only (no torch).
 
-Produces the same tensor as torchvision's ImageNet evaluation transform
-``Resize(256) -> CenterCrop(224) -> ToTensor() -> Normalize(mean, std)`` on a PIL
-image, so that producers can send ready tensors without importing torch.
+:func:`image_pixels` does the geometric half of torchvision's ImageNet evaluation
+transform, ``Resize(256) -> CenterCrop(224)``, and gives the crop as uint8 pixels: what a
+producer sends (see :mod:`carbonedge.protocol.pixels`; the node normalises them).
+:func:`preprocess_image` adds ``ToTensor() -> Normalize(mean, std)``, for callers that want
+the model's float input itself.
 
 Memory and time are bounded *before* anything is decoded, from the header's size alone:
 a few hundred bytes of PNG can declare 60000x1 pixels, which resizing the short side to
@@ -25,9 +27,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from carbonedge.errors import InvalidRequest
+from carbonedge.protocol.pixels import normalise_pixels
 
 __all__ = ["CROP_SIZE", "IMAGENET_MEAN", "IMAGENET_STD", "MAX_ASPECT", "MAX_PIXELS", "MAX_SIDE",
-           "RESIZE_SIZE", "preprocess_image"]
+           "RESIZE_SIZE", "image_pixels", "preprocess_image"]
 
 RESIZE_SIZE = 256
 CROP_SIZE = 224
@@ -44,27 +47,28 @@ DRAFT_ABOVE_PIXELS = 4_000_000
 ImageSource = str | Path | bytes | bytearray | memoryview | Image.Image
 
 
-def preprocess_image(src: ImageSource, *, resize: int = RESIZE_SIZE, crop: int = CROP_SIZE,
-                     mean: Sequence[float] = IMAGENET_MEAN,
-                     std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
-    """Turn an image (path, encoded bytes or PIL image) into a float32 (1,3,crop,crop) array.
-
-    RGB conversion, shorter side resized to ``resize`` (256, bilinear), centre crop
-    ``crop`` x ``crop`` (224), scaled to [0,1] and normalised with ``mean`` and ``std``
-    (ImageNet's); the result is C-contiguous. An unreadable, corrupt or missing image raises
-    :class:`InvalidRequest` (field ``image``).
-    """
+def image_pixels(src: ImageSource, *, resize: int = RESIZE_SIZE,
+                 crop: int = CROP_SIZE) -> np.ndarray:
+    """Turn an image (path, encoded bytes or PIL image) into uint8 RGB pixels,
+    ``(1, crop, crop, 3)``: shorter side resized to ``resize`` (256, bilinear), centre crop
+    ``crop`` x ``crop`` (224). An unreadable, corrupt or missing image raises
+    :class:`InvalidRequest` (field ``image``)."""
     img = _open_rgb(src)
     try:
         img = _resize_shorter(img, resize)
         img = _center_crop(img, crop)
-        arr = np.asarray(img, dtype=np.float32)
+        arr = np.asarray(img, dtype=np.uint8)
     except (OSError, ValueError) as e:
         raise InvalidRequest(f"cannot preprocess image: {e}", field="image") from e
-    arr /= 255.0
-    arr -= np.asarray(mean, dtype=np.float32)
-    arr /= np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1)[np.newaxis])
+    return np.ascontiguousarray(arr[np.newaxis])
+
+
+def preprocess_image(src: ImageSource, *, resize: int = RESIZE_SIZE, crop: int = CROP_SIZE,
+                     mean: Sequence[float] = IMAGENET_MEAN,
+                     std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+    """The model's float32 ``(1, 3, crop, crop)`` input for an image: :func:`image_pixels`,
+    scaled to [0, 1] and normalised with ``mean`` and ``std`` (ImageNet's)."""
+    return normalise_pixels(image_pixels(src, resize=resize, crop=crop), mean, std)
 
 
 def _open_rgb(src: ImageSource) -> Image.Image:

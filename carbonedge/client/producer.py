@@ -117,7 +117,7 @@ class _Producer:
         return self._models
 
     def _tensor(self, model: str | None, x: Any, options: RequestOptions) -> dict[str, Any]:
-        """The request's tensor map; an image is preprocessed as its model declares."""
+        """The request's tensor map; an image is resized and cropped as its model declares."""
         if not isinstance(x, IMAGE_TYPES):
             return to_tensor_map(x, self._limits)
         if model is not None:
@@ -128,12 +128,13 @@ class _Producer:
             return to_tensor_map(x, self._limits, preprocess)
         specs = candidates(self.models, family=options.get("family"),
                            min_accuracy=options.get("min_accuracy"))
-        kinds = {s.preprocess for s in specs}
-        if len(kinds) > 1:
-            raise InvalidRequest("the candidate models preprocess images differently ("
+        # the node normalises with its model's own mean and std: only the crop must agree
+        crops = {(s.preprocess.resize, s.preprocess.crop): s.preprocess for s in specs}
+        if len(crops) > 1:
+            raise InvalidRequest("the candidate models resize or crop images differently ("
                                  + ", ".join(s.name for s in specs) + "): send a tensor",
                                  field="image")
-        return to_tensor_map(x, self._limits, kinds.pop())
+        return to_tensor_map(x, self._limits, crops.popitem()[1])
 
 
 class Client(_Producer):

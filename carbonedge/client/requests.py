@@ -1,5 +1,6 @@
 """Building a producer's request: the options it may carry, its input tensor (an image is
-preprocessed here), and the claim check that moves a large input to its own key."""
+resized and cropped here and sent as uint8 pixels; its node normalises them), and the
+claim check that moves a large input to its own key."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from typing import Any, TypedDict
 
 from PIL import Image
 
-from carbonedge.client.images import preprocess_image
+from carbonedge.client.images import image_pixels
 from carbonedge.errors import InvalidRequest
 from carbonedge.partitioner.catalog import Preprocess
 from carbonedge.protocol import keys
 from carbonedge.protocol.codec import TensorLimits, encode_tensor, tensor_header
 from carbonedge.protocol.messages import PROTOCOL_VERSION, pack
+from carbonedge.protocol.pixels import PIXEL_DTYPE, model_shape
 from carbonedge.protocol.request import Request
 from carbonedge.settings import Settings
 
@@ -30,11 +32,12 @@ IMAGE_TYPES = (str, Path, bytes, bytearray, Image.Image)
 
 def to_tensor_map(x: Any, limits: TensorLimits,
                   preprocess: Preprocess | None = None) -> dict[str, Any]:
-    """An image (path, bytes, PIL) is preprocessed (ImageNet's 256/224 unless the model
-    declares otherwise); an array or tensor is validated as is."""
+    """An image (path, bytes, PIL) becomes uint8 pixels, resized and cropped (ImageNet's
+    256/224 unless the model declares otherwise; its node normalises them); an array or
+    tensor is validated as is."""
     if isinstance(x, IMAGE_TYPES):
         p = preprocess or Preprocess()
-        x = preprocess_image(x, resize=p.resize, crop=p.crop, mean=p.mean, std=p.std)
+        x = image_pixels(x, resize=p.resize, crop=p.crop)
     tensor = encode_tensor(x)
     tensor_header(tensor, limits)
     return tensor
@@ -113,7 +116,9 @@ def make_request(
         if value is not None:
             request[name] = value
     if model is None and tensor is not None and (family is not None or min_accuracy is not None):
-        request["input_shape"] = list(tensor["shape"])
+        shape = tensor["shape"]
+        request["input_shape"] = (model_shape(shape) if tensor.get("dtype") == PIXEL_DTYPE
+                                  else list(shape))
     if weights is not None:
         request["weights"] = _weights(weights)
     if partition is not None:

@@ -18,17 +18,17 @@ from carbonedge.errors import (
     InferenceFailed,
     InvalidMessage,
     InvalidRequest,
-    InvalidTensor,
 )
 from carbonedge.node_agent.backend import ModelBackend
 from carbonedge.node_agent.bookkeeping import TaskBookkeeper
 from carbonedge.node_agent.charging import ChargeMeter, Stretch
 from carbonedge.node_agent.config import AgentConfig
 from carbonedge.node_agent.energy import EnergyAccountant, charge_fields, ledger_row, stretch_row
+from carbonedge.node_agent.inputs import model_input
 from carbonedge.node_agent.stats import ExecStats
 from carbonedge.partitioner.outputs import top_k
 from carbonedge.protocol import keys
-from carbonedge.protocol.codec import TensorLimits, decode_tensor
+from carbonedge.protocol.codec import TensorLimits
 from carbonedge.protocol.messages import (
     PROTOCOL_VERSION,
     check_version,
@@ -40,7 +40,6 @@ from carbonedge.settings import Settings
 
 log = logging.getLogger(__name__)
 
-FLOAT_DTYPES = ("float32", "float16", "float64")
 WARM_UP_RUNS = 3
 
 
@@ -174,17 +173,7 @@ class AgentRuntime:
     def _infer(self, payload: dict[str, Any], started_at: float) -> dict[str, Any]:
         name = require(payload, "model", str)
         served = self.models.get(name)
-        tensor = self.read_input(payload)
-        if isinstance(tensor, dict) and tensor.get("dtype") not in FLOAT_DTYPES:
-            raise InvalidTensor(
-                f"input.dtype {tensor.get('dtype')!r} is not a float type; a model takes "
-                f"normalised float input ({', '.join(FLOAT_DTYPES)})",
-                field="input.dtype",
-            )
-        x = decode_tensor(tensor, self.limits, expect_shape=served.input_shapes)
-        if x.dtype != np.float32:
-            raise InvalidTensor(f"input dtype must be float32, got {x.dtype.name}",
-                                field="input.dtype")
+        x = model_input(self.read_input(payload), served, self.limits)
         # the model run's CPU from the process clock: a cgroup counter lags by up to a
         # scheduler tick (4 ms at HZ=250), as long as a whole ONNX Runtime inference
         cpu0 = time.process_time()

@@ -33,8 +33,8 @@ from carbonedge.errors import (
     DispatchFailed,
     InferenceFailed,
     InvalidRequest,
-    InvalidTensor,
 )
+from carbonedge.node_agent.inputs import model_input
 from carbonedge.partitioner.outputs import top_k
 from carbonedge.protocol import keys
 from carbonedge.protocol.codec import decode_tensor, encode_tensor
@@ -163,17 +163,13 @@ class SegmentExecutor:
                seg: RouteSegment) -> tuple[np.ndarray, int]:
         rt = self.runtime
         if index == 0:
-            shapes = rt.models.get(model).input_shapes
             tensor = rt.read_input(payload)
             if payload.pop("input_ref", None) is True:
                 # the input stays until the request ends (not deleted after this task): a
                 # request re-dispatched when a later node dies starts again from it
                 payload["input_held"] = True
-            if isinstance(tensor, dict) and tensor.get("dtype") != "float32":
-                raise InvalidTensor(f"input.dtype {tensor.get('dtype')!r}: a split model takes "
-                                    "float32 input", field="input.dtype")
-            arr = decode_tensor(tensor, rt.limits, expect_shape=shapes)
-            return arr.reshape(shapes[0]), len(tensor["data"])
+            arr = model_input(tensor, rt.models.get(model), rt.limits)
+            return arr, len(tensor["data"])
         key = _activation_key(payload, index)
         raw = self._redis.getdel(key)
         if raw is None:

@@ -108,8 +108,16 @@ def test_wrong_shape_answered_by_the_agent(client: Client, shape: tuple, match: 
 def test_wrong_dtype(client: Client) -> None:
     with pytest.raises(InvalidTensor, match="int64"):
         client.submit("mobilenetv2", np.zeros((1, 3, 224, 224), np.int64))
+    err = _send_raw(client, _raw_request(input=encode_tensor(np.zeros((1, 3, 224, 224), np.float16))))
+    assert isinstance(err, InvalidTensor) and err.field == "input.dtype"
+    assert "'float16': a model takes float32 input, or an image as uint8 pixels" in str(err)
+
+
+def test_pixels_laid_out_as_planes_are_refused_with_the_layout_they_need(client: Client) -> None:
     err = _send_raw(client, _raw_request(input=encode_tensor(np.zeros((1, 3, 224, 224), np.uint8))))
-    assert isinstance(err, InvalidTensor) and "not a float type" in str(err)
+    assert isinstance(err, InvalidTensor) and err.field == "input.shape"
+    assert "pixels (dtype uint8) are sent as [1, H, W, 3] RGB" in str(err)
+    assert "[1, 224, 224, 3]" in str(err)
 
 
 def test_too_many_elements_refused_before_sending(client: Client) -> None:

@@ -19,8 +19,10 @@ import redis
 import torch
 
 from carbonedge.client import Client
+from carbonedge.client.images import preprocess_image
 from carbonedge.compose.local_runner import LocalRuntime
 from carbonedge.errors import InferenceFailed, InvalidRequest, InvalidTensor, NoNodeAvailable
+from carbonedge.experiments.workload import synthetic_images
 from carbonedge.partitioner.blocks import flatten_model
 from carbonedge.partitioner.models import create_model, run_inference
 from carbonedge.protocol import keys
@@ -134,6 +136,32 @@ def test_split_across_agents_equals_whole_model(
         assert result.carbon_g == pytest.approx(sum(s.carbon_g for s in result.segments))
         assert result.carbon_g > 0
         assert result.exec_ms == pytest.approx(sum(s.exec_ms for s in result.segments))
+
+
+def test_an_image_travels_as_pixels_and_its_first_node_normalises_it(
+    client: Client, reference: dict[str, tuple[int, np.ndarray]]
+) -> None:
+    """The producer sends the crop as uint8 (a quarter of the float bytes); the node that
+    runs the model's first block normalises it, so the outputs equal the model's on the
+    producer-side float input, whole or split, on either runtime."""
+    model = "mobilenetv2"
+    image = synthetic_images(1, seed=5)[0]
+    expected = run_inference(create_model(model), preprocess_image(image)).numpy()
+    n = reference[model][0]
+    split = client.submit(model, image, route=[("part-b", 0, n // 2), ("part-a", n // 2, n)])
+    result = split.result(120)
+    assert result.segments[0].in_bytes == 224 * 224 * 3
+    assert result.logits is not None
+    assert float(np.max(np.abs(result.logits - expected))) <= TOL
+    probs = np.exp(expected[0] - expected[0].max())
+    probs /= probs.sum()
+    fifth = float(np.sort(probs)[-5])
+    for node in NODES:  # (ids compared by probability: near-ties may order differently)
+        whole = client.submit(model, image, node=node).result(120)
+        assert len(whole.top5) == 5, node
+        for class_id, prob in whole.top5:
+            assert prob == pytest.approx(float(probs[class_id]), abs=1e-5), (node, class_id)
+            assert prob >= fifth - 1e-5, (node, class_id)
 
 
 @pytest.mark.parametrize("k", [2, 3])
