@@ -20,7 +20,7 @@ from carbonedge.dispatcher.routing import Cluster, Deferred, Routed, Routing, St
 from carbonedge.errors import DispatchFailed, InvalidMessage, NoNodeAvailable, UnknownNode
 from carbonedge.partitioner.catalog import Catalogue, candidates
 from carbonedge.protocol import keys
-from carbonedge.protocol.messages import unpack_entry
+from carbonedge.protocol.messages import CHOICE_FIELDS, unpack_entry
 from carbonedge.protocol.request import Request
 from carbonedge.protocol.untrusted import parse_count
 from carbonedge.scheduler import ClusterView, Decision, Weights, select, weights_for
@@ -247,7 +247,9 @@ class Enqueue:
             wire["budget"] = routing.budget.to_wire()
         # the map as decoded while the request is the one submitted: not encoded again
         payload = dict(routing.wire) if request is routing.submitted else request.to_wire()
-        if routing.model is not None:
+        if routing.model is not None:  # the task runs the chosen model (the decision says why)
+            for name in (*CHOICE_FIELDS, "input_shape"):
+                payload.pop(name, None)
             payload["model"] = routing.model
         payload.update(node=decision.node_id, dispatched_at=time.time(), decision=wire,
                        counted=True, mode=routing.mode, attempt=routing.attempt)

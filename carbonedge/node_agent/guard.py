@@ -20,6 +20,7 @@ import redis
 from carbonedge.errors import CarbonEdgeError, InferenceFailed
 from carbonedge.protocol import keys
 from carbonedge.protocol.messages import error_result
+from carbonedge.protocol.task import Task
 from carbonedge.protocol.untrusted import parse_count
 from carbonedge.transport.delivery import deliver
 
@@ -40,24 +41,19 @@ class DeliveryGuard:
         self.skipped = 0
         self.late = 0
 
-    def run(self, task_id: str, payload: Any, work: Callable[[Any], dict[str, Any]], *,
-            assigned_node: str | None = None) -> bool:
-        """Run ``work(payload)`` if the request is still ours and deliver its result.
-
-        ``assigned_node`` is the node the dispatcher recorded the request under, when
-        that is not this one (a partitioned request finishes on another node). Returns
-        whether a result of ours was delivered.
-        """
-        owner = assigned_node or self.node_id
-        counted = isinstance(payload, dict) and payload.get("counted") is True
-        if counted and self._moved(task_id, owner, payload):
+    def run(self, task_id: str, task: Task, work: Callable[[Task], dict[str, Any]]) -> bool:
+        """Run ``work(task)`` if the request is still ours and deliver its result; returns
+        whether a result of ours was delivered."""
+        owner = self.node_id
+        counted = task.counted
+        if counted and self._moved(task_id, owner, task.attempt):
             self.skipped += 1
             log.warning("request %s was re-dispatched to another node while queued here; "
                         "not running it", task_id)
             self._count("skipped_moved")
             return False
         try:
-            result = work(payload)
+            result = work(task)
         except Exception as e:  # a crash must still answer the request, never drop it
             log.exception("request %s crashed the agent's task", task_id)
             result = error_result(task_id, InferenceFailed(
@@ -86,7 +82,7 @@ class DeliveryGuard:
         result = error_result(task_id, error, node=self.node_id)
         return self._deliver(task_id, result, owned, self.node_id)
 
-    def _moved(self, task_id: str, owner: str, payload: dict[str, Any]) -> bool:
+    def _moved(self, task_id: str, owner: str, attempt: int) -> bool:
         """Whether recovery re-dispatched the request away from ``owner``: it is not in
         the node's registry *and* the recovery scripts counted an attempt at least as
         late as this message's. A request missing from the registry without such a count
@@ -102,18 +98,14 @@ class DeliveryGuard:
             return False
         if owned is True or owned == 1:
             return False
-        attempt = payload.get("attempt")
-        attempt = attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 1
         moved = parse_count(moves) if not isinstance(moves, Exception) else None
         return moved is not None and moved >= attempt
 
-    def may_run(self, task_id: str, payload: Any) -> bool:
+    def may_run(self, task_id: str, task: Task) -> bool:
         """Whether a task that arrived here may run: one the dispatcher did not route
         (``counted``) always may; a routed one only while it is still assigned to this node
         (a request re-dispatched while its task waited here must not run twice)."""
-        if not isinstance(payload, dict) or payload.get("counted") is not True:
-            return True
-        return self.owns(task_id)
+        return not task.counted or self.owns(task_id)
 
     def owns(self, task_id: str, *, unknown: bool = True) -> bool:
         """Whether ``task_id`` is in this node's registry (``unknown`` when Redis cannot

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,11 +30,11 @@ from carbonedge.protocol import keys
 from carbonedge.protocol.codec import TensorLimits
 from carbonedge.protocol.messages import (
     PROTOCOL_VERSION,
-    check_version,
     error_result,
-    require,
     unpack,
 )
+from carbonedge.protocol.request import thawed
+from carbonedge.protocol.task import Task
 from carbonedge.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -93,51 +92,46 @@ class AgentRuntime:
 
     # -- tasks -------------------------------------------------------------------------
 
-    def infer(self, payload: Any) -> dict[str, Any]:
+    def infer(self, task: Task) -> dict[str, Any]:
         """Run one whole-model request; never raises, always returns a result map."""
-        return self._guarded(payload, self._infer)
+        return self._guarded(task, self._infer)
 
     def infer_segment(
-        self, payload: Any, run: Callable[[dict[str, Any], float], dict[str, Any]]
+        self, task: Task, run: Callable[[Task, float], dict[str, Any]]
     ) -> dict[str, Any]:
         """Run one segment of a partitioned request (``run`` does the work) under the same
         accounting as :meth:`infer`; never raises. A segment's time is not a sample of the
         model's service time."""
-        return self._guarded(payload, run, sample=False)
+        return self._guarded(task, run, sample=False)
 
-    def ping(self, payload: Any) -> dict[str, Any]:
+    def ping(self, task: Task) -> dict[str, Any]:
         """Do no work: measures the dispatch path itself."""
-        return self._guarded(payload, self._ping)
+        return self._guarded(task, self._ping)
 
     # -- internals ---------------------------------------------------------------------
 
-    def _guarded(self, payload: Any, run: Any, *, sample: bool = True) -> dict[str, Any]:
+    def _guarded(self, task: Task, run: Callable[[Task, float], dict[str, Any]], *,
+                 sample: bool = True) -> dict[str, Any]:
         started_at = time.time()
         reading = self.energy.intensity()  # a task is priced at the intensity it started in
         self.meter.task_started()  # its stretch began when the consumer saw its message
-        req_id = payload.get("id") if isinstance(payload, dict) else None
-        req_id = req_id if isinstance(req_id, str) else "unknown"
         self.stats.started()
         result: dict[str, Any] | None = None
         try:
             try:
-                if not isinstance(payload, dict):
-                    raise InvalidMessage(
-                        f"task payload must be a map, got {type(payload).__name__}")
-                check_version(payload)
-                result = run(payload, started_at)
+                result = run(task, started_at)
             except CarbonEdgeError as e:
-                log.warning("request %s failed: %s", req_id, e)
-                result = self.error_result(payload, req_id, e, started_at)
+                log.warning("request %s failed: %s", task.id, e)
+                result = self.error_result(task, e, started_at)
             except Exception as e:  # a model crash must become an error result, not a dead worker
-                log.exception("request %s crashed", req_id)
-                result = self.error_result(payload, req_id,
-                                     InferenceFailed(f"{type(e).__name__}: {e}"), started_at)
+                log.exception("request %s crashed", task.id)
+                result = self.error_result(task, InferenceFailed(f"{type(e).__name__}: {e}"),
+                                           started_at)
         finally:
-            self._account(payload, req_id, result, started_at, reading, sample)
+            self._account(task, result, started_at, reading, sample)
         return result
 
-    def _account(self, payload: Any, req_id: str, result: dict[str, Any] | None,
+    def _account(self, task: Task, result: dict[str, Any] | None,
                  started_at: float, reading: IntensityReading, sample: bool = True) -> None:
         """Charge the task its own CPU (from its message's arrival to now, split into the
         model run and the rest), update the node's stats, and do the Redis bookkeeping
@@ -158,22 +152,18 @@ class AgentRuntime:
                     service_ms = charge.device.busy_s * 1e3
                 elif model_name is not None:  # a first run allocates buffers: not typical
                     self._warm.add(model_name)
-            tenant = payload.get("tenant") if isinstance(payload, dict) else None
             ledger = ledger_row(result, charge, started_at=started_at, wall_s=wall_s,
-                                device=self.energy.device,
-                                tenant=tenant if isinstance(tenant, str) else "")
+                                device=self.energy.device, tenant=task.request.tenant or "")
         self.stats.finished(model_name, service_ms)
-        if isinstance(payload, dict):
-            self._bookkeeper.task_done(
-                counted=payload.get("counted") is True,
-                input_key=keys.input_key(req_id) if payload.get("input_ref") is True else None,
-                ledger=ledger,
-            )
+        consumed = task.request.input_ref and not task.input_held
+        self._bookkeeper.task_done(counted=task.counted,
+                                   input_key=keys.input_key(task.id) if consumed else None,
+                                   ledger=ledger)
 
-    def _infer(self, payload: dict[str, Any], started_at: float) -> dict[str, Any]:
-        name = require(payload, "model", str)
+    def _infer(self, task: Task, started_at: float) -> dict[str, Any]:
+        name = task.model_to_run()
         served = self.models.get(name)
-        x = model_input(self.read_input(payload), served, self.limits)
+        x = model_input(self.read_input(task), served, self.limits)
         # the model run's CPU from the process clock: a cgroup counter lags by up to a
         # scheduler tick (4 ms at HZ=250), as long as a whole ONNX Runtime inference
         cpu0 = time.process_time()
@@ -182,7 +172,7 @@ class AgentRuntime:
         t1 = time.perf_counter()
         cpu_s = max(time.process_time() - cpu0, 0.0)
         ids, scores = top_k(logits, 5)
-        result = self.ok_result(payload, started_at, (t1 - t0) * 1e3, cpu_s)
+        result = self.ok_result(task, started_at, (t1 - t0) * 1e3, cpu_s)
         result.update(
             model=name,
             output={"top5_ids": ids, "top5_scores": scores},
@@ -222,68 +212,61 @@ class AgentRuntime:
         cpu_ms = timings["cpu_s"] * 1e3
         return cpu_ms / self.config.cpu_quota if cpu_ms > 0 else timings["exec_ms"]
 
-    def read_input(self, payload: dict[str, Any]) -> Any:
+    def read_input(self, task: Task) -> Any:
         """The request's tensor map: inline, or fetched from its ``ce:input:<id>`` key."""
-        if payload.get("input_ref") is not True:
-            return payload.get("input")
-        raw = self._redis.get(keys.input_key(payload["id"]))
+        request = task.request
+        if not request.input_ref:
+            if request.input is None:
+                raise InvalidMessage("missing field 'input'", field="input")
+            return request.input
+        raw = self._redis.get(keys.input_key(request.id))
         if raw is None:
             raise InvalidRequest(
-                f"the input of request {payload['id']} is no longer in Redis (expired after "
+                f"the input of request {request.id} is no longer in Redis (expired after "
                 f"{self.settings.input_ttl_s} s, or already consumed)", field="input")
         return unpack(raw, max_bytes=self.settings.max_payload_bytes)
 
-    def _ping(self, payload: dict[str, Any], started_at: float) -> dict[str, Any]:
-        return self.ok_result(payload, started_at, 0.0, 0.0)
+    def _ping(self, task: Task, started_at: float) -> dict[str, Any]:
+        return self.ok_result(task, started_at, 0.0, 0.0)
 
-    def ok_result(
-        self, payload: dict[str, Any], started_at: float, exec_ms: float, cpu_s: float
-    ) -> dict[str, Any]:
+    def ok_result(self, task: Task, started_at: float, exec_ms: float,
+                  cpu_s: float) -> dict[str, Any]:
         """A success result of this node; energy and carbon are added once the whole task is
         measured."""
+        request = task.request
         return {
             "v": PROTOCOL_VERSION,
-            "id": payload["id"],
+            "id": request.id,
             "status": "ok",
-            "kind": payload.get("kind", "infer"),
+            "kind": request.kind,
             "node": self.config.node_id,
             "runtime": self.models.runtime,
-            "model": payload.get("model"),
-            "mode": payload.get("mode"),
-            "timings": self._timings(payload, started_at, exec_ms, cpu_s),
-            "decision": payload.get("decision"),
-            "deferred_until": payload.get("deferred_until"),
+            "model": request.model,
+            "mode": request.mode,
+            "timings": self._timings(task, started_at, exec_ms, cpu_s),
+            "decision": thawed(task.decision),
+            "deferred_until": request.deferred_until,
         }
 
-    def _timings(
-        self, payload: dict[str, Any], started_at: float, exec_ms: float, cpu_s: float
-    ) -> dict[str, float]:
-        sent = payload.get("dispatched_at") or payload.get("submitted_at")
-        queue_ms = (started_at - sent) * 1e3 if _is_time(sent) else float("nan")
+    @staticmethod
+    def _timings(task: Task, started_at: float, exec_ms: float,
+                 cpu_s: float) -> dict[str, float]:
+        submitted = float(task.request.submitted_at)
+        sent = task.dispatched_at or submitted
         return {
-            "submitted_at": _time_or_nan(payload.get("submitted_at")),
-            "dispatched_at": _time_or_nan(payload.get("dispatched_at")),
+            "submitted_at": submitted,
+            "dispatched_at": float("nan") if task.dispatched_at is None else task.dispatched_at,
             "started_at": started_at,
             "finished_at": time.time(),
-            "queue_ms": max(queue_ms, 0.0) if math.isfinite(queue_ms) else queue_ms,
+            "queue_ms": max((started_at - sent) * 1e3, 0.0),
             "exec_ms": exec_ms,
             "cpu_s": cpu_s,
         }
 
-    def error_result(
-        self, payload: Any, req_id: str, error: CarbonEdgeError, started_at: float
-    ) -> dict[str, Any]:
-        """The error result of this node for ``payload``, naming ``error``."""
-        extra: dict[str, Any] = {"kind": "infer", "timings": {"started_at": started_at}}
-        if isinstance(payload, dict):
-            extra.update(model=payload.get("model"), mode=payload.get("mode"),
-                         decision=payload.get("decision"))
-        return error_result(req_id, error, node=self.config.node_id, **extra)
+    def error_result(self, task: Task, error: CarbonEdgeError,
+                     started_at: float) -> dict[str, Any]:
+        """The error result of this node for ``task``, naming ``error``."""
+        return error_result(task.id, error, node=self.config.node_id, kind="infer",
+                            timings={"started_at": started_at}, model=task.request.model,
+                            mode=task.request.mode, decision=thawed(task.decision))
 
-
-def _is_time(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-
-
-def _time_or_nan(value: Any) -> float:
-    return float(value) if _is_time(value) else float("nan")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,8 +40,10 @@ from carbonedge.partitioner.outputs import top_k
 from carbonedge.protocol import keys
 from carbonedge.protocol.codec import decode_tensor, encode_tensor
 from carbonedge.protocol.lua import LuaScript
-from carbonedge.protocol.messages import PROTOCOL_VERSION, pack, require, unpack
+from carbonedge.protocol.messages import PROTOCOL_VERSION, pack, unpack
+from carbonedge.protocol.request import thawed
 from carbonedge.protocol.routes import Route, RouteSegment
+from carbonedge.protocol.task import Task
 from carbonedge.transport.publish import encode_task_message
 
 if TYPE_CHECKING:
@@ -117,11 +120,12 @@ class SegmentExecutor:
 
     # -- running -----------------------------------------------------------------------
 
-    def run(self, payload: dict[str, Any], started_at: float) -> dict[str, Any]:
+    def run(self, task: Task, started_at: float) -> dict[str, Any]:
         """Run this node's segment (called inside the runtime's guarded accounting)."""
-        name = require(payload, "model", str)
-        index = require(payload, "segment", int)
-        route = Route.from_wire(payload.get("route"))
+        name = task.model_to_run()
+        index = task.segment
+        assert index is not None  # a segment task without one is refused as poison
+        route = Route.from_wire(task.request.route)
         if not 0 <= index < len(route):
             raise InvalidRequest(f"segment {index} is not in a route of {len(route)}",
                                  field="segment")
@@ -134,7 +138,7 @@ class SegmentExecutor:
             if route.n_blocks != n_blocks:
                 raise InvalidRequest(f"the route covers {route.n_blocks} blocks but {name} has "
                                      f"{n_blocks} here", field="route")
-            x, in_bytes = self._input(payload, name, index, seg)
+            x, in_bytes = self._input(task, name, index, seg)
             cpu0 = time.process_time()  # (see AgentRuntime._infer)
             t0 = time.perf_counter()
             out = self.runtime.models.run_segment(name, seg.start, seg.stop, x)
@@ -147,7 +151,7 @@ class SegmentExecutor:
         except Exception as e:  # a crash in the blocks is the segment's error, named
             raise InferenceFailed(f"segment {index} [{seg.start}, {seg.stop}) on node {node}: "
                                   f"{type(e).__name__}: {e}") from e
-        result = self.runtime.ok_result(payload, started_at, exec_ms, cpu_s)
+        result = self.runtime.ok_result(task, started_at, exec_ms, cpu_s)
         served = self.runtime.models.get(name)
         result.update(model=name, segment=index, in_bytes=in_bytes,
                       random_init=served.random_init, weights_source=served.weights_source)
@@ -159,18 +163,14 @@ class SegmentExecutor:
                                 "logits": encode_tensor(out)}
         return result
 
-    def _input(self, payload: dict[str, Any], model: str, index: int,
+    def _input(self, task: Task, model: str, index: int,
                seg: RouteSegment) -> tuple[np.ndarray, int]:
         rt = self.runtime
-        if index == 0:
-            tensor = rt.read_input(payload)
-            if payload.pop("input_ref", None) is True:
-                # the input stays until the request ends (not deleted after this task): a
-                # request re-dispatched when a later node dies starts again from it
-                payload["input_held"] = True
+        if index == 0:  # (a stored input is held until the request ends: Task.input_held)
+            tensor = rt.read_input(task)
             arr = model_input(tensor, rt.models.get(model), rt.limits)
             return arr, len(tensor["data"])
-        key = _activation_key(payload, index)
+        key = _activation_key(task, index)
         raw = self._redis.getdel(key)
         if raw is None:
             raise InvalidRequest(f"its input activation {key} is not in Redis (expired after "
@@ -183,73 +183,63 @@ class SegmentExecutor:
 
     # -- handing on --------------------------------------------------------------------
 
-    def finish(self, payload: Any, result: dict[str, Any]) -> dict[str, Any] | None:
+    def finish(self, task: Task, result: dict[str, Any]) -> dict[str, Any] | None:
         """After a segment: hand on to the next node (returns None), or the map to store
         as the request's result (the final result, or an error result)."""
         activation = result.pop(_ACTIVATION, None)
-        if result.get("status") != "ok" or not isinstance(payload, dict):
-            return self._failed(payload, result)
-        route = Route.from_wire(payload["route"])
-        index = payload["segment"]
-        hop = _hop(payload, result, route[index], activation)
-        hops = [*payload.get("hops", []), hop]
+        if result.get("status") != "ok":
+            return self._failed(task, result)
+        route = Route.from_wire(task.request.route)
+        index = task.segment
+        assert index is not None
+        hops = (*task.hops, _hop(result, route[index], activation))
         if index + 1 == len(route):
-            self._release(payload, None)
-            return _final(payload, result, route, hops)
+            self._release(task)
+            return _final(task, result, route, hops)
         try:
-            if not self._forward(payload, route, index + 1, hops, activation):
+            if not self._forward(task.next_segment(hops, time.time()), route, activation):
                 log.warning("request %s was re-dispatched while its segment %d ran here; "
-                            "not handing it on", payload["id"], index)
+                            "not handing it on", task.id, index)
         except (redis.RedisError, CarbonEdgeError) as e:
             error = DispatchFailed(f"segment {index} on node {route[index].node} could not hand "
                                    f"on to node {route[index + 1].node}: {e}", field="route")
-            return self._failed(payload, self.runtime.error_result(payload, payload["id"], error,
-                                                             result["timings"]["started_at"]))
+            return self._failed(task, self.runtime.error_result(
+                task, error, result["timings"]["started_at"]))
         return None
 
-    def _forward(self, payload: dict[str, Any], route: Route, index: int,
-                 hops: list[dict[str, Any]], activation: np.ndarray) -> bool:
-        """Store the activation and queue segment ``index``, in one script; False if the
-        request is no longer this node's."""
-        node = route[index].node
-        request_id = payload["id"]
-        counted = payload.get("counted") is True
-        task = {k: v for k, v in payload.items() if k != "input"}
-        task.update(segment=index, hops=hops, dispatched_at=time.time())
+    def _forward(self, task: Task, route: Route, activation: np.ndarray) -> bool:
+        """Store the activation and queue ``task`` (the next segment's), in one script;
+        False if the request is no longer this node's."""
+        assert task.segment is not None
+        node = route[task.segment].node
         queue = keys.node_queue(node)
         # the task id is the request id: the registry of assignments and the delivery of
         # the final result go by it
-        message = encode_task_message(self.app, keys.TASK_INFER_SEGMENT, task,
-                                      task_id=request_id, queue=queue, ignore_result=True)
+        message = encode_task_message(self.app, keys.TASK_INFER_SEGMENT, task.to_wire(),
+                                      task_id=task.id, queue=queue, ignore_result=True)
         script_keys = [keys.assigned_key(self.runtime.config.node_id), keys.assigned_key(node),
-                       _activation_key(payload, index), queue, keys.IN_FLIGHT]
-        args = [request_id, "1" if counted else "0", pack(encode_tensor(activation)),
+                       _activation_key(task, task.segment), queue, keys.IN_FLIGHT]
+        args = [task.id, "1" if task.counted else "0", pack(encode_tensor(activation)),
                 int(self.runtime.settings.input_ttl_s), message, node]
         return bool(HAND_ON(self._redis, script_keys, args))
 
-    def discard(self, payload: Any) -> None:
+    def discard(self, task: Task) -> None:
         """Drop the activation of a segment that will not run (its request was taken from
         this node and re-dispatched; the input stays for the new route)."""
-        if isinstance(payload, dict):
-            self._release(payload, payload.get("segment"), input_too=False)
+        self._release(task, activation=True, input_too=False)
 
-    def _failed(self, payload: Any, result: dict[str, Any]) -> dict[str, Any]:
-        if isinstance(payload, dict):
-            index = payload.get("segment")
-            result.update(segment=index, route=payload.get("route"),
-                          segments=payload.get("hops", []))
-            self._release(payload, index)
+    def _failed(self, task: Task, result: dict[str, Any]) -> dict[str, Any]:
+        result.update(segment=task.segment, route=thawed(task.request.route),
+                      segments=thawed(task.hops))
+        self._release(task, activation=True)
         return result
 
-    def _release(self, payload: dict[str, Any], index: Any, *, input_too: bool = True) -> None:
-        """Delete the activation segment ``index`` did not read, and a held input."""
-        request_id = payload.get("id")
-        if not isinstance(request_id, str):
-            return
-        held = input_too and payload.get("input_held") is True
-        stale = [keys.input_key(request_id)] if held else []
-        if isinstance(index, int) and index > 0:
-            stale.append(_activation_key(payload, index))
+    def _release(self, task: Task, *, activation: bool = False, input_too: bool = True) -> None:
+        """Delete a held input and (with ``activation``) the activation this segment did
+        not read."""
+        stale = [keys.input_key(task.id)] if input_too and task.input_held else []
+        if activation and task.segment:
+            stale.append(_activation_key(task, task.segment))
         if stale:
             try:
                 self._redis.delete(*stale)
@@ -257,13 +247,11 @@ class SegmentExecutor:
                 log.warning("could not delete %s: %s", ", ".join(stale), e)
 
 
-def _activation_key(payload: dict[str, Any], index: int) -> str:
-    attempt = payload.get("attempt")
-    attempt = attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else 1
-    return keys.activation_key(payload["id"], index, attempt)
+def _activation_key(task: Task, index: int) -> str:
+    return keys.activation_key(task.id, index, task.attempt)
 
 
-def _hop(payload: dict[str, Any], result: dict[str, Any], seg: RouteSegment,
+def _hop(result: dict[str, Any], seg: RouteSegment,
          activation: np.ndarray | None) -> dict[str, Any]:
     """One segment's entry in the final result's ``segments``."""
     timings = result["timings"]
@@ -293,8 +281,8 @@ _SUMMED = ("energy_kwh", "cpu_energy_kwh", "ram_energy_kwh", "busy_s", "cpu_mode
 """Charge fields that add up over a partitioned request's segments."""
 
 
-def _final(payload: dict[str, Any], last: dict[str, Any], route: Route,
-           hops: list[dict[str, Any]]) -> dict[str, Any]:
+def _final(task: Task, last: dict[str, Any], route: Route,
+           hops: tuple[Mapping[str, Any], ...]) -> dict[str, Any]:
     """The request's result: the last segment's map with totals over every segment."""
     energy = sum(h["energy_kwh"] for h in hops)
     carbon = sum(h["carbon_g"] for h in hops)
@@ -317,7 +305,7 @@ def _final(payload: dict[str, Any], last: dict[str, Any], route: Route,
         intensity_g_per_kwh=carbon / energy if energy > 0 else last["intensity_g_per_kwh"],
         intensity_source="segments" if len(hops) > 1 else last["intensity_source"],
         route=route.to_wire(),
-        plan=payload.get("plan"),
-        segments=hops,
+        plan=thawed(task.plan),
+        segments=thawed(hops),
     )
     return final

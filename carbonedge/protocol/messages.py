@@ -117,8 +117,10 @@ def check_version(msg: Mapping[str, Any]) -> None:
         )
 
 
-def validate_request(msg: Mapping[str, Any]) -> None:
-    """Check a request's envelope (not its tensor: the agent validates that against the model)."""
+def validate_request(msg: Mapping[str, Any], *, input_required: bool = True) -> None:
+    """Check a request's envelope (not its tensor: the agent validates that against the
+    model). Without ``input_required`` an inference may carry no input (a later segment of
+    a partitioned request reads its activation instead)."""
     check_version(msg)
     req_id = require(msg, "id", str)
     if not 0 < len(req_id) <= 128:
@@ -132,7 +134,7 @@ def validate_request(msg: Mapping[str, Any]) -> None:
             if "input" in msg:
                 raise InvalidMessage("a request has either 'input' or 'input_ref', not both",
                                      field="input")
-        else:
+        elif input_required or "input" in msg:
             require(msg, "input", dict)
     require(msg, "submitted_at", (float, int))
     _validate_partition(msg)

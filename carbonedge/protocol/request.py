@@ -28,28 +28,28 @@ from carbonedge.protocol.messages import (
     validate_request,
 )
 
-__all__ = ["Request"]
+__all__ = ["Request", "frozen", "thawed"]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 _CONTAINERS = (list, dict)
 
 
-def _frozen(value: Any) -> Any:
+def frozen(value: Any) -> Any:
     """Lists as tuples, maps as read-only views (shallow: a tensor's bytes stay bytes)."""
     if isinstance(value, list):
-        return tuple(_frozen(v) for v in value)
+        return tuple(frozen(v) for v in value)
     if isinstance(value, dict):
-        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+        return MappingProxyType({k: frozen(v) for k, v in value.items()})
     return value
 
 
-def _thawed(value: Any) -> Any:
+def thawed(value: Any) -> Any:
     """The wire form of a frozen value: tuples as lists, maps as dicts."""
     if isinstance(value, tuple):
-        return [_thawed(v) for v in value]
+        return [thawed(v) for v in value]
     if isinstance(value, Mapping):
-        return {k: _thawed(v) for k, v in value.items()}
+        return {k: thawed(v) for k, v in value.items()}
     return value
 
 
@@ -91,9 +91,10 @@ class Request:
     # -- decoding ----------------------------------------------------------------------
 
     @classmethod
-    def from_wire(cls, msg: Mapping[str, Any]) -> Request:
-        """Validate a request map and type it; InvalidMessage/InvalidRequest name the field."""
-        validate_request(msg)
+    def from_wire(cls, msg: Mapping[str, Any], *, input_required: bool = True) -> Request:
+        """Validate a request map and type it; InvalidMessage/InvalidRequest name the field.
+        (Without ``input_required``, an inference may carry no input: a later segment's.)"""
+        validate_request(msg, input_required=input_required)
         return cls._typed(msg)
 
     @classmethod
@@ -110,7 +111,7 @@ class Request:
     @classmethod
     def _typed(cls, msg: Mapping[str, Any]) -> Request:
         known = _KNOWN_SET
-        values = {k: _frozen(v) if type(v) in _CONTAINERS else v
+        values = {k: frozen(v) if type(v) in _CONTAINERS else v
                   for k, v in msg.items() if k in known}
         values["input_ref"] = msg.get("input_ref") is True
         if len(values) - ("input_ref" not in msg) != len(msg):
@@ -130,12 +131,12 @@ class Request:
                 if value:
                     out[name] = True
                 continue
-            out[name] = _thawed(value)
+            out[name] = thawed(value)
         return out
 
     def input_map(self) -> dict[str, Any] | None:
         """The input's wire map ``{dtype, shape, data}`` (what a claim check stores)."""
-        return None if self.input is None else _thawed(self.input)
+        return None if self.input is None else thawed(self.input)
 
     def pack(self) -> bytes:
         """The request as msgpack (what a producer adds to the stream)."""

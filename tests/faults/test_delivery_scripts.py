@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from carbonedge.dispatcher.recovery import Watchdog
 from carbonedge.node_agent.guard import DeliveryGuard
 from carbonedge.protocol import keys
+from carbonedge.protocol.task import Task
 from carbonedge.settings import Settings
 from carbonedge.transport.celery_app import make_celery_app
 from carbonedge.transport.delivery import deliver
@@ -138,27 +139,33 @@ def test_a_live_nodes_orphaned_request_is_re_dispatched(redis_client: redis.Redi
     app.close()
 
 
+def _task(request_id: str, attempt: int = 1) -> Task:
+    """A ping the dispatcher counted in node-x's in-flight work."""
+    return Task.from_wire({"v": 1, "id": request_id, "kind": "ping", "submitted_at": 1.0,
+                           "node": "node-x", "counted": True, "attempt": attempt})
+
+
 def test_guard_skips_moved_requests_and_answers_crashes(redis_client: redis.Redis) -> None:
     r = redis_client
     guard = DeliveryGuard(r, "node-x")
     ran = []
     r.hset(keys.ATTEMPTS, "moved", 1)  # what recovery counts when it re-dispatches one
-    assert not guard.run("moved", {"id": "moved", "counted": True}, ran.append)
+    assert not guard.run("moved", _task("moved"), ran.append)
     assert ran == [] and r.hget(keys.DELIVERY_STATS, "skipped_moved") == b"1"
     # not in the registry, but no recovery moved it (its registry write was lost): run
     ok = {"v": 1, "id": "lost", "status": "ok"}
-    assert guard.run("lost", {"id": "lost", "counted": True}, lambda p: dict(ok))
+    assert guard.run("lost", _task("lost"), lambda p: dict(ok))
     assert _meta(r, "lost")["result"]["status"] == "ok"
     # the copy recovery moved away from this node is skipped; a later dispatch runs
     r.hset(keys.ATTEMPTS, "again", 1)
-    assert guard.run("again", {"id": "again", "counted": True, "attempt": 2},
+    assert guard.run("again", _task("again", attempt=2),
                      lambda p: {"v": 1, "id": "again", "status": "ok"})
 
     def crash(payload: object) -> dict:
         raise RuntimeError("boom")
 
     r.hset(keys.assigned_key("node-x"), "mine", b"request")
-    assert guard.run("mine", {"id": "mine", "counted": True}, crash)
+    assert guard.run("mine", _task("mine"), crash)
     result = _meta(r, "mine")["result"]
     assert result["status"] == "error" and "boom" in result["error"]["message"]
     assert result["error"]["code"] == "inference_failed"

@@ -47,6 +47,7 @@ from carbonedge.partitioner.catalog import default_catalogue
 from carbonedge.protocol import keys
 from carbonedge.protocol.messages import pack
 from carbonedge.protocol.request import Request
+from carbonedge.protocol.task import Task
 from carbonedge.scheduler import ClusterView, NodeSnapshot
 from carbonedge.settings import Settings
 from carbonedge.transport.celery_app import make_celery_app
@@ -252,10 +253,11 @@ def test_enqueue_builds_the_task_and_counts_it_in_flight() -> None:
     outcome = Enqueue(make_celery_app(SETTINGS), 8)(routing, cluster)
     assert isinstance(outcome, Routed) and outcome.node == "node-green" and outcome.first
     assert cluster.view is not None and cluster.view.in_flight("node-green") == 1
-    payload = _payload(outcome.message)
-    assert payload["node"] == "node-green" and payload["mode"] == "green"
-    assert payload["attempt"] == 1 and payload["counted"] is True
-    assert payload["decision"]["node_id"] == "node-green" and payload["id"] == outcome.request_id
+    task = Task.from_wire(_payload(outcome.message))  # what the agent reads
+    assert task.node == "node-green" and task.request.mode == "green"
+    assert task.attempt == 1 and task.counted is True and task.segment is None
+    assert task.decision is not None and task.decision["node_id"] == "node-green"
+    assert task.id == outcome.request_id and task.request.kind == "ping"
     assert outcome.request == routing.raw
 
 
@@ -265,10 +267,12 @@ def test_enqueue_sends_a_derived_request_and_the_chosen_model() -> None:
                                      mode="performance"))
     Budget({"ann": 10.0}, 3600.0)(routing, _cluster(spent={"ann": 9.0}))
     _select()(routing, cluster)
-    payload = _payload(Enqueue(make_celery_app(SETTINGS), 8)(routing, cluster).message)
-    assert payload["model"] == routing.model and payload["mode"] == "green"
-    assert payload["decision"]["model_choice"]["model"] == routing.model
-    assert payload["decision"]["budget"]["force_green"] is True
+    task = Task.from_wire(_payload(Enqueue(make_celery_app(SETTINGS), 8)(routing, cluster).message))
+    assert task.model_to_run() == routing.model and task.request.mode == "green"
+    assert task.decision is not None
+    assert task.decision["model_choice"]["model"] == routing.model
+    assert task.decision["budget"]["force_green"] is True
+    assert task.request.tenant == "ann" and task.request.input is not None
 
 
 # -- the pipeline ------------------------------------------------------------------------
