@@ -208,8 +208,8 @@ class Client(_Producer):
         if queue is None:
             pipe.xadd(keys.REQUEST_STREAM, {keys.REQUEST_FIELD: request.pack()})
         else:
-            pipe.lpush(queue, encode_task_message(self._app, keys.TASK_INFER, request.to_wire(),
-                                                  task_id=request.id, queue=queue))
+            pipe.lpush(queue, encode_task_message(self._app, keys.TASK_BY_KIND[request.kind],
+                                                  request.to_wire(), task_id=request.id, queue=queue))
         if self._listener.to_delete:  # results already read: delete them on the way
             pipe.delete(*self._listener.to_delete)
             self._listener.to_delete.clear()

@@ -18,12 +18,10 @@ log = logging.getLogger(__name__)
 
 
 class TaskBookkeeper:
-    """Releases in-flight counts at once; the rest from a background thread.
-
-    The count must drop before the result is published (a producer's next request is
-    scheduled from it). Deleting the consumed input, appending the task's ledger row and
-    adding its energy and carbon to the node's totals can wait, and work queued meanwhile
-    shares one pipeline.
+    """What can wait after a task, from a background thread: deleting its consumed input,
+    appending its ledger row and adding its energy and carbon to the node's totals. Work
+    queued meanwhile shares one pipeline. (Its in-flight count is released by the script
+    that delivers its result or hands it on, before the result is announced.)
     """
 
     def __init__(self, client: redis.Redis, node_id: str,
@@ -37,15 +35,8 @@ class TaskBookkeeper:
         self._thread = threading.Thread(target=self._run, name="ce-bookkeeping", daemon=True)
         self._thread.start()
 
-    def task_done(self, *, counted: bool, input_key: str | None,
-                  ledger: LedgerRow | None = None) -> None:
-        """After a task: release its in-flight count (if the dispatcher counted it) at once;
-        delete its input and record its ledger row in the background."""
-        if counted:
-            try:
-                self._client.hincrby(keys.IN_FLIGHT, self._node_id, -1)
-            except redis.RedisError as e:
-                log.warning("could not release an in-flight count: %s", e)
+    def task_done(self, *, input_key: str | None, ledger: LedgerRow | None = None) -> None:
+        """After a task: delete its input and record its ledger row in the background."""
         if input_key or ledger is not None:
             self._later.put((input_key, ledger))
 

@@ -69,18 +69,12 @@ class DeliveryGuard:
     def reject(self, task_id: str, error: CarbonEdgeError) -> bool:
         """Answer a request this agent cannot run (a poison message) with ``error``.
 
-        If the dispatcher routed it here, its in-flight count is released and it leaves
-        the node's registry, as a result would; returns whether the answer was delivered
-        (a result delivered before wins).
+        If the dispatcher routed it here, it leaves the node's registry and its in-flight
+        count is released, as with a result; returns whether the answer was delivered (a
+        result delivered before wins).
         """
-        owned = self.owns(task_id, unknown=False)
-        if owned:
-            try:
-                self._client.hincrby(keys.IN_FLIGHT, self.node_id, -1)
-            except redis.RedisError as e:
-                log.warning("could not release the in-flight count of %s: %s", task_id, e)
         result = error_result(task_id, error, node=self.node_id)
-        return self._deliver(task_id, result, owned, self.node_id)
+        return self._deliver(task_id, result, True, self.node_id)
 
     def _moved(self, task_id: str, owner: str, attempt: int) -> bool:
         """Whether recovery re-dispatched the request away from ``owner``: it is not in

@@ -156,8 +156,8 @@ class AgentRuntime:
                                 device=self.energy.device, tenant=task.request.tenant or "")
         self.stats.finished(model_name, service_ms)
         consumed = task.request.input_ref and not task.input_held
-        self._bookkeeper.task_done(counted=task.counted,
-                                   input_key=keys.input_key(task.id) if consumed else None,
+        # (a counted task's in-flight count is released with its result or hand-on)
+        self._bookkeeper.task_done(input_key=keys.input_key(task.id) if consumed else None,
                                    ledger=ledger)
 
     def _infer(self, task: Task, started_at: float) -> dict[str, Any]:

@@ -220,7 +220,8 @@ class SegmentExecutor:
         script_keys = [keys.assigned_key(self.runtime.config.node_id), keys.assigned_key(node),
                        _activation_key(task, task.segment), queue, keys.IN_FLIGHT]
         args = [task.id, "1" if task.counted else "0", pack(encode_tensor(activation)),
-                int(self.runtime.settings.input_ttl_s), message, node]
+                int(self.runtime.settings.input_ttl_s), message, node,
+                self.runtime.config.node_id]
         return bool(HAND_ON(self._redis, script_keys, args))
 
     def discard(self, task: Task) -> None:

@@ -14,11 +14,14 @@ QUEUE = keys.node_queue("b")
 def _hand_on(client: redis.Redis, counted: bool) -> int:
     return int(HAND_ON(client, [keys.assigned_key("a"), keys.assigned_key("b"), ACT, QUEUE,
                                 keys.IN_FLIGHT],
-                       ["r1", "1" if counted else "0", b"\x00activation", 60, b"task", "b"]))
+                       ["r1", "1" if counted else "0", b"\x00activation", 60, b"task", "b",
+                        "a"]))
 
 
 def test_an_owned_request_moves_with_its_task(redis_client: redis.Redis) -> None:
+    """...and its in-flight count: released on this node, taken on by the next."""
     redis_client.hset(keys.assigned_key("a"), "r1", b"request bytes")
+    redis_client.hset(keys.IN_FLIGHT, "a", 1)
     assert _hand_on(redis_client, counted=True) == 1
     assert redis_client.hgetall(keys.assigned_key("a")) == {}
     assert redis_client.hget(keys.assigned_key("b"), "r1") == b"request bytes"
@@ -26,6 +29,7 @@ def test_an_owned_request_moves_with_its_task(redis_client: redis.Redis) -> None
     assert 0 < redis_client.ttl(ACT) <= 60
     assert redis_client.lrange(QUEUE, 0, -1) == [b"task"]
     assert redis_client.hget(keys.IN_FLIGHT, "b") == b"1"
+    assert redis_client.hget(keys.IN_FLIGHT, "a") == b"0"
 
 
 def test_a_request_taken_from_this_node_is_not_handed_on(redis_client: redis.Redis) -> None:

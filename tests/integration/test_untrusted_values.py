@@ -316,11 +316,11 @@ def test_agent_bookkeeping_repairs_what_it_cannot_add_to(redis_url: str,
                     ram_kwh=1e-8, energy_kwh=1.1e-7, carbon_g=4e-5, intensity_g_per_kwh=400.0,
                     intensity_source="static", pue=1.0, power_source="p")
     books = TaskBookkeeper(redis.Redis.from_url(redis_url), "node-y")
-    books.task_done(counted=False, input_key=None, ledger=row)  # lost: said once, repaired
+    books.task_done(input_key=None, ledger=row)  # lost: said once, repaired
     books.close()
     assert _corrupt_keys(r, keys.LEDGER_STREAM) and r.hget(keys.CARBON_TOTALS, "node-y") is None
     books = TaskBookkeeper(redis.Redis.from_url(redis_url), "node-y")
-    books.task_done(counted=False, input_key=None, ledger=row)
+    books.task_done(input_key=None, ledger=row)
     books.close()
     assert r.xlen(keys.LEDGER_STREAM) == 1
     assert float(r.hget(keys.CARBON_TOTALS, "node-y")) == pytest.approx(4e-5)
