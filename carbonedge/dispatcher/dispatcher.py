@@ -157,37 +157,48 @@ class Dispatcher:
                 failing = None
 
     async def step(self, r: aioredis.Redis, *, block_ms: int = 0) -> int:
-        """Read one batch of new requests and dispatch it; returns how many were handled."""
-        try:
-            reply = await r.xreadgroup(keys.DISPATCH_GROUP, self.name, {keys.REQUEST_STREAM: ">"},
-                                       count=self.settings.dispatch_batch, block=block_ms or None)
-        except redis.ResponseError as e:
-            if is_wrong_type(e):  # no request can be in a key that is not a stream
+        """Read one batch of new requests and dispatch it; returns how many were handled.
+
+        The in-flight counts are read in the same round trip, right behind the batch:
+        Redis runs a client's next command only once its blocked read returns, so they are
+        as fresh as a read after the batch arrived, without that read's round trip.
+        """
+        pipe = r.pipeline(transaction=False)
+        pipe.xreadgroup(keys.DISPATCH_GROUP, self.name, {keys.REQUEST_STREAM: ">"},
+                        count=self.settings.dispatch_batch, block=block_ms or None)
+        pipe.hgetall(keys.IN_FLIGHT)
+        reply, in_flight = await pipe.execute(raise_on_error=False)
+        if isinstance(reply, redis.ResponseError):
+            if is_wrong_type(reply):  # no request can be in a key that is not a stream
                 await move_aside(r, keys.REQUEST_STREAM, "stream", self.rejections)
-            elif "NOGROUP" not in str(e) and "UNBLOCKED" not in str(e):
-                raise  # (UNBLOCKED: the stream was deleted while we waited on it)
+            elif "NOGROUP" not in str(reply) and "UNBLOCKED" not in str(reply):
+                raise reply  # (UNBLOCKED: the stream was deleted while we waited on it)
             await self._ensure_group(r)
             return 0
+        if isinstance(reply, Exception):
+            raise reply
         entries = reply[0][1] if reply else []
         if entries:
-            await self.handle(r, entries)
+            await self.handle(r, entries, in_flight=in_flight)
         return len(entries)
 
     # -- dispatching -------------------------------------------------------------------
 
-    async def handle(self, r: aioredis.Redis, entries: Iterable[tuple[bytes, dict]]) -> None:
+    async def handle(self, r: aioredis.Redis, entries: Iterable[tuple[bytes, dict]], *,
+                     in_flight: Any = None) -> None:
         """Route a batch, then publish, count and acknowledge it in one round trip.
 
         Entries are acknowledged in the same MULTI as their tasks are pushed, recorded in
         their node's ``ce:assigned`` registry (for re-dispatch if it dies) and errors are
         delivered: either all of that happened, or none did and the entries stay pending
-        for a dispatcher to reclaim.
+        for a dispatcher to reclaim. ``in_flight`` is the reply of an HGETALL of the
+        in-flight counts read with the batch (None: read them now).
         """
         entries = list(entries)
         # A re-dispatched request (field "a") comes from a node the watchdog just found
         # dead; a view older than that could send it straight back there.
         await self._refresh_view(r, force=any(b"a" in fields for _, fields in entries))
-        await self._sync_in_flight(r)
+        await self._sync_in_flight(r, in_flight)
         await self._refresh_spend(r)
         await self.partitions.prepare(r, entries, sorted(self.cluster.snapshots))
         pipe = r.pipeline(transaction=True)
@@ -330,18 +341,21 @@ class Dispatcher:
         cluster.set_view(ClusterView.build(snapshots, now=now,
                                            ttl_s=self.settings.heartbeat_ttl_s), now)
 
-    async def _sync_in_flight(self, r: aioredis.Redis) -> None:
-        """Re-read in-flight counts for every batch.
+    async def _sync_in_flight(self, r: aioredis.Redis, raw: Any = None) -> None:
+        """Re-read in-flight counts for every batch (``raw``: as read with it).
 
         A producer that waits for each result submits its next request within a
         millisecond; agents release their count before they publish a result, so a
         count read now is exact, where one cached for even a few milliseconds would
         show the last request still running and push the next one elsewhere.
         """
-        try:
-            raw = await r.hgetall(keys.IN_FLIGHT)
-        except redis.ResponseError as e:
-            raw = e
+        if raw is None:
+            try:
+                raw = await r.hgetall(keys.IN_FLIGHT)
+            except redis.ResponseError as e:
+                raw = e
+        elif isinstance(raw, Exception) and not isinstance(raw, redis.ResponseError):
+            raise raw
         counts = await self.telemetry.counts(r, raw)
         view = self.cluster.view
         if view is None:
