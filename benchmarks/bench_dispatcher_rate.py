@@ -89,6 +89,9 @@ def main() -> None:
                         help="write cProfile stats of the routing to PATH.<kind>")
     args = parser.parse_args()
     print("dispatcher routing rate (one dispatcher process, 3 simulated nodes):")
+    from redis.utils import HIREDIS_AVAILABLE
+    print("Redis replies parsed by " + ("hiredis (C)" if HIREDIS_AVAILABLE else
+                                        "redis-py's pure-Python parser (hiredis not installed)"))
     run("ping", args.requests, args.profile)
     run("infer", max(args.requests // 10, 100), args.profile)
 
