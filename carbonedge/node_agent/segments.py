@@ -44,7 +44,7 @@ from carbonedge.protocol.messages import PROTOCOL_VERSION, pack, unpack
 from carbonedge.protocol.request import thawed
 from carbonedge.protocol.routes import Route, RouteSegment
 from carbonedge.protocol.task import Task
-from carbonedge.transport.publish import encode_task_message
+from carbonedge.transport.publish import TaskEncoder
 
 if TYPE_CHECKING:
     from carbonedge.node_agent.runtime import AgentRuntime
@@ -65,6 +65,8 @@ class SegmentExecutor:
     def __init__(self, runtime: AgentRuntime, app: Celery, client: redis.Redis) -> None:
         self.runtime = runtime
         self.app = app
+        self._encode = TaskEncoder(app)
+        """Builds the next segment's task message (Celery's, its envelope made once)."""
         self._redis = client
         self._profiled: dict[str, int] = {}
         """Models profiled here, with their block count (0: served whole only)."""
@@ -215,8 +217,8 @@ class SegmentExecutor:
         queue = keys.node_queue(node)
         # the task id is the request id: the registry of assignments and the delivery of
         # the final result go by it
-        message = encode_task_message(self.app, keys.TASK_INFER_SEGMENT, task.to_wire(),
-                                      task_id=task.id, queue=queue, ignore_result=True)
+        message = self._encode(keys.TASK_INFER_SEGMENT, task.to_wire(), task_id=task.id,
+                               queue=queue)
         script_keys = [keys.assigned_key(self.runtime.config.node_id), keys.assigned_key(node),
                        _activation_key(task, task.segment), queue, keys.IN_FLIGHT]
         args = [task.id, "1" if task.counted else "0", pack(encode_tensor(activation)),
