@@ -101,14 +101,14 @@ class DeliveryGuard:
         (a request re-dispatched while its task waited here must not run twice)."""
         return not task.counted or self.owns(task_id)
 
-    def owns(self, task_id: str, *, unknown: bool = True) -> bool:
-        """Whether ``task_id`` is in this node's registry (``unknown`` when Redis cannot
-        tell: for running, True is safe, as delivery is guarded)."""
+    def owns(self, task_id: str) -> bool:
+        """Whether ``task_id`` is in this node's registry (True when Redis cannot tell:
+        running it is safe, as delivery is guarded)."""
         try:
             return bool(self._client.hexists(keys.assigned_key(self.node_id), task_id))
         except redis.RedisError as e:
             log.warning("could not check ownership of %s: %s", task_id, e)
-            return unknown
+            return True
 
     def _deliver(self, task_id: str, result: dict[str, Any], counted: bool, owner: str) -> bool:
         """Deliver, retrying through a Redis outage (the result must not be lost)."""

@@ -64,7 +64,6 @@ class SegmentExecutor:
 
     def __init__(self, runtime: AgentRuntime, app: Celery, client: redis.Redis) -> None:
         self.runtime = runtime
-        self.app = app
         self._encode = TaskEncoder(app)
         """Builds the next segment's task message (Celery's, its envelope made once)."""
         self._redis = client

@@ -82,15 +82,6 @@ def unpack_entry(fields: Mapping[Any, Any], *, max_bytes: int) -> tuple[bytes, d
     return raw, unpack(raw, max_bytes=max_bytes)
 
 
-def request_label(request: Mapping[str, Any], default_mode: str) -> str:
-    """The mode a request is reported and counted under: ``custom`` when it carries its
-    own weights (they win over any mode), else its mode or the default, lower-case."""
-    if request.get("weights") is not None:
-        return "custom"
-    mode = request.get("mode")
-    return (mode if isinstance(mode, str) else default_mode).strip().lower()
-
-
 def require(msg: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
     """Fetch a required field of a given type or raise an error that names it."""
     if name not in msg:

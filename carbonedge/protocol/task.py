@@ -81,9 +81,9 @@ class Task:
     def to_wire(self) -> dict[str, Any]:
         """The task payload (what :meth:`from_wire` reads back to an equal task)."""
         out = self.request.to_wire()
-        for name in _TASK_FIELDS:
+        for name, default in _TASK_DEFAULTS.items():
             value = getattr(self, name)
-            if value is not None and value != () and not (name == "counted" and not value):
+            if value != default:
                 out[name] = thawed(value)
         return out
 
@@ -95,7 +95,9 @@ class Task:
                        segment=self.segment + 1, hops=hops, dispatched_at=dispatched_at)
 
 
-_TASK_FIELDS = tuple(f.name for f in fields(Task) if f.name != "request")
+_TASK_DEFAULTS = {f.name: f.default for f in fields(Task) if f.name != "request"}
+"""The task's own fields and their defaults (a field at its default does not travel)."""
+_TASK_FIELDS = tuple(_TASK_DEFAULTS)
 
 
 def _checked(own: dict[str, Any]) -> dict[str, Any]:

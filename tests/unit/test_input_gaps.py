@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from carbonedge.client import Client
-from carbonedge.client.requests import build_request
+from carbonedge.client.requests import build_request, make_request
 from carbonedge.errors import InvalidMessage, InvalidRequest, InvalidTensor
 from carbonedge.protocol.codec import encode_tensor
-from carbonedge.protocol.messages import request_label, unpack, unpack_entry, validate_request
+from carbonedge.protocol.messages import unpack, unpack_entry, validate_request
 from carbonedge.settings import Settings
 
 
@@ -36,11 +36,13 @@ def test_weights_that_overflow_their_sum_are_refused_before_sending() -> None:
 
 
 def test_custom_weights_are_labelled_custom_whatever_the_mode() -> None:
-    assert request_label({"weights": [1, 0, 0, 0, 0], "mode": "performance"},
-                         "balanced") == "custom"
-    assert request_label({"weights": [1, 0, 0, 0, 0]}, "balanced") == "custom"
-    assert request_label({"mode": " Green "}, "balanced") == "green"
-    assert request_label({}, "balanced") == "balanced"
+    def label(**options: object) -> str:
+        return make_request(kind="ping", **options).label("balanced")  # type: ignore[arg-type]
+
+    assert label(weights=[1, 0, 0, 0, 0], mode="performance") == "custom"
+    assert label(weights=[1, 0, 0, 0, 0]) == "custom"
+    assert label(mode=" Green ") == "green"
+    assert label() == "balanced"
 
 
 def test_bfloat16_tensor_is_an_invalid_tensor_not_a_type_error() -> None:
