@@ -11,6 +11,9 @@ float tensor itself (four times the bytes, nothing to do on the node). All seque
 batch 1, the same iterations.
 
     python benchmarks/bench_inference.py [--iterations 60]
+
+``CARBONEDGE_INLINE_INPUT_MAX_BYTES=262144`` sends the 147 KiB pixels inside the request and
+its Celery message instead of under their own key (the claim check, over 64 KiB).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 from _runtime import bench_runtime
 
 from carbonedge.cgroups import NodeCgroup
-from carbonedge.client import Client
+from carbonedge.client import Client, InferenceResult
 from carbonedge.client.images import image_pixels, preprocess_image
 from carbonedge.experiments.workload import percentile, synthetic_images
 
@@ -70,6 +73,23 @@ def memory_report(node: str, limit: int) -> str:
             f"OOM kills {oom.get('oom_kill', '?')}")
 
 
+def _breakdown(results: list[InferenceResult]) -> dict[str, float]:
+    """Median ms of each stretch of a routed request, from its own timestamps: submit to
+    dispatch (the input stored, the stream, the dispatcher's read and routing), dispatch to
+    the task's start (the node queue, Celery's pick-up, the ownership check), the task
+    outside the model run (input fetch and decode, normalising, top-5) and back (accounting,
+    delivery, pub/sub, parsing)."""
+    stretches: dict[str, list[float]] = {"submit->dispatch": [], "dispatch->start": [],
+                                         "in task": [], "result back": []}
+    for r in results:
+        t = r.raw["timings"]
+        stretches["submit->dispatch"].append((t["dispatched_at"] - t["submitted_at"]) * 1e3)
+        stretches["dispatch->start"].append((t["started_at"] - t["dispatched_at"]) * 1e3)
+        stretches["in task"].append((t["finished_at"] - t["started_at"]) * 1e3 - r.exec_ms)
+        stretches["result back"].append(r.e2e_ms - (t["finished_at"] - t["submitted_at"]) * 1e3)
+    return {name: statistics.median(values) for name, values in stretches.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--iterations", type=int, default=60)
@@ -88,6 +108,7 @@ def main() -> None:
               "(random initialisation: no pretrained weights here)")
         print(f"  {'node':<12} {'in-process p50':>15} {'routed p50':>11} {'overhead':>17} "
               f"{'routed p95':>11} {'exec p50':>9}   {'float input p50 (overhead)':>27}")
+        paths: dict[str, list[InferenceResult]] = {}
         for spec in runtime.topology.nodes:
             for _ in range(5):
                 client.submit(MODEL, pixels, node=spec.name).result(120)
@@ -103,7 +124,12 @@ def main() -> None:
             print(f"  {spec.name:<12} {b50:12.1f} ms {r50:8.1f} ms {r50 - b50:+6.1f} ms "
                   f"{100 * (r50 / b50 - 1):+6.1f}% {percentile(routed, 95):8.1f} ms "
                   f"{statistics.median(execs):6.1f} ms   {f50:14.1f} ms ({f50 - b50:+5.1f} ms)")
+            paths[spec.name] = results
         print("target: routed pixels <= 2 ms p50 over in-process on node-high")
+        print("where the routed time goes outside the model (pixels, medians, ms):")
+        for node, results in paths.items():
+            print(f"  {node:<12} " + "  ".join(f"{name} {value:.2f}"
+                                               for name, value in _breakdown(results).items()))
         print("peak cgroup memory of each agent (torch, the three paper models loaded) after "
               f"serving {n + 5} MobileNetV2 inferences:")
         for spec in runtime.topology.nodes:
